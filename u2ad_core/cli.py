@@ -1,0 +1,61 @@
+"""The ``u2ad`` command (also ``python -m u2ad_core``).
+
+Each subcommand lives in the module that does the work: the module defines
+``cli_register(subparsers)``, which adds its parser(s) and sets ``func`` to a callable
+``func(args) -> int``. This file only lists the modules, so the work stays next to its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "build_parser"]
+
+# module -> registers one or more subcommands (listed here in the order shown by --help)
+COMMAND_MODULES = (
+    "u2ad_core.book",  # book
+    "u2ad_core.phantom",  # phantom
+    "u2ad_core.preprocess",  # preprocess
+    "u2ad_core.bench",  # bench mc
+    "u2ad_core.train",  # pretrain, adapt
+    "u2ad_core.infer",  # infer
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="u2ad",
+        description="U2AD: uncertainty-based unsupervised anomaly detection in spinal-cord MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"u2ad_core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a module that has not landed yet
+            if exc.name == name:
+                continue
+            raise
+        module.cli_register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
