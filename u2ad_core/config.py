@@ -185,9 +185,11 @@ class ScoreConfig:
 
     k: int = 10  # MC reconstructions for the anomaly map (paper: K = 10)
     erode_cord: int = 0  # erosion iterations of the cord mask before scoring
-    drop_bottom: float = 0.2  # paper 3.5: drop the bottom 20 % of map values
-    top_components: int = 3  # paper 3.5: keep the top-3 connected components by sum
-    curve: str = "centreline"  # "centreline" (this project) or "rows" (paper)
+    drop_bottom: float = 0.2  # paper 3.5: drop the bottom 20 % of map values (0 = off)
+    top_components: int = 3  # paper 3.5: keep the top-3 connected components by sum (0 = off)
+    connectivity: int = 8  # method.md 4-5: 8-connected components (4 = edge-connected)
+    curve: str = "centreline"  # "centreline" (this project) or "rows" (paper 3.5.2)
+    centreline_sigma: float = 4.0  # px, Gaussian smoothing of the per-row cord centre (project)
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class EvalConfig:
     n_folds: int = 5  # paper 4.3: 5-fold cross-validation
     n_repeats: int = 20  # paper Appendix F: 20 repetitions of the 5-fold CV
     sensitivity: float = 0.9  # paper 4.2: patient threshold at sensitivity 0.9
+    segment_rule: str = "strict"  # project: "strict" (wrong segment = FP + FN) or "item"
 
 
 # --------------------------------------------------------------------------------------
@@ -262,7 +265,7 @@ def _coerce(value: Any, current: Any) -> Any:
     return value
 
 
-def _apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+def _apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     grouped: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
     names = {f.name for f in fields(cfg)}
@@ -270,7 +273,7 @@ def _apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
         head, _, rest = key.partition(".")
         if head not in names:
             raise KeyError(
-                f"unknown config field {key!r} for {type(cfg).__name__}; "
+                f"unknown config field {prefix + key!r} for {type(cfg).__name__}; "
                 f"known fields: {sorted(names)}"
             )
         if rest:
@@ -290,7 +293,7 @@ def _apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
         else:
             changes[head] = _coerce(value, current)
     for head, sub in grouped.items():
-        changes[head] = _apply_overrides(changes.get(head, getattr(cfg, head)), sub)
+        changes[head] = _apply_overrides(changes.get(head, getattr(cfg, head)), sub, f"{prefix}{head}.")
     return replace(cfg, **changes)
 
 

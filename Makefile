@@ -1,0 +1,66 @@
+# The two commands of the README:
+#   make book   - set up .venv if needed, generate the data, execute every notebook with
+#                 papermill (preset $(PRESET), default cpu), build the HTML book -> _build/html
+#   make test   - set up .venv if needed, run the unit tests, then the whole book under the
+#                 smoke preset (-> _build/smoke/_build/html)
+# GPU, paper-sized: make book PRESET=paper DEVICE=cuda
+
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PRESET ?= cpu
+DEVICE ?= auto
+SEED ?= 0
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+U2AD := $(VENV)/bin/u2ad
+STAMP := $(VENV)/.u2ad-installed
+# pip on some machines prints one harmless line per configured-but-absent local index
+PIPFILTER := grep -v "^WARNING: Location .* is ignored" || true
+
+.PHONY: help venv book test unit smoke-book bench lab clean clean-data
+
+help:
+	@echo "make book  [PRESET=cpu|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
+	@echo "make test                                                    unit tests + smoke book"
+	@echo "make bench                                                   MC engine benchmark (JSON)"
+	@echo "make lab                                                     JupyterLab on notebooks/"
+
+# The environment: a venv with pip, reused while pyproject.toml and constraints.txt are unchanged.
+# constraints.txt pins torch==2.13.0 (a CPU wheel; a bare torch>=2.4 pulls ~3 GB of CUDA wheels).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIPFILTER)
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | $(PIPFILTER)
+	$(PY) -m pip check
+	@touch $@
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(U2AD) book --preset $(PRESET) --device $(DEVICE) --seed $(SEED)
+
+unit: $(STAMP)
+	$(PY) -m pytest -q
+
+smoke-book: $(STAMP)
+	$(U2AD) book --preset smoke --device cpu --seed $(SEED) --path-output _build/smoke
+
+# pytest exits non-zero (5) when it collects no test, which fails this target too.
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(U2AD) book --preset smoke --device cpu --seed $(SEED) --path-output _build/smoke
+
+bench: $(STAMP)
+	$(U2AD) bench mc --preset $(PRESET) --k 10 --json
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf _build book/notebooks .pytest_cache
+
+clean-data:
+	rm -rf data/smoke data/cpu data/paper runs

@@ -1,0 +1,115 @@
+"""The book harness: notebook hygiene, the toc, and `u2ad book` failing loudly."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from u2ad_core.book import find_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+REQUIRED_PARAMETERS = {"preset", "device", "seed", "data_dir", "run_dir"}
+
+
+def test_there_are_numbered_notebooks():
+    assert NOTEBOOKS, "notebooks/ has no numbered notebooks"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_source_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not cell.get("outputs"), f"{path.name} cell {i} has outputs: strip them"
+            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_exactly_one_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged parameters"
+    names = {line.split("=")[0].strip() for line in cells[0].source.splitlines() if "=" in line and not line.startswith("#")}
+    assert REQUIRED_PARAMETERS <= names, f"{path.name}: parameters cell lacks {REQUIRED_PARAMETERS - names}"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "first cell must be the title"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_ends_with_summary_and_exercises(path):
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+    assert "## Summary" in text and "## Exercises" in text, path.name
+
+
+def _toc_files():
+    files = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    walk(toc)
+    return toc, files
+
+
+def test_toc_lists_every_notebook_and_page():
+    toc, files = _toc_files()
+    assert toc["format"] == "jb-book"
+    listed = sorted(Path(f).name for f in files if f.startswith("book/notebooks/"))
+    assert listed == [p.stem for p in NOTEBOOKS], "toc and notebooks/ disagree"
+    for f in [toc["root"], *files]:
+        if not f.startswith("book/notebooks/"):
+            assert (ROOT / f).with_suffix(".md").is_file(), f
+
+
+def test_config_excludes_build_artefacts():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    for pattern in ("_build", ".venv", ".pytest_cache", "**.ipynb_checkpoints"):
+        assert pattern in cfg["exclude_patterns"], pattern
+    assert cfg["execute"]["execute_notebooks"] == "off"
+    assert cfg["only_build_toc_files"] is True
+    assert cfg["launch_buttons"]["binderhub_url"] == "" and cfg["launch_buttons"]["thebe"] is False
+
+
+def test_find_notebooks_selection():
+    assert find_notebooks(ROOT) == NOTEBOOKS
+    assert find_notebooks(ROOT, [NOTEBOOKS[0].name[:2]]) == [NOTEBOOKS[0]]
+    with pytest.raises(FileNotFoundError, match="no notebook"):
+        find_notebooks(ROOT, ["99"])
+
+
+def _u2ad(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "u2ad_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.slow
+def test_book_stops_at_failing_notebook_and_names_it(tmp_path):
+    out = _u2ad("book", "--preset", "smoke", "--device", "cpu", "--no-data",
+                "--notebooks", "tests/fixtures/ok.ipynb", "tests/fixtures/raises.ipynb",
+                "--executed-dir", str(tmp_path))
+    assert out.returncode != 0
+    assert "raises.ipynb" in out.stderr and "cell 4" in out.stderr, out.stderr
+    assert "ValueError: deliberate failure in fixture" in out.stderr
+    # the notebook before it ran and carries the run header
+    ok = nbformat.read(tmp_path / "ok.ipynb", as_version=4)
+    assert ok.metadata["u2ad"]["preset"] == "smoke" and ok.metadata["u2ad"]["device"] == "cpu"
+    assert "elapsed_s" in ok.metadata["u2ad"] and "torch" in ok.metadata["u2ad"]["versions"]
+    header = ok.cells[1]
+    assert "Run header" in header.source and "u2ad-run-header" in header.metadata["tags"]
+    printed = "".join(o.get("text", "") for c in ok.cells if c.cell_type == "code" for o in c.outputs)
+    assert "preset smoke device cpu headless 1" in printed
+    # the sources were not touched
+    src = json.loads((ROOT / "tests/fixtures/ok.ipynb").read_text())
+    assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")

@@ -1,0 +1,342 @@
+"""Build the book: generate the data, execute the notebooks with papermill, run Jupyter Book.
+
+``u2ad book --preset cpu --device auto`` (what ``make book`` calls) does, in order:
+
+1. ``datasets.prepare_all`` for the preset: phantom cohorts and preprocessed dataset files
+   under ``data/<preset>/`` (cached: a second build reuses them);
+2. every numbered notebook ``notebooks/NN_*.ipynb``, in order, executed by papermill into the
+   build area ``_build/executed/<preset>/`` (sources are never written), with the parameters
+   ``preset``, ``device``, ``seed``, ``data_dir``, ``run_dir``; each executed copy gets a run
+   header (preset, seed, device, package versions, elapsed time) as a markdown cell and in
+   its metadata under ``u2ad``;
+3. the executed copies are staged into ``book/notebooks/`` (what ``_toc.yml`` lists) and
+   ``jupyter-book build -W`` (warnings are errors) writes ``<path-output>/_build/html``.
+
+The first failing notebook stops the build with a non-zero exit that names the notebook
+and the failing cell; its partly executed copy is kept in the build area for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import get_preset
+from .notebook import repo_root
+from .runtime import atomic_path, package_versions, resolve_device
+
+__all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "cli_register"]
+
+NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
+STAGE_DIR = Path("book") / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; carries the notebook path and the failing cell (1-based, as in the source)."""
+
+    def __init__(self, notebook: Path, cell_number: int | None, exec_count: int | None,
+                 ename: str, evalue: str, output: Path | None, first_line: list[str] | None = None):
+        self.notebook, self.cell_number, self.exec_count = notebook, cell_number, exec_count
+        self.ename, self.evalue, self.output = ename, evalue, output
+        where = f"cell {cell_number}" if cell_number is not None else "an unknown cell"
+        details = []
+        if first_line:
+            details.append(f"starting {first_line[0][:60]!r}")
+        if exec_count is not None:
+            details.append(f"execution count {exec_count}")
+        if details:
+            where += " (" + ", ".join(details) + ")"
+        msg = f"notebook {notebook} failed at {where}: {ename}: {evalue}"
+        if output is not None:
+            msg += f"\n  partly executed copy: {output}"
+        super().__init__(msg)
+
+
+@dataclass
+class BookResult:
+    executed: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    html_index: Path | None = None
+
+
+def find_notebooks(root: Path, selection: Sequence[str] | None = None) -> list[Path]:
+    """Numbered notebooks in ``root/notebooks`` in order, or the selected ones.
+
+    ``selection`` items may be paths to notebooks or number prefixes (``"03"``).
+    """
+    nb_dir = root / "notebooks"
+    all_nbs = sorted(nb_dir.glob(NOTEBOOK_PATTERN))
+    if not selection:
+        return all_nbs
+    chosen: list[Path] = []
+    for item in selection:
+        p = Path(item)
+        if p.suffix == ".ipynb":
+            p = p if p.is_absolute() else (Path.cwd() / p)
+            if not p.is_file():
+                raise FileNotFoundError(f"notebook not found: {p}")
+            chosen.append(p.resolve())
+            continue
+        matches = [nb for nb in all_nbs if nb.name.startswith(f"{item}_") or nb.stem == item]
+        if not matches:
+            raise FileNotFoundError(f"no notebook in {nb_dir} matches {item!r}")
+        chosen.extend(matches)
+    return chosen
+
+
+def _run_header(preset: str, seed: int, device: str, seconds: float, preset_hash: str) -> tuple[str, dict[str, Any]]:
+    versions = package_versions()
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = {
+        "preset": preset, "preset_hash": preset_hash, "seed": seed, "device": device,
+        "elapsed_s": round(seconds, 1), "executed_at": when, "versions": versions,
+    }
+    vers = ", ".join(f"{k} {v}" for k, v in versions.items() if v != "not installed")
+    text = (
+        "```{admonition} Run header\n"
+        ":class: note\n"
+        f"Executed by `u2ad book` with preset **{preset}** (hash `{preset_hash}`), seed **{seed}**, "
+        f"device **{device}**, in **{seconds:.1f} s** on {when}. "
+        "Every number and figure on this page comes from this run, on the synthetic phantom "
+        "unless the page says otherwise.\n\n"
+        f"Versions: {vers}.\n"
+        "```"
+    )
+    return text, meta
+
+
+def _add_header(nb_path: Path, text: str, meta: dict[str, Any]) -> None:
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata["tags"] = ["u2ad-run-header"]
+    # after the title cell, so the page title stays the notebook's own
+    pos = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+    nb.cells.insert(pos, cell)
+    nb.metadata["u2ad"] = meta
+    with atomic_path(nb_path, suffix=".ipynb") as tmp:
+        nbformat.write(nb, str(tmp))
+
+
+def execute_notebook(src: Path, out: Path, parameters: dict[str, Any], cwd: Path,
+                     kernel_name: str = "python3") -> float:
+    """Execute ``src`` with papermill into ``out``; return elapsed seconds.
+
+    Raises :class:`NotebookFailed` naming the notebook and the failing cell.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(src), str(out), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
+            progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(src, _source_cell_number(out, exc.cell_index), exc.exec_count,
+                             exc.ename, exc.evalue, out if out.exists() else None,
+                             first_line=(exc.source or "").strip().splitlines()[0:1]) from None
+    return time.perf_counter() - t0
+
+
+def _source_cell_number(executed: Path, cell_index: int | None) -> int | None:
+    """1-based position of the failing cell in the *source* notebook.
+
+    papermill inserts an ``injected-parameters`` cell into the executed copy; cells after it
+    sit one place later than in the source.
+    """
+    if cell_index is None:
+        return None
+    try:
+        import nbformat
+
+        cells = nbformat.read(executed, as_version=4).cells[: cell_index + 1]
+        injected = sum("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
+    except Exception:  # pragma: no cover - best effort only
+        injected = 0
+    return cell_index - injected + 1
+
+
+def _stage(executed: Sequence[Path], root: Path) -> None:
+    """Copy executed notebooks to ``book/notebooks`` (what ``_toc.yml`` lists)."""
+    stage = root / STAGE_DIR
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for nb in executed:
+        shutil.copy2(nb, stage / nb.name)
+
+
+def _check_toc(root: Path, executed: Sequence[Path]) -> None:
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    listed = {Path(f).name for f in files if f.startswith(str(STAGE_DIR))}
+    have = {nb.stem for nb in executed}
+    missing = sorted(listed - have)
+    if missing:
+        raise RuntimeError(
+            f"_toc.yml lists notebooks that were not executed in this build: {missing}; "
+            "run the whole book (no --notebooks selection) or add them"
+        )
+
+
+def jupyter_book_build(root: Path, path_output: Path | None, warnings_as_errors: bool = True) -> Path:
+    """Run ``jupyter-book build`` on ``root``; return the html index path."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root)]
+    if warnings_as_errors:
+        cmd += ["-W", "--keep-going"]
+    if path_output is not None:
+        cmd += ["--path-output", str(path_output)]
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}); see the messages above")
+    base = path_output if path_output is not None else root
+    return base / "_build" / "html" / "index.html"
+
+
+def build_book(
+    preset: str = "cpu",
+    device: str = "auto",
+    seed: int = 0,
+    notebooks: Sequence[str] | None = None,
+    data_dir: str | os.PathLike = "data",
+    run_dir: str | os.PathLike = "runs",
+    executed_dir: str | os.PathLike | None = None,
+    path_output: str | os.PathLike | None = None,
+    prepare_data: bool = True,
+    html: bool = True,
+    overrides: dict[str, Any] | None = None,
+    root: Path | None = None,
+) -> BookResult:
+    """Execute the notebooks (all, or a selection) and build the HTML book. See module doc."""
+    root = Path(root or repo_root()).resolve()
+    cfg = get_preset(preset, **(overrides or {})).override(seed=int(seed))
+    dev = resolve_device(device)
+    data_dir = (root / data_dir).resolve()
+    run_dir = (root / run_dir).resolve()
+    executed_dir = Path(executed_dir) if executed_dir else root / "_build" / "executed" / preset
+    executed_dir = executed_dir if executed_dir.is_absolute() else (root / executed_dir)
+    os.environ["U2AD_HEADLESS"] = "1"  # widgets render their static default; text progress bars
+    result = BookResult()
+    nbs = find_notebooks(root, notebooks)
+    print(f"u2ad book: preset={preset} device={dev} seed={seed}, {len(nbs)} notebook(s)", flush=True)
+    t_all = time.perf_counter()
+
+    if prepare_data:
+        try:
+            from .datasets import prepare_all
+        except ModuleNotFoundError:  # the data module has not landed
+            prepare_all = None
+        if prepare_all is not None:
+            t0 = time.perf_counter()
+            print("[data] generating / reusing phantom cohorts and dataset files ...", flush=True)
+            prepare_all(cfg, data_dir / preset, seed=seed)
+            result.seconds["data"] = time.perf_counter() - t0
+            print(f"[data] ok ({result.seconds['data']:.1f} s)", flush=True)
+
+    params = {"preset": preset, "device": dev, "seed": int(seed), "data_dir": str(data_dir),
+              "run_dir": str(run_dir), "overrides": dict(overrides or {})}
+    for i, src in enumerate(nbs, 1):
+        out = executed_dir / src.name
+        print(f"[{i}/{len(nbs)}] {src.name} ...", end=" ", flush=True)
+        try:
+            secs = execute_notebook(src, out, params, cwd=src.parent)
+        except NotebookFailed:
+            print("FAILED", flush=True)
+            raise
+        text, meta = _run_header(preset, int(seed), dev, secs, cfg.hash())
+        _add_header(out, text, meta)
+        result.executed.append(out)
+        result.seconds[src.stem] = secs
+        print(f"ok ({secs:.1f} s)", flush=True)
+    result.seconds["notebooks_total"] = sum(v for k, v in result.seconds.items() if k[:2].isdigit())
+
+    if html:
+        _check_toc(root, result.executed)
+        _stage(result.executed, root)
+        t0 = time.perf_counter()
+        po = None
+        if path_output is not None:
+            po = Path(path_output)
+            po = po if po.is_absolute() else root / po
+        result.html_index = jupyter_book_build(root, po)
+        result.seconds["jupyter_book"] = time.perf_counter() - t0
+    result.seconds["total"] = time.perf_counter() - t_all
+    print("u2ad book: times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()), flush=True)
+    if result.html_index is not None:
+        print(f"u2ad book: open {result.html_index}", flush=True)
+    return result
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        if not _:
+            print(f"u2ad book: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    try:
+        build_book(
+            preset=args.preset, device=args.device, seed=args.seed, notebooks=args.notebooks,
+            data_dir=args.data_dir, run_dir=args.run_dir, executed_dir=args.executed_dir,
+            path_output=args.path_output, prepare_data=not args.no_data, html=not (args.no_html or args.notebooks),
+            overrides=overrides,
+        )
+    except NotebookFailed as exc:
+        print(f"u2ad book: {exc}", file=sys.stderr)
+        return 1
+    except (RuntimeError, FileNotFoundError, KeyError) as exc:
+        print(f"u2ad book: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli_register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("book", help="execute every notebook with papermill and build the HTML book",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--notebooks", nargs="*", metavar="NB",
+                   help="only these notebooks (paths or number prefixes such as 03); implies no HTML unless all are run")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set pretrain.epochs=5 (repeatable)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--run-dir", default="runs")
+    p.add_argument("--executed-dir", default=None, help="build area for executed notebooks "
+                   "(default: _build/executed/<preset>)")
+    p.add_argument("--path-output", default=None, help="jupyter-book --path-output (default: project root, "
+                   "so the book lands in _build/html)")
+    p.add_argument("--no-data", action="store_true", help="skip the data preparation step")
+    p.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    p.set_defaults(func=_cmd_book)
