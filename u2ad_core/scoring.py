@@ -418,6 +418,8 @@ def score_dataset(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    ddof: int = 1,
+    mc: Any = None,
 ) -> ScoreResult:
     """Score every slice of ``data`` (a :class:`~u2ad_core.datasets.SliceData`) with ``model``.
 
@@ -425,20 +427,25 @@ def score_dataset(
     (ROI = the un-eroded cord mask, ``mc_k`` reconstructions per ROI patch, default
     ``score_cfg.k``; randomness from a ``torch.Generator`` seeded with ``seed``), then
     :func:`score_maps`. For detection pass ``data.middle()`` (the middle sagittal slice).
+    ``mc``: precomputed maps for these N slices (any object with ``mean`` and ``eu``
+    ``(N, H, W)``, e.g. :func:`u2ad_core.train.mc_maps` rows); then ``model`` is not run.
     """
-    from .runtime import make_generator
-    from .uncertainty import mc_uncertainty
-
     images = np.asarray(data.images, dtype=np.float32)
     if images.ndim != 3 or len(images) == 0:
         raise ValueError(f"data.images must be a non-empty (N, H, W) array, got {images.shape}")
     cord = np.asarray(data.cord)
     k = int(mc_k if mc_k is not None else score_cfg.k)
-    mc = mc_uncertainty(
-        model, images, cord > 0, k=k, mask_ratio=mask_ratio, generator=make_generator(seed),
-        batch_size=batch_size, device=device, progress=progress,
-    )
+    if mc is None:
+        from .runtime import make_generator
+        from .uncertainty import mc_uncertainty
+
+        mc = mc_uncertainty(
+            model, images, cord > 0, k=k, mask_ratio=mask_ratio, generator=make_generator(seed),
+            ddof=ddof, batch_size=batch_size, device=device, progress=progress,
+        )
     mean = _to_numpy(mc.mean)
+    if mean.shape != images.shape:
+        raise ValueError(f"MC mean {mean.shape} does not match data.images {images.shape}")
     eu = _to_numpy(mc.eu) if getattr(mc, "eu", None) is not None else None
     meta = {
         "subject": getattr(data, "subject", None),

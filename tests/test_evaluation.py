@@ -1,0 +1,197 @@
+"""The CV protocol, the segment counting rule and the pixel / reconstruction metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from u2ad_core import evaluation as E
+from u2ad_core.labels import SEGMENTS
+
+
+def synthetic_scores(n: int = 60, n_pos: int = 30, seed: int = 0, sep: float = 0.8) -> pd.DataFrame:
+    """Scores table: lesion patients get a bump of ``sep`` at a random lesion segment."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n, int)
+    y[rng.choice(n, n_pos, replace=False)] = 1
+    seg = rng.random((n, 6))
+    les = []
+    for i in range(n):
+        if y[i]:
+            j = int(rng.integers(6))
+            seg[i, j] += sep * rng.random()
+            les.append(SEGMENTS[j])
+        else:
+            les.append("")
+    df = pd.DataFrame({"subject": [f"p{i:03d}" for i in range(n)], "slice_index": 5,
+                       "patient_label": y, "lesion_segments": les, "patient_score": seg.max(1)})
+    for j, name in enumerate(SEGMENTS):
+        df[name] = seg[:, j]
+    return df
+
+
+def test_threshold_at_sensitivity_is_the_highest_that_keeps_it():
+    scores = np.arange(1, 11, dtype=float)  # 10 positives scored 1..10
+    labels = np.ones(10, int)
+    t = E.threshold_at_sensitivity(np.r_[scores, [100.0, 0.5]], np.r_[labels, [0, 0]], 0.9)
+    assert t == 2.0  # 9 of 10 positives >= 2; the next higher candidate (3) keeps only 8
+    assert np.isnan(E.threshold_at_sensitivity([0.1, 0.2], [0, 0], 0.9))
+    assert E.threshold_at_sensitivity([0.3, 0.7, 0.5], [1, 1, 1], 1.0) == 0.3
+
+
+def test_cv_threshold_keeps_sensitivity_on_tuning_folds():
+    df = synthetic_scores(n=57, n_pos=23, seed=3)
+    cv = E.cross_validate(df, n_folds=5, n_repeats=3, sensitivity=0.9, seed=11)
+    pt = cv.patients
+    y, s = pt["label"].to_numpy(), pt["score"].to_numpy()
+    assert len(cv.folds) == 15
+    for r in range(3):
+        folds = E.stratified_folds(y, 5, 11 + r)
+        for f, te in enumerate(folds):
+            tr = np.setdiff1d(np.arange(len(y)), te)
+            thr = cv.folds.query("repeat == @r and fold == @f")["patient_threshold"].item()
+            pos = s[tr][y[tr] == 1]
+            assert (pos >= thr).mean() >= 0.9
+            higher = pos[pos > thr]
+            if len(higher):  # the next higher candidate breaks the rule: thr is the highest
+                assert (pos >= higher.min()).mean() < 0.9
+            # and the test metrics use that threshold
+            pred = s[te] >= thr
+            acc = (pred == (y[te] == 1)).mean()
+            assert cv.folds.query("repeat == @r and fold == @f")["patient_accuracy"].item() == pytest.approx(acc)
+
+
+def test_stratified_folds_spread_sparse_positives():
+    y = np.r_[np.ones(9, int), np.zeros(86, int)]  # RuijinDCM: 9 of 95
+    for seed in range(5):
+        folds = E.stratified_folds(y, 5, seed)
+        assert sorted(np.concatenate(folds).tolist()) == list(range(95))
+        assert all(y[f].sum() >= 1 for f in folds)
+        assert sorted(y[f].sum() for f in folds) == [1, 2, 2, 2, 2]
+
+
+def test_folds_without_positives_give_nan_and_are_counted():
+    df = synthetic_scores(n=40, n_pos=3, seed=1)
+    cv = E.cross_validate(df, n_folds=5, n_repeats=2, seed=0)
+    nopos = cv.folds["n_test_pos"] == 0
+    assert nopos.sum() == 4 == cv.settings["n_test_folds_without_positive"]
+    assert cv.folds.loc[nopos, "patient_sensitivity"].isna().all()
+    assert cv.folds.loc[nopos, "patient_specificity"].notna().all()
+    assert cv.folds.loc[nopos, "patient_auroc"].isna().all()
+    summ = cv.summary()
+    assert summ.loc["patient_sensitivity", "n_nan"] == 4
+    assert summ.loc["patient_sensitivity", "n"] == 6
+    with pytest.raises(ValueError, match="folds"):
+        E.stratified_folds(np.array([0, 1, 0]), 5, 0)
+
+
+def test_segment_counting_rule_on_hand_made_cases():
+    #            A     B     C     D     E     F
+    # lesion:    yes   yes   yes   yes   no    no
+    # top right: yes   no    yes   no    -     -
+    # flagged:   yes   yes   no    no    yes   no   (threshold 0.5)
+    top_score = np.array([0.9, 0.8, 0.2, 0.1, 0.7, 0.3])
+    hit = np.array([True, False, True, False, False, False])
+    label = np.array([1, 1, 1, 1, 0, 0])
+    tp, fp, fn, tn = E.segment_confusion(top_score, hit, label, 0.5, "strict")
+    # A: TP; B: FP + FN; C: FN; D: FN; E: FP; F: TN
+    assert (tp, fp, fn, tn) == (1, 2, 3, 1)
+    m = E.segment_metrics((tp, fp, fn, tn))
+    assert m["recall"] == pytest.approx(1 / 4)
+    assert m["specificity"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx(2 / (2 + 2 + 3))
+    # literal item rule: B flagged wrong -> FP only; C -> FN; D -> TN
+    assert tuple(E.segment_confusion(top_score, hit, label, 0.5, "item")) == (1, 2, 1, 2)
+    # a lesion patient without any segment score counts as FN, never flagged
+    c = E.segment_confusion(np.array([np.nan]), np.array([False]), np.array([1]), -1.0)
+    assert tuple(c) == (0, 0, 1, 0)
+
+
+def test_best_f1_threshold_on_hand_case():
+    top_score = np.array([0.9, 0.8, 0.6, 0.4])
+    hit = np.array([True, False, True, False])
+    label = np.array([1, 0, 1, 0])
+    # thr 0.9: TP1 FN1 -> F1 2/3; thr 0.6: TP2 FP1 -> F1 0.8 (best); thr 0.4: TP2 FP2 -> 2/3
+    assert E.best_f1_threshold(top_score, hit, label) == 0.6
+    # no lesion at all: flag nothing
+    assert E.best_f1_threshold(top_score, np.zeros(4, bool), np.zeros(4, int)) == np.inf
+
+
+def test_paper_segment_threshold_is_at_least_as_good_as_the_honest_one():
+    cv = E.cross_validate(synthetic_scores(seed=5), n_repeats=2)
+    f = cv.folds
+    assert (f["segment_f1"].fillna(-1) >= f["segment_f1_honest"].fillna(-1) - 1e-12).all()
+
+
+def test_patient_table_takes_the_strongest_slice_and_drops_unknown_labels():
+    df = synthetic_scores(n=4, n_pos=2, seed=2)
+    extra = df.iloc[[0]].copy()
+    extra["slice_index"] = 6
+    extra["patient_score"] = 99.0
+    extra[SEGMENTS[2]] = 99.0
+    unknown = df.iloc[[1]].copy()
+    unknown["subject"] = "x"
+    unknown["patient_label"] = -1
+    pt = E.patient_table(pd.concat([df, extra, unknown]))
+    assert len(pt) == 4 and "x" not in pt["subject"].tolist()
+    row = pt.set_index("subject").loc[df.loc[0, "subject"]]
+    assert row["score"] == 99.0 and row["top_segment"] == SEGMENTS[2]
+    with pytest.raises(KeyError, match="lacks columns"):
+        E.patient_table(df.drop(columns=["C4-5"]))
+
+
+def test_binary_metrics_match_hand_counts():
+    y = np.array([1, 1, 1, 0, 0])
+    p = np.array([1, 1, 0, 1, 0])
+    m = E.binary_metrics(y, p, scores=np.array([0.9, 0.8, 0.1, 0.7, 0.2]))
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(1 / 2)
+    assert m["auroc"] == pytest.approx(4 / 6)
+
+
+def test_threshold_free_and_table1_format():
+    df = synthetic_scores(seed=4)
+    tf = E.threshold_free(df)
+    assert 0.5 < tf["auroc"] <= 1.0 and tf["n"] == 60
+    cv = E.cross_validate(df, n_repeats=2)
+    t = E.table1({"S3 U2AD": cv, "S1 U2AD": cv})
+    assert t.shape == (2, 6)
+    assert list(t.columns.get_level_values(1)) == ["Accuracy", "F1", "Specificity", "F1", "Recall", "Specificity"]
+    assert all(" ± " in v for v in t.iloc[0])
+    assert E.format_mean_std(0.5, 0.1) == "0.5000 ± 0.1000"
+    assert E.format_mean_std(np.nan, np.nan) == "n/a ± n/a"
+    assert cv.repeat_means().shape[0] == 2
+
+
+def test_pixel_metrics_known_case():
+    maps = np.array([[[0.9, 0.8, 0.3, 0.1, 5.0]]])
+    lesion = np.array([[[1, 0, 1, 0, 1]]])
+    roi = np.array([[[1, 1, 1, 1, 0]]])  # last pixel outside the ROI: ignored
+    m = E.pixel_metrics(maps, lesion, roi)
+    assert m["n_pixels"] == 4 and m["n_lesion_pixels"] == 2
+    assert m["auroc"] == pytest.approx(0.75)
+    # thr 0.9: P 1, R 0.5 -> Dice 2/3; thr 0.3: P 2/3, R 1 -> Dice 0.8 (best)
+    assert m["best_dice"] == pytest.approx(0.8)
+    assert m["best_dice_threshold"] == pytest.approx(0.3)
+    perfect = E.pixel_metrics(lesion.astype(float), lesion, np.ones_like(lesion))
+    assert perfect["auroc"] == 1.0 and perfect["best_dice"] == pytest.approx(1.0)
+
+
+def test_reconstruction_metrics_known_case():
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 32, 32))
+    roi = np.zeros((2, 32, 32), bool)
+    roi[:, 8:24, 12:20] = True
+    rec = x.copy()
+    rec[1][roi[1]] += 0.1
+    eu = np.full_like(x, 0.02)
+    df = E.reconstruction_metrics(x, rec, roi, eu)
+    assert df.loc[0, "ssim"] == pytest.approx(1.0) and df.loc[0, "mse"] == 0
+    assert np.isinf(df.loc[0, "psnr"])
+    assert df.loc[1, "mse"] == pytest.approx(0.01)
+    assert df.loc[1, "psnr"] == pytest.approx(20.0)
+    assert df.loc[1, "ssim"] < 1.0
+    assert df["variance"].tolist() == pytest.approx([0.02, 0.02])

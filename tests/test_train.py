@@ -1,0 +1,227 @@
+"""Training loops: augmentation, schedule, metrics, determinism, exact resume, run reuse."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from u2ad_core import train
+from u2ad_core.config import AdaptConfig, ModelConfig, TrainConfig, get_preset
+from u2ad_core.runtime import make_generator
+
+SIZE = (32, 24)  # grid 4 x 3 patches of 8 px; the cord covers the middle column
+
+
+def tiny_preset(**overrides):
+    """A model and schedule small enough that a few epochs take well under a second."""
+    p = get_preset("smoke").override(
+        model=ModelConfig(image_size=SIZE, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                          decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2),
+        pretrain=TrainConfig(epochs=4, lr=1e-3, lr_step=2, lr_gamma=0.5, batch_size=4, checkpoint_every=1),
+        adapt=AdaptConfig(epochs=4, lr=1e-3, lr_step=2, lr_gamma=0.5, batch_size=4, checkpoint_every=1,
+                          stage2_start=2, refresh_every=2, n_tracked=2),
+        **{"mc.k": 2, "mc.batch_size": 8},
+    )
+    return p.override(**overrides) if overrides else p
+
+
+def tiny_data(n: int = 6, seed: int = 0):
+    """Synthetic slices: a bright vertical 'cord' band with a little texture, plus one lesion."""
+    rng = np.random.default_rng(seed)
+    h, w = SIZE
+    images = rng.uniform(0.1, 0.3, size=(n, h, w)).astype(np.float32)
+    cord = np.zeros((n, h, w), np.uint8)
+    cord[:, :, 10:14] = 1
+    images[cord > 0] += 0.4
+    lesion = np.zeros_like(cord)
+    lesion[1, 12:16, 10:14] = 1
+    images[lesion > 0] = 0.95
+    return SimpleNamespace(images=np.clip(images, 0, 1), cord=cord, lesion=lesion,
+                           slice_offset=np.zeros(n, int))
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------ small pure pieces
+def test_augment_is_seeded_and_in_unit_range():
+    cfg = TrainConfig()
+    x = torch.rand(3, 1, 16, 8)
+    a = train.augment(x, make_generator(1), cfg)
+    b = train.augment(x, make_generator(1), cfg)
+    c = train.augment(x, make_generator(2), cfg)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.min()) == 0.0 and math.isclose(float(a.max()), 1.0, abs_tol=1e-6)
+    # no noise, no contrast/brightness change -> only min-max renormalisation
+    ident = TrainConfig(brightness=(1.0, 1.0), contrast=(1.0, 1.0), noise_std=0.0)
+    y = train.augment(x, make_generator(0), ident)
+    lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    assert torch.allclose(y, (x - lo) / (hi - lo), atol=1e-6)
+
+
+def test_lr_schedule_matches_steplr_and_stage2_restart():
+    cfg = AdaptConfig(epochs=20, lr=3e-3, lr_step=5, lr_gamma=0.1, stage2_start=15)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    for e in range(cfg.epochs):
+        assert math.isclose(train.lr_at_epoch(cfg, e), opt.param_groups[0]["lr"], rel_tol=1e-9)
+        opt.step()
+        sched.step()
+    # the paper's quirk: stage 2 at lr * 0.1^3; the option restarts the schedule there
+    assert math.isclose(train.lr_at_epoch(cfg, 15), 3e-6, rel_tol=1e-9)
+    restarted = AdaptConfig(**{**cfg.__dict__, "restart_schedule_at_stage2": True})
+    assert train.lr_at_epoch(restarted, 15) == cfg.lr
+    assert math.isclose(train.lr_at_epoch(restarted, 19), cfg.lr, rel_tol=1e-9)
+    paper = get_preset("paper").adapt
+    assert math.isclose(train.lr_at_epoch(paper, paper.stage2_start), 3e-6, rel_tol=1e-9)
+
+
+def test_stage_schedule():
+    cfg = AdaptConfig(stage2_start=3)
+    assert [train.stage_schedule("u2ad", cfg, e) for e in range(5)] == ["eu"] * 3 + ["au"] * 2
+    assert {train.stage_schedule("eu", cfg, e) for e in range(5)} == {"eu"}
+    assert {train.stage_schedule("random", cfg, e) for e in range(5)} == {"random"}
+    with pytest.raises(ValueError, match="masking"):
+        train.stage_schedule("bogus", cfg, 0)
+
+
+def test_ssim_map_matches_skimage():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, 20, 16)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.1, size=x.shape), 0, 1).astype(np.float32)
+    ours = train.ssim_map(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    for i in range(2):
+        _, ref = skm.structural_similarity(x[i].astype(np.float64), y[i].astype(np.float64),
+                                           data_range=1.0, win_size=7, full=True)
+        np.testing.assert_allclose(ours[i], ref, atol=1e-5)
+
+
+def test_reconstruction_metrics():
+    d = tiny_data()
+    img = torch.from_numpy(d.images)
+    roi = torch.from_numpy(d.cord > 0)
+    perfect = train.reconstruction_metrics(img, img, torch.zeros_like(img), roi)
+    assert perfect["mse"] == 0 and math.isclose(perfect["ssim"], 1.0, abs_tol=1e-6) and perfect["eu_mean"] == 0
+    noisy = img + 0.1 * roi
+    m = train.reconstruction_metrics(img, noisy, torch.full_like(img, 0.5), roi)
+    assert math.isclose(m["mse"], 0.01, rel_tol=1e-5) and math.isclose(m["psnr"], 20.0, rel_tol=1e-4)
+    assert math.isclose(m["eu_mean"], 0.5) and math.isclose(m["au_mean"], 0.1, rel_tol=1e-5)
+    assert m["ssim"] < 1
+    empty = train.reconstruction_metrics(img, noisy, None, torch.zeros_like(roi))
+    assert empty["n"] == 0 and math.isnan(empty["mse"])
+
+
+def test_choose_tracked_prefers_lesions_and_middle_slices():
+    d = tiny_data(8)
+    d.slice_offset = np.array([0, 0, -1, 0, 1, 0, 0, 0])
+    idx = train.choose_tracked(d, 3)
+    assert len(idx) == 3 and 1 in idx and not {2, 4} & set(idx)
+    assert idx == train.choose_tracked(d, 3)
+
+
+# ------------------------------------------------------------------ training runs
+def test_pretrain_is_deterministic_and_reused(tmp_path):
+    p = tiny_preset(**{"pretrain.epochs": 2})
+    d = tiny_data()
+    a = train.pretrain(p, d, tmp_path / "a", device="cpu", seed=3, show_progress=False)
+    b = train.pretrain(p, d, tmp_path / "b", device="cpu", seed=3, show_progress=False)
+    assert_same_weights(weights(a.model), weights(b.model))
+    assert a.run_path.name == b.run_path.name and a.run_path.name.startswith("pretrain-")
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    c = train.pretrain(p, d, tmp_path / "c", device="cpu", seed=4, show_progress=False)
+    assert not torch.equal(weights(a.model)["patch_embed.weight"], weights(c.model)["patch_embed.weight"])
+    # a finished run is reused, not retrained
+    calls = []
+    again = train.pretrain(p, d, tmp_path / "a", device="cpu", seed=3, show_progress=False,
+                           callback=lambda e, r: calls.append(e))
+    assert again.reused and calls == [] and again.run_path == a.run_path
+    assert_same_weights(weights(a.model), weights(again.model))
+    model, info = train.load_checkpoint(a.run_path, "cpu")
+    assert info["kind"] == "pretrain" and info["epoch"] == 2
+    assert_same_weights(weights(a.model), weights(model))
+    # a different configuration is a different run
+    other = train.pretrain(p.override(**{"pretrain.lr": 2e-3}), d, tmp_path / "a", device="cpu", seed=3,
+                           show_progress=False)
+    assert other.run_path != a.run_path
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def test_adapt_resume_is_exact(tmp_path):
+    p = tiny_preset(**{"adapt.checkpoint_every": 2})
+    d = tiny_data()
+    pre = train.pretrain(p.override(**{"pretrain.epochs": 1}), d, tmp_path / "runs", device="cpu", seed=0,
+                         show_progress=False)
+    full = train.adapt(p, d, tmp_path / "full", init=pre.run_path, masking="u2ad", device="cpu", seed=0,
+                       show_progress=False)
+
+    def stop_at_3(epoch, row):
+        if epoch == 2:  # after the third epoch; the last checkpoint is after epoch 2 (index 1)
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.adapt(p, d, tmp_path / "part", init=pre.run_path, masking="u2ad", device="cpu", seed=0,
+                    show_progress=False, callback=stop_at_3)
+    run = next((tmp_path / "part").iterdir())
+    assert not (run / "done.json").exists()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    resumed = train.adapt(p, d, tmp_path / "part", init=pre.run_path, masking="u2ad", device="cpu", seed=0,
+                          show_progress=False)
+    assert not resumed.reused and (resumed.run_path / "done.json").exists()
+    assert_same_weights(weights(full.model), weights(resumed.model))
+    cols = ("epoch", "stage", "lr", "loss", "mse", "eu_mean")
+    strip = lambda h: [tuple(r.get(c) for c in cols) for r in h]  # noqa: E731
+    assert strip(full.history) == strip(resumed.history)
+
+    # history: refreshes at 0 and 2 plus a final row, stages eu, eu, au, au
+    h = full.history
+    assert [r["stage"] for r in h] == ["eu", "eu", "au", "au", "final"]
+    assert [r["epoch"] for r in h if r.get("mse") is not None] == [0, 2, 4]
+    assert all(r["ssim"] is not None and r["eu_mean"] >= 0 for r in h if r.get("mse") is not None)
+    df = train.read_history(full.run_path)
+    assert list(df["epoch"]) == [0, 1, 2, 3, 4]
+    maps = train.load_tracked_maps(full.run_path)
+    assert [m["epoch"] for m in maps] == [0, 2, 4]
+    assert maps[0]["eu"].shape == (2, *SIZE) and 1 in maps[0]["index"]
+    # the final maps are cached for later scoring: mc_maps finds them without recomputing
+    cached = train.mc_maps(full.run_path, d, p, device="cpu", seed=0)
+    assert cached.cached and cached.eu.shape == (6, *SIZE)
+
+
+def test_adapt_variants_and_scratch(tmp_path):
+    p = tiny_preset(**{"adapt.epochs": 2, "adapt.n_tracked": 0})
+    d = tiny_data()
+    runs = {m: train.adapt(p, d, tmp_path, init=None, masking=m, device="cpu", seed=0, show_progress=False)
+            for m in train.MASKINGS}
+    assert len({r.run_path for r in runs.values()}) == 3
+    assert runs["random"].history[0]["stage"] == "random"
+    # same seed, same initialisation and data order: only the masks differ
+    assert not torch.equal(weights(runs["random"].model)["patch_embed.weight"],
+                           weights(runs["eu"].model)["patch_embed.weight"])
+    with pytest.raises(ValueError, match="masking"):
+        train.adapt(p, d, tmp_path, init=None, masking="bogus", device="cpu")
+    with pytest.raises(FileNotFoundError, match="init checkpoint"):
+        train.adapt(p, d, tmp_path, init=tmp_path / "missing", device="cpu")
+
+
+def test_wrong_image_size_is_a_clear_error(tmp_path):
+    p = tiny_preset()
+    d = tiny_data()
+    d.images = d.images[:, :16]
+    d.cord = d.cord[:, :16]
+    with pytest.raises(ValueError, match="model expects"):
+        train.pretrain(p, d, tmp_path, device="cpu", show_progress=False)

@@ -1,0 +1,493 @@
+"""Detection protocol (paper 4.2-4.3, Appendix F; method.md section 6) and the other metrics.
+
+Input: the scores table of :func:`u2ad_core.scoring.score_dataset` (one row per slice;
+columns ``subject``, ``patient_label``, ``lesion_segments``, ``patient_score``, ``C2-3`` ...
+``C7-T1``). :func:`patient_table` reduces it to one row per patient (when a subject has
+several slices, the slice with the highest patient score is used, with its segments);
+patients with an unknown label (-1) are left out.
+
+Cross-validation (:func:`cross_validate`)
+----------------------------------------
+Patients are split into ``n_folds`` folds with :class:`sklearn.model_selection.StratifiedKFold`
+(shuffled, ``random_state = seed + repeat``), so positives are spread over the folds; with
+fewer positives than folds (the sparse cohort) some test folds have none (sklearn warns; the
+warning is captured and the number of such folds is reported). The whole split is repeated
+``n_repeats`` times (paper Appendix F: 20).
+
+*Patient level.* A patient is predicted positive when ``patient_score >= threshold``. The
+threshold is chosen on the four tuning folds as **the highest threshold that keeps
+sensitivity >= 0.9** there (:func:`threshold_at_sensitivity`: the ``ceil(0.9 P)``-th highest
+positive score, P = tuning positives), then applied to the test fold: accuracy, F1,
+sensitivity, specificity (scikit-learn, ``zero_division=nan``). A metric whose denominator is
+zero in a fold (F1 and sensitivity with no positive and no predicted positive, specificity
+with no negative) is NaN for that fold: NaN folds are left out of the mean ± std and counted
+(``n_nan_*`` in the summary). When the tuning folds hold no positive at all the threshold is
+NaN and every patient metric of that fold is NaN.
+
+*Segment level* (:func:`segment_confusion`): each patient contributes its top-scoring
+segment (argmax of ``C2-3`` ... ``C7-T1``; a patient without any segment score contributes
+nothing but, if it is a lesion patient, one FN) and that segment is flagged when its score
+``>= threshold``. The counting rule, ``rule="strict"`` (default):
+
+=================================  =====================  =======================
+patient / top segment              flagged (>= thr)       not flagged
+=================================  =====================  =======================
+lesion patient, top in its lesions  TP                     FN
+lesion patient, top elsewhere       FP **and** FN          FN
+normal patient                      FP                     TN
+=================================  =====================  =======================
+
+so recall = fraction of lesion patients whose lesion was flagged *at the right segment*, and
+a right patient with a wrong segment is punished twice (a false alarm where there is nothing,
+and a missed lesion). ``rule="item"`` is the literal reading of the paper (the top segment
+is one item, positive when it is one of the patient's lesion segments): TP / FP / FN / TN of
+that item only, so a lesion patient whose top segment is elsewhere counts FP when flagged
+and TN when not. Two thresholds are reported side by side: the paper's, chosen for the best
+F1 **on the test fold itself** (optimistic; ``segment_*``), and an honest one chosen for the
+best F1 on the four tuning folds (``segment_*_honest``). Ties in F1 go to the highest
+threshold. Threshold candidates are the observed top-segment scores and +inf (flag nothing).
+
+Summaries are the mean ± std (ddof 1) over all ``n_repeats x n_folds`` test folds, which
+matches the paper's per-fold spread (Table 1) and uses every repeat;
+:meth:`CVResult.repeat_means` gives one mean per repeat (Appendix F box plots).
+
+Other metrics: patient AUROC / AUPRC (:func:`threshold_free`), pixel AUROC / AUPRC / best
+Dice on the pseudo-anomaly set (:func:`pixel_metrics`), reconstruction SSIM / PSNR / MSE in
+the ROI and mean variance (:func:`reconstruction_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .labels import SEGMENTS, parse_segments
+
+__all__ = [
+    "TABLE1_COLUMNS",
+    "CVResult",
+    "patient_table",
+    "threshold_at_sensitivity",
+    "binary_metrics",
+    "segment_confusion",
+    "segment_metrics",
+    "best_f1_threshold",
+    "stratified_folds",
+    "cross_validate",
+    "threshold_free",
+    "format_mean_std",
+    "table1",
+    "pixel_metrics",
+    "reconstruction_metrics",
+    "peak_in_lesion_fraction",
+]
+
+TABLE1_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("Patient-level", "Accuracy", "patient_accuracy"),
+    ("Patient-level", "F1", "patient_f1"),
+    ("Patient-level", "Specificity", "patient_specificity"),
+    ("Segment-level", "F1", "segment_f1"),
+    ("Segment-level", "Recall", "segment_recall"),
+    ("Segment-level", "Specificity", "segment_specificity"),
+)
+"""(group, column, metric key) of the paper's Table 1."""
+
+METRICS: tuple[str, ...] = (
+    "patient_accuracy", "patient_f1", "patient_sensitivity", "patient_specificity",
+    "patient_auroc", "patient_auprc",
+    "segment_f1", "segment_recall", "segment_specificity", "segment_precision",
+    "segment_f1_honest", "segment_recall_honest", "segment_specificity_honest",
+    "segment_precision_honest",
+)
+
+
+# --------------------------------------------------------------------------------------
+# Per-patient table
+# --------------------------------------------------------------------------------------
+def patient_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient with a known label, from a scores table (one row per slice).
+
+    Columns: subject, label (0/1), score (patient score), top_segment ('' if none),
+    top_score, lesion_segments, top_is_lesion (bool). With several slices per subject the
+    slice with the highest patient score is kept.
+    """
+    required = {"subject", "patient_label", "lesion_segments", "patient_score", *SEGMENTS}
+    missing = required - set(scores.columns)
+    if missing:
+        raise KeyError(f"scores table lacks columns {sorted(missing)}; got {list(scores.columns)}")
+    df = scores.copy()
+    df = df[df["patient_label"].astype(int) >= 0]
+    if df.empty:
+        raise ValueError("no patient with a known label (patient_label 0 or 1) in the scores table")
+    df = df.assign(_s=df["patient_score"].astype(float).fillna(-np.inf))
+    df = df.sort_values(["subject", "_s"], ascending=[True, False], kind="stable")
+    df = df.drop_duplicates("subject", keep="first").drop(columns="_s")
+    seg = df[list(SEGMENTS)].to_numpy(dtype=np.float64)
+    has = np.isfinite(seg).any(1)
+    idx = np.where(np.isfinite(seg), seg, -np.inf).argmax(1)
+    top = np.where(has, np.array(SEGMENTS, dtype=object)[idx], "")
+    top_score = np.where(has, seg[np.arange(len(seg)), idx], np.nan)
+    lesions = [parse_segments(str(s) if isinstance(s, str) else "") for s in df["lesion_segments"]]
+    top_is_lesion = np.array([t != "" and t in les for t, les in zip(top, lesions)], dtype=bool)
+    return pd.DataFrame({
+        "subject": df["subject"].astype(str).to_numpy(),
+        "label": df["patient_label"].astype(int).to_numpy(),
+        "score": df["patient_score"].astype(float).to_numpy(),
+        "top_segment": top.astype(str),
+        "top_score": top_score,
+        "lesion_segments": [";".join(les) for les in lesions],
+        "top_is_lesion": top_is_lesion,
+    }).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------
+# Thresholds and counts
+# --------------------------------------------------------------------------------------
+def threshold_at_sensitivity(scores: np.ndarray, labels: np.ndarray, sensitivity: float = 0.9) -> float:
+    """Highest threshold ``t`` with sensitivity ``>= sensitivity`` for the rule ``score >= t``.
+
+    ``t`` = the ``ceil(sensitivity * P)``-th highest score among the P positives (NaN scores
+    of positives count as misses). Returns NaN when there is no positive.
+    """
+    if not 0.0 < sensitivity <= 1.0:
+        raise ValueError(f"sensitivity must be in (0, 1], got {sensitivity!r}")
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    pos = np.sort(np.nan_to_num(scores[labels == 1], nan=-np.inf))[::-1]
+    if len(pos) == 0:
+        return float("nan")
+    m = max(1, math.ceil(sensitivity * len(pos) - 1e-9))
+    return float(pos[m - 1])
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else float("nan")
+
+
+def binary_metrics(labels: np.ndarray, pred: np.ndarray, scores: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy, F1, sensitivity, specificity (scikit-learn, ``zero_division=nan``) and,
+    when ``scores`` is given and both classes are present, AUROC and AUPRC."""
+    from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
+                                 recall_score, roc_auc_score)
+
+    y = np.asarray(labels).astype(int)
+    p = np.asarray(pred).astype(int)
+    out = {
+        "accuracy": float(accuracy_score(y, p)) if len(y) else float("nan"),
+        "f1": float(f1_score(y, p, labels=[0, 1], zero_division=np.nan)) if (y.any() or p.any()) else float("nan"),
+        "sensitivity": float(recall_score(y, p, labels=[0, 1], zero_division=np.nan)) if y.any() else float("nan"),
+        "specificity": float(recall_score(y, p, labels=[0, 1], pos_label=0, zero_division=np.nan)) if (y == 0).any() else float("nan"),
+        "auroc": float("nan"),
+        "auprc": float("nan"),
+    }
+    if scores is not None and y.any() and (y == 0).any():
+        s = np.asarray(scores, dtype=np.float64)
+        fin = np.isfinite(s)
+        s = np.where(fin, s, (s[fin].min() - 1.0) if fin.any() else 0.0)  # no score = lowest
+        out["auroc"] = float(roc_auc_score(y, s))
+        out["auprc"] = float(average_precision_score(y, s))
+    return out
+
+
+def segment_confusion(
+    top_score: np.ndarray,
+    top_is_lesion: np.ndarray,
+    label: np.ndarray,
+    threshold: float | np.ndarray,
+    rule: str = "strict",
+) -> np.ndarray:
+    """Segment-level TP, FP, FN, TN for one or several thresholds (counting rule: module doc).
+
+    top_score, top_is_lesion, label: ``(P,)`` per patient; threshold: scalar or ``(T,)``.
+    Returns ``(4,)`` or ``(T, 4)`` int counts in the order TP, FP, FN, TN. A patient whose
+    ``top_score`` is NaN (no segment) is never flagged.
+    """
+    if rule not in ("strict", "item"):
+        raise ValueError(f"segment rule must be 'strict' or 'item', got {rule!r}")
+    s = np.asarray(top_score, dtype=np.float64)
+    hit = np.asarray(top_is_lesion, dtype=bool)
+    les = np.asarray(label).astype(int) == 1
+    thr = np.atleast_1d(np.asarray(threshold, dtype=np.float64))
+    flag = np.nan_to_num(s, nan=-np.inf)[None, :] >= thr[:, None]  # (T, P)
+    tp = (flag & hit).sum(1)
+    if rule == "strict":
+        fp = (flag & ~hit).sum(1)
+        fn = (les[None, :] & ~(flag & hit)).sum(1)
+        tn = (~flag & ~les[None, :]).sum(1)
+    else:
+        fp = (flag & ~hit).sum(1)
+        fn = (~flag & hit).sum(1)
+        tn = (~flag & ~hit).sum(1)
+    out = np.stack([tp, fp, fn, tn], axis=1)
+    return out[0] if np.ndim(threshold) == 0 else out
+
+
+def segment_metrics(counts: np.ndarray) -> dict[str, float]:
+    """F1 = 2TP / (2TP + FP + FN), recall, specificity, precision from TP, FP, FN, TN (NaN
+    when a denominator is zero)."""
+    tp, fp, fn, tn = (float(c) for c in counts)
+    return {
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+    }
+
+
+def best_f1_threshold(top_score, top_is_lesion, label, rule: str = "strict") -> float:
+    """Threshold with the best segment F1 on the given patients (ties: the highest threshold).
+
+    Candidates: the observed finite top scores and +inf (flag nothing). Without any lesion
+    patient F1 cannot be positive: +inf is returned (flag nothing, best specificity).
+    """
+    s = np.asarray(top_score, dtype=np.float64)
+    if not (np.asarray(label).astype(int) == 1).any():
+        return float("inf")
+    cand = np.unique(np.concatenate([s[np.isfinite(s)], [np.inf]]))
+    c = segment_confusion(s, top_is_lesion, label, cand, rule).astype(np.float64)
+    den = 2 * c[:, 0] + c[:, 1] + c[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(den > 0, 2 * c[:, 0] / den, -1.0)
+    best = np.flatnonzero(f1 == f1.max())
+    return float(cand[best[-1]])
+
+
+# --------------------------------------------------------------------------------------
+# Cross-validation
+# --------------------------------------------------------------------------------------
+def stratified_folds(labels: np.ndarray, n_folds: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """Test-index arrays of a shuffled stratified ``n_folds`` split (sklearn StratifiedKFold).
+
+    With a single class present a plain shuffled KFold is used. The sklearn warning for a
+    class with fewer members than folds is silenced here (callers count folds without
+    positives). Raises ``ValueError`` when there are fewer patients than folds.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    y = np.asarray(labels).astype(int)
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    if len(y) < n_folds:
+        raise ValueError(f"cannot make {n_folds} folds from {len(y)} patients")
+    x = np.zeros((len(y), 1))
+    if len(np.unique(y)) < 2:
+        split = KFold(n_folds, shuffle=True, random_state=seed).split(x)
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            split = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y))
+    return [np.sort(te) for _, te in split]
+
+
+@dataclass
+class CVResult:
+    """Output of :func:`cross_validate`.
+
+    folds: one row per (repeat, fold) with thresholds, counts and every metric;
+    patients: the per-patient table that was evaluated; settings: the protocol's parameters.
+    """
+
+    folds: pd.DataFrame
+    patients: pd.DataFrame
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> pd.DataFrame:
+        """Per metric: mean, std (ddof 1), n (defined folds), n_nan, over all test folds."""
+        rows = {}
+        for m in METRICS:
+            v = self.folds[m].to_numpy(dtype=np.float64)
+            ok = np.isfinite(v)
+            rows[m] = {
+                "mean": float(v[ok].mean()) if ok.any() else float("nan"),
+                "std": float(v[ok].std(ddof=1)) if ok.sum() > 1 else float("nan"),
+                "n": int(ok.sum()),
+                "n_nan": int((~ok).sum()),
+            }
+        return pd.DataFrame(rows).T
+
+    def repeat_means(self) -> pd.DataFrame:
+        """Mean of each metric over the folds of each repeat (rows = repeats)."""
+        return self.folds.groupby("repeat")[list(METRICS)].mean()
+
+    def localisation(self) -> dict[str, float]:
+        """Among lesion patients detected at the CV patient threshold (pooled over folds and
+        repeats), the fraction whose top segment is one of their lesion segments."""
+        det = int(self.folds["n_detected_lesion"].sum())
+        hit = int(self.folds["n_detected_lesion_hit"].sum())
+        return {"detected": det, "peak_in_lesion": hit, "fraction": _ratio(hit, det)}
+
+    def row(self, protocol: str = "paper", digits: int = 4) -> dict[str, str]:
+        """Table 1 cells, ``"mean ± std"`` strings; ``protocol="honest"`` uses the segment
+        threshold tuned on the training folds."""
+        summ = self.summary()
+        out = {}
+        for group, col, key in TABLE1_COLUMNS:
+            if protocol == "honest" and key.startswith("segment_"):
+                key = key + "_honest"
+            out[(group, col)] = format_mean_std(summ.loc[key, "mean"], summ.loc[key, "std"], digits)
+        return out
+
+
+def cross_validate(
+    scores: pd.DataFrame,
+    n_folds: int = 5,
+    n_repeats: int = 20,
+    sensitivity: float = 0.9,
+    seed: int = 0,
+    segment_rule: str = "strict",
+) -> CVResult:
+    """Repeated stratified k-fold evaluation of a scores table (protocol: module docstring).
+
+    scores: the table of :func:`u2ad_core.scoring.score_dataset` (or :func:`patient_table`'s
+    output). Repeat r uses fold seed ``seed + r``.
+    """
+    pt = scores if {"label", "score", "top_score"} <= set(scores.columns) else patient_table(scores)
+    y = pt["label"].to_numpy(dtype=int)
+    s = pt["score"].to_numpy(dtype=np.float64)
+    ts = pt["top_score"].to_numpy(dtype=np.float64)
+    hit = pt["top_is_lesion"].to_numpy(dtype=bool)
+    rows = []
+    for r in range(int(n_repeats)):
+        folds = stratified_folds(y, n_folds, seed + r)
+        for f, te in enumerate(folds):
+            tr = np.setdiff1d(np.arange(len(y)), te)
+            row: dict[str, Any] = {"repeat": r, "fold": f, "n_test": len(te),
+                                   "n_test_pos": int(y[te].sum()), "n_tune_pos": int(y[tr].sum())}
+            thr = threshold_at_sensitivity(s[tr], y[tr], sensitivity)
+            row["patient_threshold"] = thr
+            pred = np.nan_to_num(s[te], nan=-np.inf) >= thr
+            m = binary_metrics(y[te], pred, s[te])
+            if not np.isfinite(thr):
+                m.update({k: float("nan") for k in ("accuracy", "f1", "sensitivity", "specificity")})
+            row.update({f"patient_{k}": v for k, v in m.items()})
+            det = pred & (y[te] == 1)
+            row["n_detected_lesion"] = int(det.sum()) if np.isfinite(thr) else 0
+            row["n_detected_lesion_hit"] = int((det & hit[te]).sum()) if np.isfinite(thr) else 0
+            # segment level: paper (best F1 on the test fold) and honest (tuning folds)
+            for tag, idx_thr in (("", te), ("_honest", tr)):
+                sthr = best_f1_threshold(ts[idx_thr], hit[idx_thr], y[idx_thr], segment_rule)
+                c = segment_confusion(ts[te], hit[te], y[te], sthr, segment_rule)
+                sm = segment_metrics(c)
+                row[f"segment_threshold{tag}"] = sthr
+                for k, v in sm.items():
+                    row[f"segment_{k}{tag}"] = v
+                for name, v in zip(("tp", "fp", "fn", "tn"), c):
+                    row[f"segment_{name}{tag}"] = int(v)
+            rows.append(row)
+    folds_df = pd.DataFrame(rows)
+    settings = {"n_folds": n_folds, "n_repeats": n_repeats, "sensitivity": sensitivity,
+                "seed": seed, "segment_rule": segment_rule, "n_patients": int(len(y)),
+                "n_positive": int(y.sum()),
+                "n_test_folds_without_positive": int((folds_df["n_test_pos"] == 0).sum())}
+    return CVResult(folds=folds_df, patients=pt, settings=settings)
+
+
+def threshold_free(scores: pd.DataFrame) -> dict[str, float]:
+    """Patient AUROC and AUPRC (scikit-learn) over all labelled patients, plus the
+    prevalence (the AUPRC of a random ranking)."""
+    pt = scores if {"label", "score"} <= set(scores.columns) else patient_table(scores)
+    m = binary_metrics(pt["label"], np.zeros(len(pt)), pt["score"])
+    return {"auroc": m["auroc"], "auprc": m["auprc"], "prevalence": float(pt["label"].mean()),
+            "n": int(len(pt)), "n_positive": int(pt["label"].sum())}
+
+
+def peak_in_lesion_fraction(scores: pd.DataFrame) -> float:
+    """Fraction of lesion patients whose top-scoring segment is one of their lesion segments."""
+    pt = scores if "top_is_lesion" in scores.columns else patient_table(scores)
+    les = pt[pt["label"] == 1]
+    return _ratio(les["top_is_lesion"].sum(), len(les))
+
+
+# --------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------
+def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
+    """``0.7740 ± 0.0124``; ``nan`` parts print as ``n/a``."""
+    f = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"  # noqa: E731
+    return f"{f(mean)} ± {f(std)}"
+
+
+def table1(results: dict[str, CVResult], protocol: str = "paper", digits: int = 4) -> pd.DataFrame:
+    """Paper Table 1 layout: rows = ``results`` keys (e.g. ``"S3 U2AD"``), two-level columns
+    (Patient-level: Accuracy, F1, Specificity; Segment-level: F1, Recall, Specificity),
+    cells ``"mean ± std"``."""
+    cols = pd.MultiIndex.from_tuples([(g, c) for g, c, _ in TABLE1_COLUMNS])
+    data = [[res.row(protocol, digits)[c] for c in cols] for res in results.values()]
+    return pd.DataFrame(data, index=list(results.keys()), columns=cols)
+
+
+# --------------------------------------------------------------------------------------
+# Pixel and reconstruction metrics
+# --------------------------------------------------------------------------------------
+def pixel_metrics(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray) -> dict[str, float]:
+    """Pixel AUROC, AUPRC and best Dice over thresholds, pooled over all ROI pixels.
+
+    maps: ``(N, H, W)`` anomaly maps; lesion: ``(N, H, W)`` ground-truth mask; roi: ``(N, H, W)``
+    (only ROI pixels are scored). Best Dice = max over thresholds of 2PR / (P + R) from
+    :func:`sklearn.metrics.precision_recall_curve` (the Dice of the pooled pixel set).
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+    maps = np.asarray(maps, dtype=np.float64)
+    lesion = np.asarray(lesion) > 0
+    roi = np.asarray(roi) > 0
+    if not (maps.shape == lesion.shape == roi.shape):
+        raise ValueError(f"maps {maps.shape}, lesion {lesion.shape}, roi {roi.shape} differ")
+    y = lesion[roi].astype(int)
+    s = np.nan_to_num(maps[roi])
+    out = {"n_pixels": int(y.size), "n_lesion_pixels": int(y.sum()),
+           "auroc": float("nan"), "auprc": float("nan"), "best_dice": float("nan"),
+           "best_dice_threshold": float("nan")}
+    if y.any() and (y == 0).any():
+        out["auroc"] = float(roc_auc_score(y, s))
+        out["auprc"] = float(average_precision_score(y, s))
+        p, r, t = precision_recall_curve(y, s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)[:-1]
+        i = int(np.argmax(d))
+        out["best_dice"] = float(d[i])
+        out["best_dice_threshold"] = float(t[i])
+    return out
+
+
+def reconstruction_metrics(
+    target: np.ndarray,
+    recon: np.ndarray,
+    roi: np.ndarray,
+    eu: np.ndarray | None = None,
+    data_range: float = 1.0,
+) -> pd.DataFrame:
+    """Per image: SSIM, PSNR, MSE inside the ROI and mean variance (EU) inside the ROI.
+
+    target, recon, roi, eu: ``(N, H, W)``. SSIM is
+    :func:`skimage.metrics.structural_similarity` (``data_range=1``, full map) averaged over
+    the ROI pixels; MSE is the mean squared error over the ROI; PSNR =
+    ``10 log10(data_range^2 / MSE)`` (inf when MSE is 0). NaN for an image without ROI.
+    """
+    from skimage.metrics import structural_similarity
+
+    target = np.asarray(target, dtype=np.float64)
+    recon = np.asarray(recon, dtype=np.float64)
+    roi = np.asarray(roi) > 0
+    if target.ndim == 2:
+        target, recon, roi = target[None], recon[None], roi[None]
+        eu = None if eu is None else np.asarray(eu)[None]
+    if not (target.shape == recon.shape == roi.shape):
+        raise ValueError(f"target {target.shape}, recon {recon.shape}, roi {roi.shape} differ")
+    rows = []
+    for i in range(len(target)):
+        m = roi[i]
+        if not m.any():
+            rows.append({"ssim": np.nan, "psnr": np.nan, "mse": np.nan, "variance": np.nan})
+            continue
+        _, smap = structural_similarity(target[i], recon[i], data_range=data_range, full=True)
+        mse = float(((target[i] - recon[i])[m] ** 2).mean())
+        psnr = float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+        var = float(np.asarray(eu[i], dtype=np.float64)[m].mean()) if eu is not None else np.nan
+        rows.append({"ssim": float(smap[m].mean()), "psnr": psnr, "mse": mse, "variance": var})
+    return pd.DataFrame(rows)

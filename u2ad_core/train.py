@@ -1,0 +1,983 @@
+"""Pretraining and two-stage uncertainty-guided adaptation (paper sections 3.3-3.4, 4.3).
+
+Three entry points, all seeded, resumable and cached by a hash of everything that shapes
+their result:
+
+- :func:`pretrain`: EdgeMAE with random ROI masking on a healthy cohort (paper 4.3);
+- :func:`adapt`: adaptation on the clinical cohort (paper Algorithm 2). ``masking`` picks the
+  variant compared in the paper (Table 3, Figure A4): ``"random"`` (baseline), ``"eu"``
+  (stage 1 only: EU-guided masking throughout) or ``"u2ad"`` (EU-guided, then AU-guided from
+  ``AdaptConfig.stage2_start``). The EU / AU maps are refreshed with the Monte-Carlo engine
+  (:func:`u2ad_core.uncertainty.mc_uncertainty`) over the whole training set every
+  ``refresh_every`` (Q) epochs, including adaptation epoch 0 and once more after the last
+  epoch. Every refresh also yields the reconstruction metrics of that epoch (ROI MSE, PSNR,
+  SSIM, mean EU) and the maps of a few tracked images, so nothing is computed twice;
+- :func:`strategy_model`: the paper's dataset strategies (section 4.3): S1 pretrain only,
+  S2 adaptation from a random initialisation on the clinical cohort, S3 pretrain then adapt.
+
+Learning-rate schedule (paper 4.3): Adam, ``lr`` x ``lr_gamma`` every ``lr_step`` epochs
+(``torch.optim.lr_scheduler.StepLR``, computed in closed form by :func:`lr_at_epoch` so that a
+resumed run needs no scheduler state). The adaptation restarts the schedule at its epoch 0,
+so with the paper's numbers stage 2 (epochs 150-199) runs at 3e-3 x 0.1^3 = 3e-6: the
+AU-guided stage barely changes the weights and mostly keeps the detected anomalies from being
+learnt. That is what the paper and the authors' code do, and it is kept by default;
+``AdaptConfig.restart_schedule_at_stage2=True`` restarts the schedule at stage 2 instead.
+
+Strategy S2 (train on the clinical cohort only) uses the adaptation procedure and its
+configuration (``preset.adapt``: same epochs, schedule and U2AD masking) from a random
+initialisation, as the paper trains S2 "from scratch" for its 200 adaptation epochs.
+
+Run directory ``run_dir / f"{name}-{hash}"`` (the hash covers the model, training and masking
+configuration, the masking variant, the data arrays, the initial weights and the seed)::
+
+    config.json      what was run (the hashed specification)
+    checkpoint.pt    last checkpoint: weights, optimiser, generator, current EU/AU maps,
+                     metric history (written atomically; ``resume=True`` continues from it)
+    metrics.csv      one row per epoch: epoch, stage, lr, loss, seconds and, at refresh
+                     epochs, mse, psnr, ssim, eu_mean, au_mean (row ``stage="final"``: after
+                     the last epoch)
+    maps/epoch_NNN.npz   EU / AU / mean maps of the tracked images at each refresh
+    mc/<key>.npz     cached Monte-Carlo maps of this run's final model (see :func:`mc_maps`)
+    model.pt         final weights and model configuration (:func:`load_checkpoint`)
+    done.json        written last: the run is complete and is reused, not retrained
+
+Devices: ``"auto"`` picks CUDA, then Apple MPS, then CPU. On CUDA the forward pass runs under
+``torch.autocast`` (bf16 where supported, otherwise fp16 with a ``GradScaler``). All
+randomness (initialisation, data order, augmentation, masks, MC passes) comes from seeded
+``torch.Generator`` objects on the CPU, so two CPU runs with the same seed give identical
+weights, and a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import (
+    AdaptConfig,
+    MaskingConfig,
+    MCConfig,
+    ModelConfig,
+    Preset,
+    TrainConfig,
+    config_hash,
+    get_preset,
+    to_dict,
+)
+from .runtime import atomic_path, atomic_write_json, atomic_write_text, make_generator, progress, resolve_device
+
+__all__ = [
+    "MASKINGS",
+    "STRATEGIES",
+    "TrainResult",
+    "augment",
+    "lr_at_epoch",
+    "stage_schedule",
+    "reconstruction_metrics",
+    "ssim_map",
+    "choose_tracked",
+    "pretrain",
+    "adapt",
+    "load_checkpoint",
+    "load_tracked_maps",
+    "read_history",
+    "mc_maps",
+    "strategy_model",
+    "cli_register",
+]
+
+FORMAT_VERSION = 1
+MASKINGS = ("random", "eu", "u2ad")
+STRATEGIES = ("S1", "S2", "S3")
+COHORTS = ("renji_like", "ruijin_like")
+CSV_COLUMNS = ("epoch", "stage", "lr", "loss", "mse", "psnr", "ssim", "eu_mean", "au_mean",
+               "seconds", "refresh_seconds")
+_EVAL_STREAM = 0  # MC generator stream for "evaluation" maps (adaptation epoch 0 and final)
+
+
+# --------------------------------------------------------------------------------------
+# Small, pure pieces (tested on their own)
+# --------------------------------------------------------------------------------------
+def augment(images: torch.Tensor, generator: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """Paper 4.3 augmentation, drawn from ``generator`` (CPU) and applied on the fly.
+
+    Per image: contrast x U(cfg.contrast) about the image mean, brightness x U(cfg.brightness),
+    additive Gaussian noise (sigma ``cfg.noise_std``), clip to [0, 1], then min-max renormalise
+    to [0, 1] (the paper: "the images are then re-normalized to the range of 0-1").
+
+    images: (B, 1, H, W) float in [0, 1], any device -> (B, 1, H, W), same device and dtype.
+    """
+    b = images.shape[0]
+    lo_b, hi_b = cfg.brightness
+    lo_c, hi_c = cfg.contrast
+    brightness = lo_b + (hi_b - lo_b) * torch.rand(b, 1, 1, 1, generator=generator)
+    contrast = lo_c + (hi_c - lo_c) * torch.rand(b, 1, 1, 1, generator=generator)
+    noise = torch.randn(images.shape, generator=generator) * cfg.noise_std
+    dev, dt = images.device, images.dtype
+    x = images.float()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * contrast.to(dev) + mean
+    x = x * brightness.to(dev) + noise.to(dev)
+    x = x.clamp(0.0, 1.0)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    x = (x - lo) / (hi - lo).clamp_min(1e-6)
+    return x.to(dt)
+
+
+def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): StepLR, ``lr * lr_gamma ** (epoch // lr_step)``.
+
+    For an :class:`AdaptConfig` with ``restart_schedule_at_stage2`` the schedule restarts at
+    ``stage2_start`` (epochs counted from there). Default (paper and authors' code): one
+    schedule for the whole adaptation, so stage 2 runs at the decayed rate.
+    """
+    e = int(epoch)
+    if isinstance(cfg, AdaptConfig) and cfg.restart_schedule_at_stage2 and e >= cfg.stage2_start:
+        e -= cfg.stage2_start
+    step = max(1, int(cfg.lr_step))
+    return float(cfg.lr * cfg.lr_gamma ** (e // step))
+
+
+def stage_schedule(masking: str, cfg: AdaptConfig, epoch: int) -> str:
+    """Sampler used at adaptation ``epoch``: ``"random"``, ``"eu"`` or ``"au"``.
+
+    ``masking="random"`` -> random throughout (baseline); ``"eu"`` -> EU-guided throughout
+    (stage 1 only); ``"u2ad"`` -> EU-guided before ``cfg.stage2_start``, AU-guided from it.
+    """
+    if masking not in MASKINGS:
+        raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+    if masking == "random":
+        return "random"
+    if masking == "eu" or epoch < cfg.stage2_start:
+        return "eu"
+    return "au"
+
+
+def _symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Pad the last two dims by ``p`` with edge-repeating reflection (numpy 'symmetric',
+    scipy.ndimage 'reflect', which skimage's SSIM uses)."""
+    x = torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, win_size: int = 7, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM, vectorised over a batch: (N, H, W) x (N, H, W) -> (N, H, W).
+
+    Same definition as ``skimage.metrics.structural_similarity(x, y, data_range=1,
+    win_size=7, full=True)[1]`` (uniform 7 x 7 window, sample covariance, K1 = 0.01,
+    K2 = 0.03, symmetric padding); tested against it.
+    """
+    if win_size % 2 != 1:
+        raise ValueError(f"win_size must be odd, got {win_size}")
+    x = x.double().unsqueeze(1)
+    y = y.double().unsqueeze(1)
+    p = win_size // 2
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(_symmetric_pad(t, p), win_size, stride=1)
+
+    n = win_size * win_size
+    cov_norm = n / (n - 1)
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s[:, 0].float()
+
+
+def reconstruction_metrics(
+    images: torch.Tensor | np.ndarray,
+    mean: torch.Tensor | np.ndarray,
+    eu: torch.Tensor | np.ndarray | None,
+    region: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray | None = None,
+) -> dict[str, float]:
+    """Reconstruction quality within a region (paper Table 3 / Figure A4 metrics).
+
+    images, mean (MC mean reconstruction), eu (MC variance), region (bool ROI, e.g. the cord
+    or a pseudo-anomaly mask): (N, H, W). ``reference`` (default ``images``) is what the
+    reconstruction is compared with (the pre-anomaly ``original`` for Figure A4 (c)).
+
+    Per image, over the region's pixels: MSE, PSNR = 10 log10(1 / MSE) (data range 1) and
+    SSIM = mean of the SSIM map (:func:`ssim_map`, computed on the whole image with the
+    reconstruction pasted into the reference outside the region) over the region's pixels;
+    mean EU and mean AU = |image - mean| over the region. Returned values are means over the
+    images that have a non-empty region (NaN when none has).
+    """
+    t = lambda a: torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a  # noqa: E731
+    img = t(images).float()
+    mu = t(mean).float()
+    reg = t(region).bool()
+    ref = img if reference is None else t(reference).float()
+    if img.shape != mu.shape or img.shape != reg.shape:
+        raise ValueError(f"images {tuple(img.shape)}, mean {tuple(mu.shape)} and region "
+                         f"{tuple(reg.shape)} must have the same (N, H, W) shape")
+    counts = reg.flatten(1).sum(1).float()
+    ok = counts > 0
+    if not bool(ok.any()):
+        nan = float("nan")
+        return {"mse": nan, "psnr": nan, "ssim": nan, "eu_mean": nan, "au_mean": nan, "n": 0}
+    rec = torch.where(reg, mu, ref)
+    c = counts.clamp_min(1)
+    mse = ((rec - ref) ** 2 * reg).flatten(1).sum(1) / c
+    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+    ssim = (ssim_map(rec, ref) * reg).flatten(1).sum(1) / c
+    au = ((img - mu).abs() * reg).flatten(1).sum(1) / c
+    out = {
+        "mse": float(mse[ok].mean()),
+        "psnr": float(psnr[ok].mean()),
+        "ssim": float(ssim[ok].mean()),
+        "au_mean": float(au[ok].mean()),
+        "n": int(ok.sum()),
+    }
+    out["eu_mean"] = float(((t(eu).float() * reg).flatten(1).sum(1) / c)[ok].mean()) if eu is not None else float("nan")
+    return out
+
+
+def choose_tracked(data: Any, n: int) -> list[int]:
+    """``n`` fixed image indices whose maps are saved at each refresh.
+
+    Middle slices (``slice_offset == 0``) first, alternating patients with and without a
+    lesion annotation when the data has one (display only, never used for training), spread
+    evenly over the subjects. Deterministic.
+    """
+    n_img = len(data.images)
+    if n <= 0 or n_img == 0:
+        return []
+    offs = np.asarray(getattr(data, "slice_offset", np.zeros(n_img, int)))
+    cand = np.flatnonzero(offs == 0)
+    if cand.size == 0:
+        cand = np.arange(n_img)
+    lesion = getattr(data, "lesion", None)
+    has = np.asarray(lesion).reshape(n_img, -1).any(1)[cand] if lesion is not None else np.zeros(cand.size, bool)
+    pos, neg = cand[has], cand[~has]
+
+    def spread(a: np.ndarray, m: int) -> list[int]:
+        if m <= 0 or a.size == 0:
+            return []
+        idx = np.unique(np.linspace(0, a.size - 1, min(m, a.size)).round().astype(int))
+        return [int(a[i]) for i in idx]
+
+    n_pos = min(pos.size, (n + 1) // 2) if neg.size else min(pos.size, n)
+    chosen = spread(pos, n_pos) + spread(neg, n - n_pos)
+    if len(chosen) < n:  # top up from whatever is left
+        rest = [int(i) for i in cand if int(i) not in chosen]
+        chosen += rest[: n - len(chosen)]
+    return sorted(chosen)[:n]
+
+
+# --------------------------------------------------------------------------------------
+# Data and model helpers
+# --------------------------------------------------------------------------------------
+def _load_data(data: Any):
+    """A dataset path or an object with ``images`` (N, H, W) and ``cord`` (N, H, W)."""
+    if isinstance(data, (str, Path)):
+        from .datasets import load_dataset
+
+        p = Path(data)
+        if not p.exists():
+            raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
+        return load_dataset(p), str(p)
+    if not hasattr(data, "images") or not hasattr(data, "cord"):
+        raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
+    return data, "<in memory>"
+
+
+def _data_hash(data: Any) -> str:
+    """Hash of the arrays that training reads (images and cord), not of file metadata."""
+    h = hashlib.sha256()
+    for name in ("images", "cord"):
+        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
+        h.update(f"{name}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _tensors(data: Any, model_cfg: ModelConfig, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.as_tensor(np.asarray(data.images, dtype=np.float32))
+    roi = torch.as_tensor(np.asarray(data.cord) > 0)
+    if images.ndim != 3:
+        raise ValueError(f"{source}: images must be (N, H, W), got shape {tuple(images.shape)}")
+    if tuple(images.shape[1:]) != tuple(model_cfg.image_size):
+        raise ValueError(
+            f"{source}: images are {tuple(images.shape[1:])} but the model expects "
+            f"{tuple(model_cfg.image_size)}; use the dataset prepared for this preset"
+        )
+    if roi.shape != images.shape:
+        raise ValueError(f"{source}: cord mask {tuple(roi.shape)} does not match images {tuple(images.shape)}")
+    if len(images) == 0:
+        raise ValueError(f"{source}: the dataset is empty")
+    return images, roi
+
+
+def _build_model(model_cfg: ModelConfig, seed: int):
+    """EdgeMAE initialised from ``seed`` without touching the caller's global RNG state."""
+    from .model import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build_model(model_cfg)
+
+
+def _model_cfg_from_dict(d: dict[str, Any]) -> ModelConfig:
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    return ModelConfig(**kw)
+
+
+def _autocast(device: str, enabled: bool):
+    if enabled and device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype), dtype
+    import contextlib
+
+    return contextlib.nullcontext(), None
+
+
+def _mc_seed(seed: int, stream: int) -> int:
+    """Seed of the MC generator for a refresh: stream 0 = evaluation maps (adaptation epoch 0,
+    the final maps and :func:`mc_maps`), stream e = refresh at epoch e."""
+    return (int(seed) * 1_000_003 + 7919 * int(stream) + 12345) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------------------
+# Results, checkpoints, history
+# --------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What :func:`pretrain` / :func:`adapt` return: the model (eval mode) and its run."""
+
+    model: torch.nn.Module
+    run_path: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reused: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(run_path: str | Path):
+    """``metrics.csv`` of a run as a pandas DataFrame (numeric columns as floats)."""
+    import pandas as pd
+
+    p = Path(run_path) / "metrics.csv"
+    if not p.is_file():
+        raise FileNotFoundError(f"no metrics.csv in {run_path}; was the run started?")
+    return pd.read_csv(p)
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
+
+
+def _torch_load(path: Path, device: str = "cpu") -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pragma: no cover - corrupt or foreign file
+        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """Load a trained model: ``path`` is a run directory, its ``model.pt`` or a
+    ``checkpoint.pt``. Returns ``(model, info)``: the EdgeMAE in eval mode on ``device`` and
+    a dict with ``kind``, ``epoch``, ``run_hash``, ``spec`` (the hashed run specification),
+    ``model_cfg`` and ``path``."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("model.pt", "checkpoint.pt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FileNotFoundError(f"no model.pt or checkpoint.pt in run directory {path}")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    dev = resolve_device(device)
+    state = _torch_load(p, "cpu")
+    if "model" not in state or "model_cfg" not in state:
+        raise ValueError(f"{p} is not a u2ad_core checkpoint (no 'model' / 'model_cfg')")
+    model_cfg = _model_cfg_from_dict(state["model_cfg"])
+    from .model import build_model
+
+    model = build_model(model_cfg)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    info = {k: state.get(k) for k in ("kind", "epoch", "run_hash", "spec")}
+    info.update(model_cfg=model_cfg, path=p, run_path=p.parent)
+    return model, info
+
+
+def load_tracked_maps(run_path: str | Path) -> list[dict[str, Any]]:
+    """The tracked images' maps saved at each refresh, sorted by epoch.
+
+    Each item: ``epoch`` (int; the final one equals the number of epochs), ``stage``,
+    ``index`` (K,), ``image``, ``roi``, ``lesion``, ``mean``, ``eu``, ``au`` (K, H, W).
+    """
+    d = Path(run_path) / "maps"
+    out = []
+    for f in sorted(d.glob("epoch_*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            item = {k: z[k] for k in z.files}
+        item["epoch"] = int(item["epoch"])
+        item["stage"] = str(item["stage"])
+        out.append(item)
+    return sorted(out, key=lambda r: r["epoch"])
+
+
+# --------------------------------------------------------------------------------------
+# Monte-Carlo maps (refreshes, evaluation; cached per run)
+# --------------------------------------------------------------------------------------
+def _run_mc(model, images, roi, mc: MCConfig, mask_ratio: float, seed: int, device: str,
+            show: bool = False):
+    from .uncertainty import mc_uncertainty
+
+    was_training = model.training
+    model.eval()
+    try:
+        res = mc_uncertainty(
+            model, images, roi, k=mc.k, mask_ratio=mask_ratio, generator=make_generator(seed),
+            ddof=mc.ddof, batch_size=mc.batch_size, device=device, progress=show,
+        )
+    finally:
+        model.train(was_training)
+    return res
+
+
+def _mc_key(data_hash: str, mc: MCConfig, mask_ratio: float, seed: int) -> str:
+    return config_hash({"data": data_hash, "mc": to_dict(mc), "mask_ratio": mask_ratio,
+                        "seed": _mc_seed(seed, _EVAL_STREAM)}, n=16)
+
+
+def _save_mc(path: Path, mean: torch.Tensor, eu: torch.Tensor, au: torch.Tensor) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, mean=mean.numpy(), eu=eu.numpy(), au=au.numpy())
+
+
+@dataclass
+class Maps:
+    """Cached Monte-Carlo maps: ``mean``, ``eu``, ``au`` (N, H, W) float32 CPU tensors."""
+
+    mean: torch.Tensor
+    eu: torch.Tensor
+    au: torch.Tensor
+    cached: bool = False
+
+
+def mc_maps(run_path: str | Path, data: Any, preset: Preset, device: str = "auto",
+            seed: int | None = None, model=None, show_progress: bool = False) -> Maps:
+    """Monte-Carlo maps of a finished run's model on a dataset, cached in ``run_path/mc/``.
+
+    The cache key covers the data arrays, ``preset.mc`` (K, ddof, batch size), the mask ratio
+    and the seed; the generator is the one an adaptation uses at its epoch 0 and after its last
+    epoch, so the maps an adaptation computed are found here without recomputation (and the
+    maps computed here are the ones an adaptation starting from this model needs at epoch 0).
+    ``model`` skips reloading when the caller already holds the run's model.
+    """
+    run_path = Path(run_path)
+    data, source = _load_data(data)
+    seed = preset.seed if seed is None else int(seed)
+    key = _mc_key(_data_hash(data), preset.mc, preset.masking.mask_ratio, seed)
+    f = run_path / "mc" / f"{key}.npz"
+    if f.is_file():
+        with np.load(f) as z:
+            return Maps(torch.from_numpy(z["mean"]), torch.from_numpy(z["eu"]), torch.from_numpy(z["au"]), cached=True)
+    dev = resolve_device(device)
+    if model is None:
+        model, _ = load_checkpoint(run_path, dev)
+    images, roi = _tensors(data, _model_cfg_of(model, preset), source)
+    res = _run_mc(model, images, roi, preset.mc, preset.masking.mask_ratio,
+                  _mc_seed(seed, _EVAL_STREAM), dev, show=show_progress)
+    maps = Maps(res.mean.float().cpu(), res.eu.float().cpu(), res.au.float().cpu())
+    _save_mc(f, maps.mean, maps.eu, maps.au)
+    return maps
+
+
+def _model_cfg_of(model, preset: Preset) -> ModelConfig:
+    cfg = getattr(model, "cfg", None)
+    return cfg if isinstance(cfg, ModelConfig) else preset.model
+
+
+# --------------------------------------------------------------------------------------
+# The training loop shared by pretraining and adaptation
+# --------------------------------------------------------------------------------------
+def _spec(kind: str, preset: Preset, train_cfg: TrainConfig, masking: str | None,
+          data_hash: str, init: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "model": to_dict(preset.model),
+        "train": to_dict(train_cfg),
+        "masking_cfg": to_dict(preset.masking),
+        "data": data_hash,
+        "seed": int(seed),
+    }
+    if kind == "adapt":
+        spec.update(masking=masking, mc=to_dict(preset.mc), init=init)
+    return spec
+
+
+def _init_identity(init: Any) -> tuple[dict[str, Any] | None, Path | None]:
+    """(identity for the hash, checkpoint path) of an adaptation's initial weights."""
+    if init is None or (isinstance(init, str) and init.lower() in {"", "none", "scratch", "random"}):
+        return None, None
+    p = Path(init)
+    if p.is_dir():
+        p = p / "model.pt" if (p / "model.pt").is_file() else p / "checkpoint.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"init checkpoint not found: {init} (pass a run directory or its model.pt)")
+    state = _torch_load(p, "cpu")
+    run_hash = state.get("run_hash")
+    if run_hash is None:  # a foreign checkpoint: hash its weights
+        h = hashlib.sha256()
+        for k, v in sorted(state.get("model", {}).items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+        run_hash = h.hexdigest()[:16]
+    return {"run_hash": run_hash, "epoch": state.get("epoch")}, p
+
+
+def _train(
+    kind: str,
+    preset: Preset,
+    data: Any,
+    run_dir: str | Path,
+    *,
+    name: str,
+    masking: str | None,
+    init: Any,
+    device: str,
+    seed: int | None,
+    resume: bool,
+    reuse: bool,
+    show_progress: bool,
+    callback: Callable[[int, dict[str, Any]], None] | None,
+    tracked: Sequence[int] | None,
+) -> TrainResult:
+    t_start = time.perf_counter()
+    seed = preset.seed if seed is None else int(seed)
+    cfg: TrainConfig = preset.pretrain if kind == "pretrain" else preset.adapt
+    data, source = _load_data(data)
+    model_cfg = preset.model
+    images, roi = _tensors(data, model_cfg, source)
+    n = len(images)
+    d_hash = _data_hash(data)
+    init_id, init_path = _init_identity(init) if kind == "adapt" else (None, None)
+    spec = _spec(kind, preset, cfg, masking, d_hash, init_id, seed)
+    run_hash = config_hash(spec)
+    run_path = Path(run_dir) / f"{name}-{run_hash}"
+    dev = resolve_device(device)
+
+    # ---- a finished run with this configuration: reuse it
+    if reuse and (run_path / "done.json").is_file() and (run_path / "model.pt").is_file():
+        model, info = load_checkpoint(run_path, dev)
+        hist = _read_rows(run_path)
+        return TrainResult(model, run_path, hist, reused=True, info=info)
+
+    run_path.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_path / "checkpoint.pt"
+    atomic_write_json(run_path / "config.json", {"name": name, "run_hash": run_hash, "source": source,
+                                                 "spec": spec})
+
+    # ---- model, optimiser, generator
+    model = _build_model(model_cfg, seed)
+    if init_path is not None:
+        init_state = _torch_load(init_path, "cpu")
+        if to_dict(_model_cfg_from_dict(init_state["model_cfg"])) != to_dict(model_cfg):
+            raise ValueError(f"init checkpoint {init_path} has a different model configuration than the preset")
+        model.load_state_dict(init_state["model"])
+    model.to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    autocast_ctx, amp_dtype = _autocast(dev, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    g = make_generator(seed)
+    patch = model_cfg.patch_size
+    roi_patches = model.roi_patches(roi.to(dev)).cpu()  # (N, L) bool
+    samplers: dict[str, Any] = {}
+    maps: dict[str, Any] | None = None  # current EU / AU maps (adaptation)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    wall_before = 0.0
+    tracked_idx = list(tracked) if tracked is not None else (
+        choose_tracked(data, getattr(cfg, "n_tracked", 0)) if kind == "adapt" else [])
+
+    # ---- resume
+    if resume and ckpt_path.is_file():
+        state = _torch_load(ckpt_path, "cpu")
+        if state.get("run_hash") != run_hash:
+            raise RuntimeError(f"{ckpt_path} belongs to run {state.get('run_hash')}, not {run_hash}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        g.set_state(state["generator"])
+        start_epoch = int(state["epoch"])
+        history = list(state["history"])
+        maps = state.get("maps")
+        wall_before = float(state.get("wall_s", 0.0))
+    else:
+        for stale in ("maps", "mc"):
+            shutil.rmtree(run_path / stale, ignore_errors=True)
+        (run_path / "done.json").unlink(missing_ok=True)
+
+    def checkpoint(epoch_done: int) -> None:
+        _save({
+            "format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec,
+            "epoch": epoch_done, "model": model.state_dict(), "model_cfg": to_dict(model_cfg),
+            "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "generator": g.get_state(), "maps": maps, "history": history,
+            "wall_s": wall_before + time.perf_counter() - t_start,
+        }, ckpt_path)
+
+    def refresh(epoch: int, stage: str) -> dict[str, Any]:
+        """MC maps over the training set with the current weights; metrics; tracked maps."""
+        nonlocal maps
+        t0 = time.perf_counter()
+        final = stage == "final"
+        stream = _EVAL_STREAM if (epoch == 0 or final) else epoch
+        cache = None
+        if epoch == 0 and init_path is not None:  # the initial model's maps: maybe cached
+            cache = init_path.parent / "mc" / f"{_mc_key(d_hash, preset.mc, preset.masking.mask_ratio, seed)}.npz"
+        if cache is not None and cache.is_file():
+            with np.load(cache) as z:
+                mean, eu, au = (torch.from_numpy(z[k]) for k in ("mean", "eu", "au"))
+        else:
+            res = _run_mc(model, images, roi, preset.mc, preset.masking.mask_ratio,
+                          _mc_seed(seed, stream), dev)
+            mean, eu, au = res.mean.float().cpu(), res.eu.float().cpu(), res.au.float().cpu()
+            if cache is not None:
+                _save_mc(cache, mean, eu, au)
+        if final:
+            key = _mc_key(d_hash, preset.mc, preset.masking.mask_ratio, seed)
+            _save_mc(run_path / "mc" / f"{key}.npz", mean, eu, au)
+        maps = {"epoch": epoch, "eu": eu, "au": au,
+                "eu_scores": _patch_scores(eu, patch)}
+        metrics = reconstruction_metrics(images, mean, eu, roi)
+        if tracked_idx:
+            idx = torch.as_tensor(tracked_idx)
+            lesion = getattr(data, "lesion", None)
+            les = np.asarray(lesion)[tracked_idx] if lesion is not None else np.zeros((len(idx), *images.shape[1:]), np.uint8)
+            f = run_path / "maps" / f"epoch_{epoch:03d}.npz"
+            with atomic_path(f, suffix=".npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(
+                        fh, epoch=np.int64(epoch), stage=np.str_(stage), index=idx.numpy(),
+                        image=images[idx].numpy(), roi=roi[idx].numpy(), lesion=les.astype(np.uint8),
+                        mean=mean[idx].numpy(), eu=eu[idx].numpy(), au=au[idx].numpy())
+        metrics["refresh_seconds"] = round(time.perf_counter() - t0, 3)
+        return metrics
+
+    epochs = int(cfg.epochs)
+    bs = int(cfg.batch_size)
+    q = int(getattr(cfg, "refresh_every", 0) or 0)
+    bar_kw = {} if show_progress else {"disable": True}
+    bar = progress(total=epochs, initial=start_epoch, desc=f"{kind} {name}", unit="epoch", **bar_kw)
+    model.train()
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            stage = "pretrain" if kind == "pretrain" else stage_schedule(masking, cfg, epoch)
+            row: dict[str, Any] = {"epoch": epoch, "stage": stage}
+            if kind == "adapt" and q > 0 and epoch % q == 0:
+                row.update(refresh(epoch, stage))
+            lr = lr_at_epoch(cfg, epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            sampler_name = "random" if kind == "pretrain" else stage
+            if sampler_name not in samplers:
+                from .masking import make_sampler
+
+                samplers[sampler_name] = make_sampler(sampler_name, preset.masking)
+            sampler = samplers[sampler_name]
+            if sampler_name != "random" and maps is None:
+                raise RuntimeError(f"{sampler_name}-guided masking needs EU/AU maps, but refresh_every={q} "
+                                   "never computed them; set adapt.refresh_every > 0")
+            perm = torch.randperm(n, generator=g)
+            loss_sum, seen = 0.0, 0
+            for start in range(0, n, bs):
+                idx = perm[start:start + bs]
+                x = augment(images[idx].unsqueeze(1), g, cfg).to(dev)
+                r = roi[idx]
+                kwargs: dict[str, Any] = {}
+                if sampler_name != "random":
+                    kwargs = {"eu_scores": maps["eu_scores"][idx], "au_map": maps["au"][idx],
+                              "roi": r, "patch": patch}
+                mask = sampler.sample(roi_patches[idx], g, **kwargs)
+                with autocast_ctx:
+                    loss, _, _ = model(x, r.to(dev), mask=mask.to(dev))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{kind} {name}: non-finite loss at epoch {epoch}; "
+                                             f"lower the learning rate ({lr:g})")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                loss_sum += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            row.update(lr=lr, loss=loss_sum / max(seen, 1), seconds=round(time.perf_counter() - t0, 3))
+            history.append(row)
+            _write_csv(run_path / "metrics.csv", history)
+            done = epoch + 1
+            if done % max(1, int(cfg.checkpoint_every)) == 0 or done == epochs:
+                checkpoint(done)
+            bar.update(1)
+            bar.set_postfix(stage=stage, loss=f"{row['loss']:.4g}", lr=f"{lr:.1e}")
+            if callback is not None:
+                callback(epoch, row)
+    finally:
+        bar.close()
+
+    if kind == "adapt" and getattr(cfg, "final_eval", True) and not any(r.get("stage") == "final" for r in history):
+        row = {"epoch": epochs, "stage": "final"}
+        row.update(refresh(epochs, "final"))
+        history.append(row)
+        _write_csv(run_path / "metrics.csv", history)
+        checkpoint(epochs)
+
+    model.eval()
+    wall = wall_before + time.perf_counter() - t_start
+    _save({"format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec, "epoch": epochs,
+           "model": model.state_dict(), "model_cfg": to_dict(model_cfg)}, run_path / "model.pt")
+    last = history[-1] if history else {}
+    atomic_write_json(run_path / "done.json", {
+        "name": name, "run_hash": run_hash, "kind": kind, "epochs": epochs, "device": dev,
+        "wall_s": round(wall, 2), "final": {k: last.get(k) for k in CSV_COLUMNS if k in last},
+    })
+    info = {"kind": kind, "epoch": epochs, "run_hash": run_hash, "spec": spec, "model_cfg": model_cfg,
+            "path": run_path / "model.pt", "run_path": run_path, "wall_s": wall}
+    return TrainResult(model, run_path, history, reused=False, info=info)
+
+
+def _patch_scores(eu: torch.Tensor, patch: int) -> torch.Tensor:
+    from .masking import patch_scores
+
+    return patch_scores(eu, patch)
+
+
+def _read_rows(run_path: Path) -> list[dict[str, Any]]:
+    p = run_path / "metrics.csv"
+    if not p.is_file():
+        return []
+    rows = []
+    with open(p, newline="") as fh:
+        for r in csv.DictReader(fh):
+            out: dict[str, Any] = {}
+            for k, v in r.items():
+                if v == "":
+                    out[k] = None
+                elif k == "stage":
+                    out[k] = v
+                elif k == "epoch":
+                    out[k] = int(v)
+                else:
+                    out[k] = float(v)
+            rows.append(out)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+def pretrain(
+    preset: Preset | str,
+    data: Any,
+    run_dir: str | Path,
+    *,
+    name: str = "pretrain",
+    device: str = "auto",
+    seed: int | None = None,
+    resume: bool = True,
+    reuse: bool = True,
+    show_progress: bool = True,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Pretrain EdgeMAE with random ROI masking on a healthy cohort (paper 4.3).
+
+    preset: a :class:`Preset` (or its name); ``preset.pretrain`` sets epochs, Adam, StepLR,
+    batch size and augmentation, ``preset.masking.mask_ratio`` the masked share of ROI patches.
+    data: a dataset file (``prepare_all(...)["spine_generic_like"]``) or a ``SliceData``.
+    The run lives in ``run_dir / f"{name}-{hash}"``; a finished run with the same hash is
+    reused (``reuse``), an interrupted one continues from its last checkpoint (``resume``).
+    ``callback(epoch, row)`` is called after every epoch (raising from it stops the run).
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    return _train("pretrain", preset, data, run_dir, name=name, masking=None, init=None, device=device,
+                  seed=seed, resume=resume, reuse=reuse, show_progress=show_progress, callback=callback,
+                  tracked=None)
+
+
+def adapt(
+    preset: Preset | str,
+    data: Any,
+    run_dir: str | Path,
+    *,
+    init: str | Path | None,
+    masking: str = "u2ad",
+    name: str | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    resume: bool = True,
+    reuse: bool = True,
+    show_progress: bool = True,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+    tracked: Sequence[int] | None = None,
+) -> TrainResult:
+    """Uncertainty-guided adaptation on a (clinical) cohort (paper Algorithm 2).
+
+    init: a pretraining run directory or checkpoint (strategy S3), or ``None`` for a random
+    initialisation (strategy S2). masking: ``"random"`` | ``"eu"`` | ``"u2ad"`` (see
+    :func:`stage_schedule`). ``preset.adapt`` sets epochs, schedule, ``stage2_start``,
+    ``refresh_every`` (Q) and ``n_tracked``; ``preset.masking`` the samplers;
+    ``preset.mc`` the Monte-Carlo refreshes. ``tracked`` overrides the tracked image indices
+    (default :func:`choose_tracked`). Returns a :class:`TrainResult`; the per-epoch metrics
+    are in ``result.history`` and ``run_path/metrics.csv``.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if masking not in MASKINGS:
+        raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+    name = name or f"adapt-{masking}"
+    return _train("adapt", preset, data, run_dir, name=name, masking=masking, init=init, device=device,
+                  seed=seed, resume=resume, reuse=reuse, show_progress=show_progress, callback=callback,
+                  tracked=tracked)
+
+
+def strategy_model(
+    ctx_or_preset: Any,
+    cohort: str,
+    strategy: str,
+    masking: str = "u2ad",
+    *,
+    data_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    show_progress: bool = True,
+):
+    """The model of a dataset strategy (paper 4.3), trained once and then reused.
+
+    ctx_or_preset: a :class:`u2ad_core.notebook.RunContext` (its preset, data_dir, run_dir,
+    device and seed are used unless given here) or a Preset / preset name (then ``data_dir``
+    and ``run_dir`` are required; they are used as given, like ``ctx.data_dir``).
+    cohort: ``"renji_like"`` | ``"ruijin_like"``; strategy: ``"S1"`` (pretrain on the healthy
+    cohort only), ``"S2"`` (adaptation procedure from a random initialisation on ``cohort``;
+    ``preset.adapt`` epochs), ``"S3"`` (pretrain, then adapt on ``cohort``); ``masking`` as in
+    :func:`adapt` (ignored for S1). The pretraining run is shared by S1 and S3.
+    Returns ``(model, run_path)``.
+    """
+    from .datasets import prepare_all
+
+    if hasattr(ctx_or_preset, "preset") and hasattr(ctx_or_preset, "run_dir"):
+        ctx = ctx_or_preset
+        preset = ctx.preset
+        data_dir = ctx.data_dir if data_dir is None else data_dir
+        run_dir = ctx.run_dir if run_dir is None else run_dir
+        device = ctx.device if device is None else device
+        seed = ctx.seed if seed is None else seed
+    else:
+        preset = get_preset(ctx_or_preset) if isinstance(ctx_or_preset, str) else ctx_or_preset
+        if data_dir is None or run_dir is None:
+            raise ValueError("strategy_model: pass a RunContext, or data_dir and run_dir with a preset")
+    device = device or "auto"
+    seed = preset.seed if seed is None else int(seed)
+    if cohort not in COHORTS:
+        raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    paths = prepare_all(preset, data_dir, seed=seed)
+    kw = dict(device=device, seed=seed, show_progress=show_progress)
+    if strategy in ("S1", "S3"):
+        pre = pretrain(preset, paths["spine_generic_like"], run_dir, **kw)
+        if strategy == "S1":
+            return pre.model, pre.run_path
+        res = adapt(preset, paths[cohort], run_dir, init=pre.run_path, masking=masking,
+                    name=f"{cohort}-S3-{masking}", **kw)
+        return res.model, res.run_path
+    res = adapt(preset, paths[cohort], run_dir, init=None, masking=masking, name=f"{cohort}-S2-{masking}", **kw)
+    return res.model, res.run_path
+
+
+# --------------------------------------------------------------------------------------
+# Command line: u2ad pretrain / u2ad adapt
+# --------------------------------------------------------------------------------------
+def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value (e.g. pretrain.epochs=3), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default cpu)")
+    p.add_argument("--data", required=True, help="dataset file (.npz) prepared for this preset")
+    p.add_argument("--run-dir", default="runs", help="folder for run directories (default runs)")
+    p.add_argument("--name", default=None, help="run name (directory = NAME-HASH)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="dotted preset override, repeatable (e.g. --set pretrain.epochs=3)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cli_run(args: argparse.Namespace) -> int:
+    preset = get_preset(args.preset, **_parse_sets(args.set)).override(seed=args.seed)
+    kw = dict(device=args.device, seed=args.seed, resume=not args.no_resume, reuse=not args.force,
+              show_progress=not args.quiet)
+    if args.command == "pretrain":
+        res = pretrain(preset, args.data, args.run_dir, name=args.name or "pretrain", **kw)
+    else:
+        init = None if args.init in (None, "none", "scratch") else args.init
+        res = adapt(preset, args.data, args.run_dir, init=init, masking=args.masking, name=args.name, **kw)
+    last = next((r for r in reversed(res.history) if r.get("mse") is not None), res.history[-1] if res.history else {})
+    summary = {"run_path": str(res.run_path), "reused": res.reused,
+               **{k: last.get(k) for k in ("epoch", "stage", "loss", "mse", "psnr", "ssim", "eu_mean") if k in last}}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cli_register(subparsers) -> None:
+    """Register ``u2ad pretrain`` and ``u2ad adapt``."""
+    p = subparsers.add_parser("pretrain", help="pretrain EdgeMAE on a healthy cohort (random ROI masking)",
+                              description=pretrain.__doc__.split("\n\n")[0])
+    _common_args(p)
+    p.set_defaults(func=_cli_run)
+    a = subparsers.add_parser("adapt", help="uncertainty-guided adaptation on a clinical cohort",
+                              description=adapt.__doc__.split("\n\n")[0])
+    _common_args(a)
+    a.add_argument("--init", default=None, help="pretraining run directory or model.pt (omit or 'none': S2, random init)")
+    a.add_argument("--masking", default="u2ad", choices=MASKINGS, help="random | eu | u2ad (default u2ad)")
+    a.set_defaults(func=_cli_run)
+
+
+_ = (math, replace, AdaptConfig, MaskingConfig)  # re-exported names used in docs
