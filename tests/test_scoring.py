@@ -182,3 +182,37 @@ def test_batched_scores_match_single_slice_scores():
         np.testing.assert_allclose(one.curves[0], allr.curves[i])
     assert allr.table["subject"].tolist() == ["a", "b", "c"]
     assert allr.table.loc[1, "top_segment"] == "C4-5"
+
+
+def test_score_dataset_runs_one_batched_mc_and_is_seeded():
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from u2ad_core.config import get_preset
+    from u2ad_core.model import build_model
+
+    cfg = get_preset("smoke")
+    h, w = cfg.model.image_size
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    n = 4
+    rng = np.random.default_rng(0)
+    cord = np.zeros((n, h, w), np.uint8)
+    cord[:, 8:120, 20:28] = 1
+    seg = np.zeros((n, h, w), np.uint8)
+    for i in range(6):
+        seg[:, 10 + 18 * i: 28 + 18 * i] = i + 1
+    data = SimpleNamespace(images=rng.random((n, h, w)).astype(np.float32), cord=cord, segments=seg,
+                           subject=np.array(["a", "b", "c", "d"]), slice_index=np.arange(n),
+                           patient_label=np.array([0, 1, 0, 1]), lesion_segments=np.array(["", "C3-4", "", "C5-6"]),
+                           slice_offset=np.zeros(n, int))
+    a = S.score_dataset(model, data, ScoreConfig(k=3), seed=5, batch_size=16)
+    b = S.score_dataset(model, data, ScoreConfig(k=3), seed=5, batch_size=7)
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-5)  # same masks whatever the batching
+    assert a.maps.shape == (n, h, w) and a.curves.shape == (n, h) and a.eu.shape == (n, h, w)
+    assert list(a.table.columns[:3]) == ["subject", "slice_index", "slice_offset"]
+    assert a.table["patient_score"].notna().all()
+    assert (a.raw_maps[~a.roi] == 0).all()
+    # precomputed maps skip the model
+    c = S.score_dataset(None, data, ScoreConfig(k=3), mc=SimpleNamespace(mean=a.recon, eu=a.eu))
+    np.testing.assert_allclose(c.maps, a.maps)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "u2ad_core.bench",  # bench mc
     "u2ad_core.train",  # pretrain, adapt
     "u2ad_core.infer",  # infer
+    "u2ad_core.sweep",  # sweep
 )
 
 

@@ -29,6 +29,13 @@ __all__ = [
     "AdaptConfig",
     "ScoreConfig",
     "EvalConfig",
+    "BaselineConfig",
+    "VAEConfig",
+    "DAEConfig",
+    "VAEGANConfig",
+    "FAnoGANConfig",
+    "AnoDDPMConfig",
+    "SignalConfig",
     "Preset",
     "PRESETS",
     "MODEL_PAPER",
@@ -76,7 +83,7 @@ class DataConfig:
     slices_detect: int = 1  # paper 4.1: the middle slice is used for detection
     cohorts: CohortSizes = field(default_factory=CohortSizes)
     n_sagittal_healthy: int = 36  # phantom: sagittal slices per healthy 3D volume
-    n_sagittal_clinical: int = 15  # phantom: sagittal slices per clinical volume (thick slices)
+    n_sagittal_clinical: int = 11  # paper 4.1: clinical volumes are 11 x 256 x 256 (thick slices)
 
 
 # --------------------------------------------------------------------------------------
@@ -138,7 +145,7 @@ class MCConfig:
 
     k: int = 10  # paper: K = 10 reconstructions per patch (authors' inference script: 5)
     ddof: int = 1  # paper: unbiased variance (K - 1); authors' code: population (ddof 0)
-    batch_size: int = 64  # images per batched forward group (engine detail, not from paper)
+    batch_size: int = 64  # MC passes (image x pass) per batched forward (engine detail, not from paper)
 
 
 # --------------------------------------------------------------------------------------
@@ -205,6 +212,108 @@ class EvalConfig:
 
 
 # --------------------------------------------------------------------------------------
+# Baselines (paper section 4.5, Tables 1-2, Appendix B)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VAEConfig:
+    """Variational autoencoder (Kingma & Welling 2013), a dense latent between conv stacks."""
+
+    latent_dim: int = 128  # not in the paper (a common size for 256 x 256 MRI VAEs)
+    kl_weight: float = 1.0  # Kingma 2013: the plain ELBO (beta = 1)
+    lr: float = 1e-4  # not in the paper: Adam default for VAEs
+
+
+@dataclass(frozen=True)
+class DAEConfig:
+    """Denoising autoencoder (Kascenas et al. 2022): a U-Net removes coarse Gaussian noise."""
+
+    noise_std: float = 0.2  # Kascenas 2022: sigma 0.2
+    noise_scale: int = 8  # Kascenas 2022: 16 x 16 noise for 128 x 128 images -> H/8 x W/8, upsampled
+    noise_at_inference: bool = True  # paper Appendix B.1 adds noise at inference; Kascenas: clean input
+    lr: float = 1e-3  # Kascenas 2022: Adam lr 1e-3
+
+
+@dataclass(frozen=True)
+class VAEGANConfig:
+    """VAE-GAN (Larsen et al. 2016): VAE whose decoder is the generator of a GAN, with the
+    reconstruction loss measured in the discriminator's feature space as well."""
+
+    latent_dim: int = 128  # not in the paper
+    kl_weight: float = 1.0  # Larsen 2016: L_prior weight 1
+    feature_weight: float = 1.0  # Larsen 2016: L_llike^Dis_l (feature-wise reconstruction)
+    adv_weight: float = 0.01  # project: weight of the GAN loss in the decoder update
+    lr: float = 3e-4  # Larsen 2016: RMSProp 3e-4 (here Adam)
+
+
+@dataclass(frozen=True)
+class FAnoGANConfig:
+    """f-AnoGAN (Schlegl et al. 2019): WGAN-GP on ROI images, then the izi-f encoder."""
+
+    latent_dim: int = 128  # Schlegl 2019: z in R^128
+    n_critic: int = 5  # Gulrajani 2017 / Schlegl 2019: 5 critic updates per generator update
+    gp_weight: float = 10.0  # Gulrajani 2017: gradient-penalty lambda 10
+    kappa: float = 1.0  # Schlegl 2019: izi-f weight of the critic-feature residual
+    gan_share: float = 0.5  # project: share of the epochs for the WGAN stage (rest: encoder)
+    lr: float = 1e-4  # Gulrajani 2017: Adam lr 1e-4
+    betas: tuple[float, float] = (0.0, 0.9)  # Gulrajani 2017: Adam betas (0, 0.9)
+
+
+@dataclass(frozen=True)
+class AnoDDPMConfig:
+    """AnoDDPM (Wyatt et al. 2022): DDPM with simplex noise, partial diffusion at inference."""
+
+    timesteps: int = 1000  # paper Appendix B.1: T = 1000
+    partial_steps: int = 40  # paper Appendix B.1: partial diffusion of 40 steps at inference
+    beta_start: float = 1e-4  # Ho et al. 2020 linear schedule (x 1000/T for a shorter chain)
+    beta_end: float = 0.02  # Ho et al. 2020
+    octaves: int = 6  # Wyatt 2022 (authors' code): 6 octaves
+    persistence: float = 0.8  # Wyatt 2022: amplitude x 0.8 per octave
+    frequency: float = 64.0  # Wyatt 2022: base period of 64 px (scaled with the image height)
+    lr: float = 1e-4  # Wyatt 2022: Adam lr 1e-4
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """Signal-analysis baselines (paper Appendix B.3): Z-scoring, SLIC, DBSCAN."""
+
+    z_threshold: float = 0.1  # paper B.3: "standard deviation multiplier of 0.1"
+    slic_segments: int = 100  # paper B.3: M = 100 superpixels
+    slic_compactness: float = 10.0  # paper B.3: compactness 10
+    slic_z_threshold: float = 2.0  # paper B.3: z-threshold 2 on the superpixel means
+    dbscan_eps: float = 0.01  # paper B.3: epsilon 0.01 (cord intensities in [0, 1])
+    dbscan_min_samples: int = 100  # paper B.3: min_samples 100
+    one_sided: bool = True  # project: only brighter-than-normal counts (T2 hyperintensity)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B).
+
+    Sizes (``width``, ``levels``) are not in the paper; ``pretrain_epochs`` /
+    ``adapt_epochs`` are (200 + 200). ``s2_methods``: UAD methods also trained with strategy
+    S2 (the paper: all); ``pseudo_strategy``: which model reconstructs the pseudo-anomaly set
+    for Figure 6 (paper: S3 adapted on that set; ``"S1"`` reuses the pretrained models).
+    """
+
+    pretrain_epochs: int = 200  # paper 4.5: 200 pretraining epochs for every UAD model
+    adapt_epochs: int = 200  # paper 4.5: 200 adaptation epochs
+    batch_size: int = 8  # paper 4.3 (U2AD's batch size)
+    width: int = 32  # project: channels at full resolution (doubled per level, max 8x)
+    levels: int = 4  # project: stride-2 levels (image sides must be divisible by 2**levels)
+    augment: bool = True  # paper 4.3: U2AD's augmentation (brightness, contrast, noise)
+    infer_batch: int = 32  # project: images per inference forward
+    checkpoint_every: int = 10  # project: epochs between resumable checkpoints
+    s2_methods: tuple[str, ...] = ("vae", "dae", "vaegan", "fanogan", "anoddpm")  # paper: all
+    pseudo_strategy: str = "S3"  # paper Figure 6: models adapted (S3) on the pseudo set
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dae: DAEConfig = field(default_factory=DAEConfig)
+    vaegan: VAEGANConfig = field(default_factory=VAEGANConfig)
+    fanogan: FAnoGANConfig = field(default_factory=FAnoGANConfig)
+    anoddpm: AnoDDPMConfig = field(default_factory=AnoDDPMConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
+
+
+# --------------------------------------------------------------------------------------
 # Preset
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -221,6 +330,7 @@ class Preset:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -299,6 +409,22 @@ def _apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> A
     return replace(cfg, **changes)
 
 
+def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: int,
+                     ddpm: tuple[int, int], s2: tuple[str, ...]) -> BaselineConfig:
+    """Baselines shrunk for a CPU: tiny nets, few epochs, S2 only for ``s2``, Figure 6 from
+    the pretrained (S1) models, AnoDDPM with T and the partial steps scaled down together
+    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps))."""
+    b = BaselineConfig()
+    return replace(
+        b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
+        s2_methods=s2, pseudo_strategy="S1",
+        vae=replace(b.vae, latent_dim=latent, lr=1e-3),
+        vaegan=replace(b.vaegan, latent_dim=latent),
+        fanogan=replace(b.fanogan, latent_dim=latent, lr=2e-4),
+        anoddpm=replace(b.anoddpm, timesteps=ddpm[0], partial_steps=ddpm[1], lr=1e-3),
+    )
+
+
 def _smoke() -> Preset:
     """Tiny: the whole book in a few minutes on a 2-core CPU (CI)."""
     size = (128, 48)
@@ -318,12 +444,14 @@ def _smoke() -> Preset:
             image_size=size, embed_dim=48, depth=2, num_heads=4,
             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
         ),
-        mc=MCConfig(k=3),
+        mc=MCConfig(k=3, batch_size=16),  # 16 passes per forward: fastest on a 2-core CPU
         pretrain=TrainConfig(epochs=2, lr=1e-3, lr_step=50, checkpoint_every=1),
         adapt=AdaptConfig(epochs=2, lr=1e-3, lr_step=50, stage2_start=1, refresh_every=1,
                           checkpoint_every=1),
         score=ScoreConfig(k=3),
         eval=EvalConfig(n_repeats=2),
+        baselines=_baselines_small(epochs=(1, 1), width=4, latent=16, batch=16, ddpm=(100, 4),
+                                   s2=("dae",)),
     )
 
 
@@ -346,12 +474,14 @@ def _cpu() -> Preset:
             image_size=size, embed_dim=128, depth=4, num_heads=8,  # depth 4: ~0.2 s per batch-8 step on 1 core
             decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
         ),
-        mc=MCConfig(k=10),
+        mc=MCConfig(k=10, batch_size=16),  # 16 passes per forward: fastest on a 2-core CPU
         pretrain=TrainConfig(epochs=30, lr=1e-3, lr_step=20, checkpoint_every=5),
         adapt=AdaptConfig(epochs=20, lr=1e-3, lr_step=15, stage2_start=15, refresh_every=5,
                           checkpoint_every=5),
         score=ScoreConfig(k=10),
         eval=EvalConfig(n_repeats=5),
+        baselines=_baselines_small(epochs=(6, 3), width=8, latent=32, batch=16, ddpm=(250, 10),
+                                   s2=("vae", "dae")),
     )
 
 

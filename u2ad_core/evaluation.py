@@ -70,6 +70,7 @@ from .labels import SEGMENTS, parse_segments
 
 __all__ = [
     "TABLE1_COLUMNS",
+    "METRICS",
     "CVResult",
     "patient_table",
     "threshold_at_sensitivity",

@@ -1,11 +1,13 @@
 """``u2ad infer``: run a trained model on new data and write maps, curves and scores.
 
 Input is either a preprocessed dataset file (``.npz``, see CONTRIBUTING.md) or one subject as
-NIfTI: a T2w volume plus its cord mask (``--mask``), optionally a vertebral-segment map
-(``--segments``, values 1..6 = C2-3 ... C7-T1, or the authors' label map is not needed). NIfTI
-input goes through the same preprocessing as the training data
-(:mod:`u2ad_core.preprocess`), with the preset's :class:`~u2ad_core.config.DataConfig` and
-the model's image size.
+NIfTI: a T2w volume plus its cord mask (``--mask``), optionally a label map with vertebral
+bodies / discs (``--labels``, the values of :mod:`u2ad_core.labels`) or a vertebral-level map
+(``--levels``, 2 = C2 ... 8 = T1) from which the segments C2-3 ... C7-T1 are derived; without
+either the segment scores are NaN and only the patient score is meaningful. NIfTI input goes
+through the same preprocessing as the training data
+(:func:`u2ad_core.preprocess.preprocess_subject`), with the preset's
+:class:`~u2ad_core.config.DataConfig` and the model's image size.
 
 Outputs in ``--out`` (each written atomically)::
 
@@ -48,7 +50,8 @@ def _is_nifti(p: Path) -> bool:
 def load_input(
     input_path: str | Path,
     mask: str | Path | None = None,
-    segments: str | Path | None = None,
+    labels: str | Path | None = None,
+    levels: str | Path | None = None,
     data_cfg=None,
     n_slices: int | None = None,
     middle_only: bool = False,
@@ -56,16 +59,18 @@ def load_input(
     """The slices to score, as a :class:`~u2ad_core.datasets.SliceData`.
 
     ``.npz``: :func:`u2ad_core.datasets.load_dataset` (``middle_only`` keeps the slices with
-    ``slice_offset == 0``). NIfTI: image + cord ``mask`` (+ optional ``segments``) through
-    :func:`u2ad_core.preprocess.preprocess_subject` with ``data_cfg`` and ``n_slices`` middle
-    sagittal slices (default ``data_cfg.slices_detect``).
+    ``slice_offset == 0``). NIfTI: image + cord ``mask`` (+ optional ``labels`` / ``levels``
+    maps for the segments) through :func:`u2ad_core.preprocess.preprocess_subject` with
+    ``data_cfg`` and ``n_slices`` middle sagittal slices (default ``data_cfg.slices_detect``).
+    Unreadable or inconsistent NIfTI files raise :class:`u2ad_core.io.DataError` (a
+    ``ValueError``) naming the file.
     """
     p = Path(input_path)
     if not p.exists():
         raise FileNotFoundError(f"--input {p}: no such file")
     if p.suffix == ".npz":
-        if mask is not None or segments is not None:
-            raise ValueError("--mask / --segments are for NIfTI input; a .npz dataset already holds the cord mask")
+        if mask is not None or labels is not None or levels is not None:
+            raise ValueError("--mask / --labels / --levels are for NIfTI input; a .npz dataset already holds them")
         from .datasets import load_dataset
 
         data = load_dataset(p)
@@ -73,10 +78,20 @@ def load_input(
     if _is_nifti(p):
         if mask is None:
             raise ValueError(f"--input {p} is NIfTI: pass its cord mask with --mask PATH")
+        from .datasets import REQUIRED, SliceData
+        from .io import SubjectFiles
         from .preprocess import preprocess_subject
 
+        for what, q in (("--mask", mask), ("--labels", labels), ("--levels", levels)):
+            if q is not None and not Path(q).is_file():
+                raise FileNotFoundError(f"{what} {q}: no such file")
+        name = p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
+        sf = SubjectFiles(subject=name, image=p, cord=Path(mask),
+                          labels=None if labels is None else Path(labels),
+                          levels=None if levels is None else Path(levels))
         n = int(n_slices if n_slices is not None else data_cfg.slices_detect)
-        return preprocess_subject(p, mask, data_cfg, n_slices=n, segments=segments)
+        out = preprocess_subject(sf, data_cfg, n)
+        return SliceData(**{f: out[f] for f in REQUIRED}, site=out.get("site"))
     raise ValueError(f"--input {p}: expected a preprocessed dataset (.npz) or a NIfTI image (.nii, .nii.gz)")
 
 
@@ -128,7 +143,8 @@ def infer(
     input_path: str | Path,
     out_dir: str | Path,
     mask: str | Path | None = None,
-    segments: str | Path | None = None,
+    labels: str | Path | None = None,
+    levels: str | Path | None = None,
     preset: str = "cpu",
     k: int | None = None,
     mask_ratio: float | None = None,
@@ -159,7 +175,7 @@ def infer(
         raise FileNotFoundError(f"--checkpoint {ck}: no such file or run directory")
     model, info = load_checkpoint(ck, dev)
     data_cfg = replace(cfg.data, image_size=tuple(info["model_cfg"].image_size))
-    data = load_input(input_path, mask, segments, data_cfg, n_slices, middle_only)
+    data = load_input(input_path, mask, labels, levels, data_cfg, n_slices, middle_only)
     images = np.asarray(data.images)
     if tuple(images.shape[1:]) != tuple(info["model_cfg"].image_size):
         raise ValueError(
@@ -175,7 +191,8 @@ def infer(
     meta = {
         "checkpoint": str(info.get("path", ck)), "run_hash": info.get("run_hash"),
         "epoch": info.get("epoch"), "kind": info.get("kind"), "input": str(input_path),
-        "mask": None if mask is None else str(mask), "segments": None if segments is None else str(segments),
+        "mask": None if mask is None else str(mask), "labels": None if labels is None else str(labels),
+        "levels": None if levels is None else str(levels),
         "preset": cfg.name, "score": to_dict(cfg.score), "k": kk, "mask_ratio": ratio, "seed": int(seed),
         "device": dev, "n_slices": int(len(images)), "seconds_load": round(t1 - t0, 3),
         "seconds_score": round(t2 - t1, 3),
@@ -195,7 +212,7 @@ def _cli(args: argparse.Namespace) -> int:
         overrides["erode_cord"] = args.erode
     try:
         result, paths = infer(
-            args.checkpoint, args.input, args.out, mask=args.mask, segments=args.segments,
+            args.checkpoint, args.input, args.out, mask=args.mask, labels=args.labels, levels=args.levels,
             preset=args.preset, k=args.k, mask_ratio=args.mask_ratio, seed=args.seed,
             device=args.device, batch_size=args.batch_size, middle_only=args.middle,
             n_slices=args.slices, score_overrides=overrides,
@@ -220,7 +237,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory, model.pt or checkpoint.pt")
     p.add_argument("--input", required=True, help="preprocessed dataset (.npz) or a NIfTI T2w image")
     p.add_argument("--mask", default=None, help="cord mask NIfTI (required for NIfTI input)")
-    p.add_argument("--segments", default=None, help="optional segment-map NIfTI (1..6 = C2-3 ... C7-T1)")
+    p.add_argument("--labels", default=None,
+                   help="optional label-map NIfTI (2 = vertebral body, 1 = disc, ...) for the segments")
+    p.add_argument("--levels", default=None, help="optional vertebral-level NIfTI (2 = C2 ... 8 = T1) for the segments")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--preset", default="cpu", help="preset for score, MC and preprocessing settings (default cpu)")
     p.add_argument("--k", type=int, default=None, help="MC reconstructions per patch (default: preset score.k)")

@@ -61,8 +61,9 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sobel: expected (B, 1, H, W), got shape {tuple(x.shape)}")
     kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
     k = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
-    return torch.sqrt(g.pow(2).sum(1, keepdim=True) + 1e-12) / _SOBEL_NORM
+    with torch.autocast(x.device.type, enabled=False):  # the target stays in the input's precision
+        g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+        return torch.sqrt(g.pow(2).sum(1, keepdim=True) + 1e-12) / _SOBEL_NORM
 
 
 def _1d_sincos(embed_dim: int, pos: np.ndarray) -> np.ndarray:
@@ -243,11 +244,13 @@ class EdgeMAE(nn.Module):
             x = blk(x, src_key_padding_mask=key_padding)
         return self.norm(x), key_padding
 
-    def forward_decoder(self, latent: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_decoder(self, latent: torch.Tensor, mask: torch.Tensor,
+                        with_edge: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decode to patches.
 
         latent: (B, 1 + V, D) from :meth:`forward_encoder`; mask: bool (B, L).
-        Returns ``(pixels, edges)``, each (B, L, p*p*C) (sigmoid if ``cfg.sigmoid_heads``).
+        Returns ``(pixels, edges)``, each (B, L, p*p*C) (sigmoid if ``cfg.sigmoid_heads``);
+        ``edges`` is None when ``with_edge`` is False.
         """
         y = self.decoder_embed(latent)
         b, _, dd = y.shape
@@ -264,9 +267,10 @@ class EdgeMAE(nn.Module):
             x = blk(x)
         x = x[:, 1:]
         pix = self.pixel_head(self.pixel_norm(x))
-        edge = self.edge_head(self.edge_norm(x))
+        edge = self.edge_head(self.edge_norm(x)) if with_edge else None
         if self.cfg.sigmoid_heads:
-            pix, edge = torch.sigmoid(pix), torch.sigmoid(edge)
+            pix = torch.sigmoid(pix)
+            edge = torch.sigmoid(edge) if edge is not None else None
         return pix, edge
 
     def _check_inputs(self, imgs: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,22 +290,25 @@ class EdgeMAE(nn.Module):
         return mask.to(device=device, dtype=torch.bool)
 
     def reconstruct(self, imgs: torch.Tensor, roi: torch.Tensor, mask: torch.Tensor,
-                    paste: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    paste: bool = True, *, with_edge: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Reconstruct with a given mask, without loss and without side effects.
 
         imgs: (B, 1, H, W) in [0, 1]; roi: (B, H, W) or (B, 1, H, W); mask: bool (B, L).
         Returns ``(pred, edge)``, each (B, 1, H, W). With ``paste`` (default) both are pasted
         onto the input / its Sobel map outside the ROI pixels, as in the loss.
+        ``with_edge=False`` skips the edge head and returns ``edge = None`` (MC inference).
         """
         imgs, roi_px = self._check_inputs(imgs, roi)
         mask = self._check_mask(mask, imgs.shape[0], imgs.device)
         latent, _ = self.forward_encoder(imgs, mask)
-        pix, edge = self.forward_decoder(latent, mask)
+        pix, edge = self.forward_decoder(latent, mask, with_edge=with_edge)
         pred = self.unpatchify(pix, self.in_chans)
-        edge = self.unpatchify(edge, self.in_chans)
         if paste:
-            pred = torch.where(roi_px, pred, imgs.to(pred.dtype))
-            edge = torch.where(roi_px, edge, sobel(imgs).to(edge.dtype))
+            pred = torch.where(roi_px, pred.to(imgs.dtype), imgs)  # paste in the input's precision
+        if edge is not None:
+            edge = self.unpatchify(edge, self.in_chans)
+            if paste:
+                edge = torch.where(roi_px, edge.to(imgs.dtype), sobel(imgs))
         return pred, edge
 
     def forward(
@@ -338,14 +345,15 @@ class EdgeMAE(nn.Module):
         edge = self.unpatchify(edge, self.in_chans)
         with torch.no_grad():
             edge_target = sobel(imgs)
-        target = imgs.to(pred.dtype)
+        target = imgs
+        pred, edge = pred.to(imgs.dtype), edge.to(imgs.dtype)  # loss in the input's precision (AMP)
         pred = torch.where(roi_px, pred, target)
-        edge = torch.where(roi_px, edge, edge_target.to(edge.dtype))
+        edge = torch.where(roi_px, edge, edge_target)
         sel = (roi_px & self._mask_pixels(mask)).to(pred.dtype)  # masked ROI pixels
         n_sel = sel.sum(dim=(1, 2, 3))
         denom = n_sel.clamp(min=1.0)
         pix_loss = ((pred - target) ** 2 * sel).sum(dim=(1, 2, 3)) / denom
-        edge_loss = ((edge - edge_target.to(edge.dtype)) ** 2 * sel).sum(dim=(1, 2, 3)) / denom
+        edge_loss = ((edge - edge_target) ** 2 * sel).sum(dim=(1, 2, 3)) / denom
         per_image = (pix_loss + self.cfg.edge_weight * edge_loss).float()  # (B,), 0 when n_sel == 0
         if reduction == "none":
             return per_image, pred, mask

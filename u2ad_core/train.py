@@ -208,7 +208,8 @@ def reconstruction_metrics(
     eu: torch.Tensor | np.ndarray | None,
     region: torch.Tensor | np.ndarray,
     reference: torch.Tensor | np.ndarray | None = None,
-) -> dict[str, float]:
+    reduce: bool = True,
+) -> dict[str, Any]:
     """Reconstruction quality within a region (paper Table 3 / Figure A4 metrics).
 
     images, mean (MC mean reconstruction), eu (MC variance), region (bool ROI, e.g. the cord
@@ -219,7 +220,8 @@ def reconstruction_metrics(
     SSIM = mean of the SSIM map (:func:`ssim_map`, computed on the whole image with the
     reconstruction pasted into the reference outside the region) over the region's pixels;
     mean EU and mean AU = |image - mean| over the region. Returned values are means over the
-    images that have a non-empty region (NaN when none has).
+    images that have a non-empty region (NaN when none has); ``reduce=False`` returns the
+    per-image values instead, as (N,) numpy arrays (NaN for an empty region).
     """
     t = lambda a: torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a  # noqa: E731
     img = t(images).float()
@@ -240,6 +242,12 @@ def reconstruction_metrics(
     psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
     ssim = (ssim_map(rec, ref) * reg).flatten(1).sum(1) / c
     au = ((img - mu).abs() * reg).flatten(1).sum(1) / c
+    if not reduce:
+        nan = torch.tensor(float("nan"))
+        per = {"mse": mse, "psnr": psnr, "ssim": ssim, "au_mean": au}
+        if eu is not None:
+            per["eu_mean"] = (t(eu).float() * reg).flatten(1).sum(1) / c
+        return {k: torch.where(ok, v.float(), nan).numpy() for k, v in per.items()}
     out = {
         "mse": float(mse[ok].mean()),
         "psnr": float(psnr[ok].mean()),

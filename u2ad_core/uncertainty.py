@@ -19,7 +19,9 @@ Two engines give the same estimator:
   one batch axis (image x pass) and run in chunks of ``batch_size`` under
   ``torch.inference_mode()`` (autocast bf16/fp16 on CUDA only); sums and sums of squares of
   ``pred - x`` (shifted by the input to avoid cancellation) are accumulated on the device with
-  ``index_add_``; there is no Python loop over images.
+  ``index_add_``; there is no Python loop over images (only over chunks of passes, and over
+  groups of ``image_group`` images to bound memory). On CPU the ``nn.MultiheadAttention``
+  "fast path" is switched off during inference (measured slower for these small heads).
 * :func:`mc_uncertainty_reference`: the paper's Algorithm 1 as written, one image and one
   pass at a time, random ROI masking until every ROI patch has been masked at least K times,
   then K of each patch's reconstructions chosen at random. For tests and the benchmark.
@@ -115,6 +117,22 @@ def _autocast(device: torch.device):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module, device: torch.device):
+    """inference_mode + eval mode + autocast (CUDA); on CPU the MHA "fast path" is switched
+    off (measured slower for these small heads on CPU) and restored afterwards."""
+    mha = getattr(torch.backends, "mha", None)
+    old = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        if mha is not None and device.type == "cpu":
+            mha.set_fastpath_enabled(False)
+        with torch.inference_mode(), _eval_mode(model), _autocast(device):
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(old)
 
 
 @contextlib.contextmanager
@@ -214,13 +232,16 @@ def mc_uncertainty(
     device: Any = None,
     keep_samples: bool = False,
     progress: bool = False,
+    image_group: int = 1024,
 ) -> MCResult:
     """Fast Monte-Carlo EU / AU maps (see the module docstring).
 
     images, roi: (N, 1, H, W) or (N, H, W), tensors or arrays (roi nonzero = ROI).
     k: reconstructions per ROI patch (paper K = 10); mask_ratio r; generator: the masks
     (None: torch's default generator); ddof: 1 unbiased (paper) or 0 (authors' code);
-    batch_size: passes per forward; device: None = the model's device.
+    batch_size: passes (image x pass) per forward; device: None = the model's device;
+    image_group: images whose plan and accumulators live on the device at once (memory
+    bound only; results do not depend on it except through the random stream).
     Returns :class:`MCResult` with float32 CPU tensors.
     """
     _check_k(k, ddof)
@@ -228,55 +249,77 @@ def mc_uncertainty(
     r = _as_nchw(roi, "roi")
     if r.shape != x.shape:
         raise ValueError(f"mc_uncertainty: roi shape {tuple(r.shape)} differs from images {tuple(x.shape)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"mc_uncertainty: batch_size must be >= 1, got {batch_size}")
     dev = _model_device(model, device)
-    N, _, H, W = x.shape
-    L = model.num_patches
+    N = x.shape[0]
     roi_p = model.roi_patches(r.cpu())
-    plan = mc_plan(roi_p, k, mask_ratio, generator)
-    P = int(plan.image.numel())
-
-    xd = x.to(dev).contiguous()
-    rd = (r.to(dev) > 0)
-    x_p = model.patchify(xd)  # (N, L, p*p)
-    sum1 = torch.zeros_like(x_p)
-    sum2 = torch.zeros_like(x_p)
-    samples_p = None
-    if keep_samples:
-        samples_p = x_p[None].repeat(k, 1, 1, 1)  # (K, N, L, p*p)
-    image_d = plan.image.to(dev)
-    masks_d = plan.masks.to(dev)
-    sample_d = plan.sample.to(dev)
-    starts = range(0, P, max(1, int(batch_size)))
+    bar = None
     if progress:
         from .runtime import progress as _progress
 
-        starts = _progress(starts, desc="MC passes", total=math.ceil(P / max(1, batch_size)))
-    with torch.inference_mode(), _eval_mode(model), _autocast(dev):
-        for s0 in starts:
+        n = roi_p.sum(1)
+        m = n_masked(n, mask_ratio).clamp(min=1)
+        bar = _progress(total=int(torch.where(n > 0, (k * n + m - 1) // m, 0).sum()), desc="MC passes")
+    means, eus, samples, n_passes = [], [], [], 0
+    try:
+        for g0 in range(0, N, max(1, int(image_group))):
+            sl = slice(g0, g0 + image_group)
+            mean, eu, smp, P = _mc_group(model, x[sl], r[sl], roi_p[sl], k, mask_ratio, generator, ddof,
+                                         int(batch_size), dev, keep_samples, bar)
+            means.append(mean)
+            eus.append(eu)
+            samples.append(smp)
+            n_passes += P
+    finally:
+        if bar is not None:
+            bar.close()
+    mean = torch.cat(means) if means else x[:, 0].clone()
+    eu = torch.cat(eus) if eus else torch.zeros_like(x[:, 0])
+    au = (x[:, 0] - mean).abs()
+    counts = roi_p.long() * k
+    samples_t = torch.cat(samples, dim=1) if keep_samples and samples else None
+    return MCResult(mean=mean, eu=eu, au=au, counts=counts, n_passes=n_passes, samples=samples_t, k=k, ddof=ddof)
+
+
+def _mc_group(model, x, r, roi_p, k, mask_ratio, generator, ddof, batch_size, dev, keep_samples, bar):
+    """The fast engine on one group of images: (mean (n,H,W), eu (n,H,W), samples or None, passes)."""
+    N, _, H, W = x.shape
+    L = model.num_patches
+    plan = mc_plan(roi_p, k, mask_ratio, generator)
+    P = int(plan.image.numel())
+    xd = x.to(dev).contiguous()
+    rd = r.to(dev) > 0
+    x_p = model.patchify(xd)  # (N, L, p*p)
+    sum1 = torch.zeros_like(x_p)  # sums of (pred - x) over the K kept reconstructions
+    sum2 = torch.zeros_like(x_p)  # ... and of its square
+    samples_p = x_p[None].repeat(k, 1, 1, 1) if keep_samples else None  # (K, N, L, p*p)
+    image_d = plan.image.to(dev)
+    masks_d = plan.masks.to(dev)
+    sample_d = plan.sample.to(dev)
+    with _inference(model, dev):
+        for s0 in range(0, P, batch_size):
             sl = slice(s0, min(P, s0 + batch_size))
             idx = image_d[sl]
-            pred, _ = model.reconstruct(xd[idx], rd[idx], masks_d[sl])
-            d = model.patchify(pred.float()) - x_p[idx]  # (b, L, p*p)
+            pred, _ = model.reconstruct(xd[idx], rd[idx], masks_d[sl], with_edge=False)
             smp = sample_d[sl]
-            keep = (smp >= 0)[..., None]
-            d = torch.where(keep, d, torch.zeros_like(d))
+            d = model.patchify(pred.float()) - x_p[idx]  # (b, L, p*p)
+            d = torch.where((smp >= 0)[..., None], d, torch.zeros_like(d))  # surplus/visible: 0
             sum1.index_add_(0, idx, d)
             sum2.index_add_(0, idx, d * d)
             if samples_p is not None:
                 bi, li = torch.nonzero(smp >= 0, as_tuple=True)
                 samples_p[smp[bi, li], idx[bi], li] = d[bi, li] + x_p[idx[bi], li]
-
-    counts = torch.where(roi_p, torch.full_like(roi_p, k, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+            if bar is not None:
+                bar.update(sl.stop - sl.start)
     mean_d = sum1 / k
     var = ((sum2 - sum1 * mean_d) / (k - ddof)).clamp_(min=0.0)
-    mean_p = x_p + mean_d
-    mean = model.unpatchify(mean_p, 1)[:, 0].float().cpu()
+    mean = model.unpatchify(x_p + mean_d, 1)[:, 0].float().cpu()
     eu = model.unpatchify(var, 1)[:, 0].float().cpu()
-    au = (x[:, 0] - mean).abs()
     samples = None
     if samples_p is not None:
         samples = model.unpatchify(samples_p.reshape(k * N, L, -1), 1).reshape(k, N, H, W).float().cpu()
-    return MCResult(mean=mean, eu=eu, au=au, counts=counts, n_passes=P, samples=samples, k=k, ddof=ddof)
+    return mean, eu, samples, P
 
 
 # --------------------------------------------------------------------------------------
@@ -310,7 +353,7 @@ def mc_uncertainty_reference(
     means, eus, samples_all = [], [], []
     counts = torch.zeros(N, L, dtype=torch.long)
     n_passes = 0
-    with torch.inference_mode(), _eval_mode(model), _autocast(dev):
+    with _inference(model, dev):
         for i in range(N):
             xi = x[i:i + 1].to(dev)
             ri = r[i:i + 1].to(dev)
@@ -329,7 +372,7 @@ def mc_uncertainty_reference(
                 if len(preds) >= max_passes:
                     raise RuntimeError(f"mc_uncertainty_reference: image {i} needs more than {max_passes} passes")
                 mask = random_roi_mask(rp, ratio, generator)
-                pred, _ = model.reconstruct(xi, ri, mask)
+                pred, _ = model.reconstruct(xi, ri, mask, with_edge=False)
                 preds.append(model.patchify(pred.float())[0])
                 masks.append(mask[0])
                 seen += mask[0].long()
@@ -341,8 +384,9 @@ def mc_uncertainty_reference(
             kept = pr.gather(0, pick[..., None].expand(k, L, pr.shape[-1]))  # (K, L, p*p)
             use = rp[0][None, :, None]
             kept = torch.where(use, kept, x_p[None])
-            means.append(kept.mean(0))
-            eus.append(kept.var(0, correction=ddof) if k - ddof > 0 else torch.zeros_like(x_p))
+            dev_k = kept - x_p[None]  # shifted by the input, as in the fast engine (exact 0 outside)
+            means.append(x_p + dev_k.mean(0))
+            eus.append(dev_k.var(0, correction=ddof))
             samples_all.append(kept)
             counts[i] = rp[0].long().cpu() * k
     mean = model.unpatchify(torch.stack(means), 1)[:, 0].float().cpu()
@@ -375,10 +419,10 @@ def reconstruct_once(
     dev = _model_device(model, device)
     mask = random_roi_mask(model.roi_patches(r.cpu()), mask_ratio, generator)
     out = []
-    with torch.inference_mode(), _eval_mode(model), _autocast(dev):
+    with _inference(model, dev):
         for s0 in range(0, x.shape[0], max(1, int(batch_size))):
             sl = slice(s0, s0 + batch_size)
-            pred, _ = model.reconstruct(x[sl].to(dev), r[sl].to(dev), mask[sl].to(dev))
+            pred, _ = model.reconstruct(x[sl].to(dev), r[sl].to(dev), mask[sl].to(dev), with_edge=False)
             out.append(pred.float()[:, 0].cpu())
     pred = torch.cat(out) if out else x[:, 0].clone()
     return pred, mask

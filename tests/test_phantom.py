@@ -1,0 +1,151 @@
+"""Procedural phantom: cohort sizes, files, labels, orientation, determinism, anatomy."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from u2ad_core import labels as L
+from u2ad_core import phantom as P
+from u2ad_core.config import get_preset
+
+SMOKE = get_preset("smoke").data
+
+
+@pytest.fixture(scope="module")
+def renji_small(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ph") / "renji_like"
+    return P.generate_cohort("renji_like", 4, 3, out, SMOKE, show_progress=False)
+
+
+def _rows(cohort_dir: Path) -> list[dict[str, str]]:
+    with open(cohort_dir / "participants.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_lesion_fraction_matches_the_paper_and_scales():
+    assert P.n_lesion_patients("renji_like", 125) == 78
+    assert P.n_lesion_patients("ruijin_like", 95) == 9
+    assert P.n_lesion_patients("renji_like", 60) == round(60 * 78 / 125)
+    assert P.n_lesion_patients("ruijin_like", 20) == 2  # at least 2 positives when n >= 20
+    assert P.n_lesion_patients("ruijin_like", 48) == 5
+    assert P.n_lesion_patients("spine_generic_like", 270) == 0
+
+
+def test_cohort_files_participants_and_labels(renji_small):
+    rows = _rows(renji_small)
+    assert [r["subject"] for r in rows] == [f"sub-renji{i:03d}" for i in range(1, 5)]
+    assert set(rows[0]) >= {"subject", "site", "diagnosis", "lesion_segments"}
+    assert all(r["diagnosis"] == "DCM" and r["site"] == "renji" for r in rows)
+    assert sum(r["lesion_segments"] != "n/a" for r in rows) == P.n_lesion_patients("renji_like", 4)
+    for r in rows:
+        L.parse_segments(r["lesion_segments"])  # valid names
+        img = nib.load(str(renji_small / r["image"]))
+        lab = nib.load(str(renji_small / r["labels"]))
+        assert img.ndim == 3 and img.shape == lab.shape
+        assert nib.aff2axcodes(img.affine) == tuple(P.SITES["renji"].orientation)
+        assert np.allclose(img.affine, lab.affine)
+        ras = nib.as_closest_canonical(img)
+        assert ras.shape[0] == SMOKE.n_sagittal_clinical  # sagittal slices along R
+        assert set(np.unique(np.asanyarray(lab.dataobj)).tolist()) <= {0, 1, 2, 3, 4, 5, 6}
+        assert np.asanyarray(img.dataobj).dtype == np.dtype(P.SITES["renji"].dtype)
+
+
+def test_lesions_lie_in_the_cord_at_their_recorded_segment(renji_small):
+    pos = [r for r in _rows(renji_small) if r["lesion_segments"] != "n/a"]
+    assert pos
+    for r in pos:
+        lab = np.asanyarray(nib.as_closest_canonical(nib.load(str(renji_small / r["labels"]))).dataobj)
+        les = lab == L.HYPERINTENSITY
+        assert les.any()
+        ring = ndi.binary_dilation(les) & ~les
+        # a lesion is surrounded by cord (and little else)
+        assert np.mean(lab[ring] == L.CORD) > 0.6
+        # the middle slice shows it
+        assert les[lab.shape[0] // 2].any()
+
+
+def test_generation_is_deterministic(tmp_path):
+    a = P.generate_subject("ruijin_like", 1, 11, tmp_path / "a", 5, True)
+    b = P.generate_subject("ruijin_like", 1, 11, tmp_path / "b", 5, True)
+    c = P.generate_subject("ruijin_like", 1, 12, tmp_path / "c", 5, True)
+    arr = lambda d, r, f: np.asanyarray(nib.load(str(d / getattr(r, f))).dataobj)  # noqa: E731
+    for f in ("image", "labels"):
+        assert arr(tmp_path / "a", a, f).tobytes() == arr(tmp_path / "b", b, f).tobytes()
+    assert arr(tmp_path / "a", a, "image").tobytes() != arr(tmp_path / "c", c, "image").tobytes()
+    assert a.lesion_segments == b.lesion_segments
+
+
+@pytest.mark.parametrize("codes", ["PSR", "LAS", "LPI", "RAS", "SRA"])
+def test_orientation_round_trip(codes):
+    rng = np.random.default_rng(0)
+    data = rng.random((5, 7, 9)).astype(np.float32)
+    aff = np.diag([3.0, 0.8, 0.9, 1.0])
+    aff[:3, 3] = [-6, -50, -80]
+    out, new_aff = P._reorient_ras_to(data, aff, codes)
+    img = nib.as_closest_canonical(nib.Nifti1Image(out, new_aff))
+    assert nib.aff2axcodes(new_aff) == tuple(codes)
+    assert np.array_equal(np.asanyarray(img.dataobj), data)
+    assert np.allclose(img.affine, aff)
+
+
+def test_cohort_is_reused_when_current(renji_small):
+    stamp = renji_small / "phantom.json"
+    before = stamp.stat().st_mtime_ns
+    P.generate_cohort("renji_like", 4, 3, renji_small, SMOKE, show_progress=False)
+    assert stamp.stat().st_mtime_ns == before
+    assert P.cohort_is_current(renji_small, P.generation_config("renji_like", 4, 3, SMOKE))
+    assert not P.cohort_is_current(renji_small, P.generation_config("renji_like", 5, 3, SMOKE))
+
+
+def test_anatomy_is_plausible_and_varies():
+    cord_ap, spacing, ratios = [], [], []
+    for i, site in enumerate(["sg_a", "sg_b", "on_a", "renji"]):
+        rng = np.random.default_rng(100 + i)
+        an = P._sample_anatomy(rng, dcm=False, lesion=False)
+        vol, lab, aff, ex = P._render(an, P.SITES[site], 5, rng)
+        mid_lab, mid = lab[2].T, vol[2].T  # (Z, Y): rows along the cord
+        px = P.SITES[site].pixel_mm
+        cord = mid_lab == L.CORD
+        stats = P.measure_anatomy(mid, cord, mid_lab == L.CSF, px)
+        cord_ap.append(stats["cord_ap_mm"])
+        ratios.append(stats["csf_cord_ratio"])
+        comps, n = ndi.label(mid_lab == L.VERTEBRAL_BODY)
+        assert n >= 8  # C2 (with the dens) .. T2 at least
+        z = np.array(ndi.center_of_mass(comps > 0, comps, range(1, n + 1)))[:, 0] * px
+        z = np.sort(z)[::-1]
+        spacing.append(float(np.median(-np.diff(z[:7]))))
+        assert (mid_lab == L.DISC).any() and (mid_lab == L.CSF).any()
+    assert all(5.0 <= a <= 10.0 for a in cord_ap), cord_ap
+    assert all(14.0 <= s <= 21.0 for s in spacing), spacing
+    assert all(1.5 <= r <= 4.5 for r in ratios), ratios  # real: PAM50 3.0, SCT t2 ~1.7
+    assert len(set(np.round(cord_ap, 1))) > 1  # per-subject variation
+
+
+def test_sites_differ_in_intensity_distribution(tmp_path):
+    """Domain shift: same anatomy, two sites -> different normalised histograms (paper Fig. 1)."""
+    hists = []
+    for site in ("sg_a", "ruijin"):
+        rng = np.random.default_rng(5)
+        an = P._sample_anatomy(rng, dcm=False, lesion=False)
+        vol, lab, *_ = P._render(an, replace(P.SITES[site], fov_mm=(200.0, 180.0)), 3, rng)
+        v = vol[1][lab[1] == L.CORD]
+        v = v / np.percentile(vol[1], 99.8)
+        hists.append(np.histogram(np.clip(v, 0, 1), bins=20, range=(0, 1), density=True)[0])
+    assert np.abs(hists[0] - hists[1]).sum() > 2.0
+
+
+def test_cli_phantom_writes_a_cohort(tmp_path):
+    from u2ad_core.cli import main
+
+    rc = main(["phantom", "--cohort", "openneuro_like", "--n", "2", "--seed", "1", "--out",
+               str(tmp_path / "on"), "--preset", "smoke"])
+    assert rc == 0
+    assert (tmp_path / "on" / "participants.tsv").is_file()
+    assert len(list((tmp_path / "on").glob("sub-*/sub-*_T2w.nii.gz"))) == 2

@@ -1,0 +1,663 @@
+"""Shared glue for the baselines: the method record, training with run caching, reconstruction,
+anomaly maps, strategies S1-S3, and scoring/evaluation under U2AD's protocol.
+
+Every baseline is described by a :class:`Method` (its module builds one; the registry is
+``u2ad_core.baselines.BASELINES``). Two kinds:
+
+- ``"uad"``: a torch model trained on unlabelled slices (VAE, DAE, VAE-GAN, f-AnoGAN,
+  AnoDDPM). Each reconstructs the **whole** image; only its ROI (cord) part is kept and the
+  rest is replaced by the original image (paper Appendix B.1, method.md section 8).
+- ``"signal"``: no training; the map comes straight from the cord intensities (Z-scoring,
+  SLIC, DBSCAN; paper Appendix B.3).
+
+Common interface (the same for both kinds)::
+
+    model = fit("vae", preset, train_data, device, seed, run_dir, init=None)   # cached
+    recon, maps = anomaly_maps("vae", model, data, device)                    # (N, H, W) each
+
+``recon`` is the reconstruction with the original pasted outside the cord (``None`` for the
+signal methods, which reconstruct nothing); ``maps`` is ``(N, H, W)`` float32, zero outside
+the cord: ``|x - recon|`` in the cord for the UAD methods (:func:`u2ad_core.scoring.anomaly_map`),
+the method's own score for the signal methods. :func:`score_anomaly_maps` then applies the
+same post-processing, curve and scores as U2AD (:mod:`u2ad_core.scoring`), and
+:func:`evaluate_maps` the same cross-validation (:mod:`u2ad_core.evaluation`).
+
+Training runs are cached like :mod:`u2ad_core.train` does for U2AD: a run lives in
+``run_dir / "baselines" / f"{name}-{hash}"`` where the hash covers the method and its
+configuration, the shared sizes, the number of epochs, the augmentation, the data arrays,
+the initial weights and the seed::
+
+    config.json    the hashed specification
+    checkpoint.pt  weights, optimisers, generator, history (every ``checkpoint_every`` epochs;
+                   an interrupted run continues from it)
+    metrics.csv    one row per epoch: epoch, seconds and the method's losses
+    model.pt       final weights + configuration (:func:`load_run`)
+    done.json      written last: the run is complete and is reused, not retrained
+
+All randomness (initialisation, data order, augmentation, noise, latent samples) comes from
+a seeded ``torch.Generator`` on the CPU, so two CPU runs with the same seed give identical
+weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import time
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..config import BaselineConfig, Preset, config_hash, get_preset, to_dict
+from ..runtime import atomic_path, atomic_write_json, atomic_write_text, make_generator, progress, resolve_device
+
+__all__ = [
+    "Method",
+    "StepInfo",
+    "SignalModel",
+    "BaselineRun",
+    "STRATEGIES",
+    "get_method",
+    "data_hash",
+    "fit",
+    "fit_run",
+    "load_run",
+    "reconstruct",
+    "anomaly_maps",
+    "strategy_model",
+    "score_anomaly_maps",
+    "evaluate_maps",
+    "results_row",
+    "table_from_rows",
+]
+
+FORMAT_VERSION = 1
+STRATEGIES = ("S1", "S2", "S3")
+HEALTHY = "spine_generic_like"
+
+
+# --------------------------------------------------------------------------------------
+# Method record
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepInfo:
+    """Where a training step is: ``epoch`` (0-based), ``epochs`` (total of this run), ``step``
+    (global batch counter, 0-based)."""
+
+    epoch: int
+    epochs: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Method:
+    """One baseline.
+
+    UAD methods (``kind="uad"``) give
+      ``build(cfg, image_size) -> nn.Module``,
+      ``optimizers(model, cfg) -> dict[str, torch.optim.Optimizer]``,
+      ``train_step(model, opts, x, roi, generator, cfg, info) -> dict[str, float]`` with
+      ``x`` ``(B, 1, H, W)`` in [0, 1] and ``roi`` ``(B, 1, H, W)`` float {0, 1} on the model's
+      device, ``generator`` a CPU ``torch.Generator``;
+      ``reconstruct(model, x, roi, generator, cfg) -> (B, 1, H, W)`` the whole-image
+      reconstruction (eval mode, no grad).
+    Signal methods (``kind="signal"``) give ``maps(images, cord, signal_cfg) -> (N, H, W)``.
+    ``sub_config(cfg)`` returns the method's own part of the :class:`BaselineConfig` (hashed
+    with the run).
+    """
+
+    name: str
+    label: str
+    kind: str
+    reference: str
+    sub_config: Callable[[BaselineConfig], Any]
+    build: Callable[..., torch.nn.Module] | None = None
+    optimizers: Callable[..., dict[str, torch.optim.Optimizer]] | None = None
+    train_step: Callable[..., dict[str, float]] | None = None
+    reconstruct: Callable[..., torch.Tensor] | None = None
+    maps: Callable[..., np.ndarray] | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("uad", "signal"):
+            raise ValueError(f"Method {self.name}: kind must be 'uad' or 'signal', got {self.kind!r}")
+        need = ("build", "optimizers", "train_step", "reconstruct") if self.kind == "uad" else ("maps",)
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"Method {self.name} ({self.kind}) lacks {missing}")
+
+
+@dataclass
+class SignalModel:
+    """What :func:`fit` returns for a signal method: nothing is trained, only the settings."""
+
+    method: str
+    cfg: Any
+    run_path: Path | None = None
+
+    def eval(self):  # symmetry with nn.Module in notebook loops
+        return self
+
+
+def get_method(method: str | Method) -> Method:
+    """The :class:`Method` for a registry name (``"vae"``, ``"dae"``, ... ``"dbscan"``)."""
+    if isinstance(method, Method):
+        return method
+    from . import BASELINES
+
+    try:
+        return BASELINES[method]
+    except KeyError:
+        raise KeyError(f"unknown baseline {method!r}; choose one of {sorted(BASELINES)}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Data helpers
+# --------------------------------------------------------------------------------------
+def _load_data(data: Any):
+    """A dataset path (``.npz`` from :func:`u2ad_core.datasets.prepare_all`) or an object
+    with ``images`` and ``cord`` ``(N, H, W)``."""
+    if isinstance(data, (str, Path)):
+        p = Path(data)
+        if not p.exists():
+            raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
+        from ..datasets import load_dataset
+
+        return load_dataset(p), str(p)
+    if not hasattr(data, "images") or not hasattr(data, "cord"):
+        raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
+    return data, "<in memory>"
+
+
+def _arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(data.images, dtype=np.float32)
+    cord = np.asarray(data.cord) > 0
+    if images.ndim != 3 or len(images) == 0:
+        raise ValueError(f"{source}: images must be a non-empty (N, H, W) array, got shape {images.shape}")
+    if cord.shape != images.shape:
+        raise ValueError(f"{source}: cord mask {cord.shape} does not match images {images.shape}")
+    return images, cord
+
+
+def data_hash(data: Any) -> str:
+    """Hash of the arrays training reads (images and cord), not of file metadata."""
+    h = hashlib.sha256()
+    for name in ("images", "cord"):
+        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
+        h.update(f"{name}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _from_dict(cls, d: Mapping[str, Any]):
+    """Rebuild a (nested) frozen config dataclass from :func:`to_dict` output."""
+    kw = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        default = getattr(cls(), f.name)
+        if is_dataclass(default):
+            v = _from_dict(type(default), v)
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+@dataclass
+class BaselineRun:
+    """What :func:`fit_run` returns: the model (eval mode), its run directory and history."""
+
+    model: Any
+    run_path: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reused: bool = False
+    wall_s: float = 0.0
+
+
+def _init_identity(init: Any) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """(identity for the hash, state dict) of the initial weights (``None``: random init)."""
+    if init is None:
+        return None, None
+    if isinstance(init, BaselineRun):
+        init = init.run_path if init.run_path is not None else init.model
+    if isinstance(init, torch.nn.Module):
+        state = {k: v.detach().cpu() for k, v in init.state_dict().items()}
+        rh = getattr(init, "run_hash", None)
+        if rh is None:
+            h = hashlib.sha256()
+            for k, v in sorted(state.items()):
+                h.update(k.encode())
+                h.update(v.numpy().tobytes())
+            rh = h.hexdigest()[:16]
+        return {"run_hash": rh}, state
+    p = Path(init)
+    if p.is_dir():
+        p = p / "model.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"init weights not found: {init} (pass a baseline run directory, its model.pt, "
+                                "a BaselineRun or a model)")
+    saved = torch.load(p, map_location="cpu", weights_only=True)
+    return {"run_hash": saved.get("run_hash")}, saved["model"]
+
+
+def _spec(method: Method, preset: Preset, stage: str, epochs: int, d_hash: str, image_size,
+          init_id, seed: int) -> dict[str, Any]:
+    b = preset.baselines
+    spec = {
+        "format": FORMAT_VERSION,
+        "method": method.name,
+        "method_cfg": to_dict(method.sub_config(b)),
+        "shared": {k: to_dict(getattr(b, k)) for k in ("batch_size", "width", "levels", "augment")},
+        "stage": stage,
+        "epochs": int(epochs),
+        "image_size": list(image_size),
+        "data": d_hash,
+        "init": init_id,
+        "seed": int(seed),
+    }
+    if b.augment:
+        p = preset.pretrain
+        spec["augmentation"] = {"brightness": list(p.brightness), "contrast": list(p.contrast),
+                                "noise_std": p.noise_std}
+    return spec
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _build(method: Method, cfg: BaselineConfig, image_size, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = method.build(cfg, tuple(image_size))
+    model.baseline_method = method.name
+    model.baseline_cfg = cfg
+    return model
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
+
+
+def load_run(path: str | Path, device: str = "cpu"):
+    """Load a finished baseline run (its directory or ``model.pt``): the model in eval mode
+    on ``device``, with attributes ``baseline_method``, ``baseline_cfg``, ``run_hash``,
+    ``run_path``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"baseline model not found: {p}")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT_VERSION or "method" not in state:
+        raise ValueError(f"{p} is not a u2ad_core baseline model (format {state.get('format')!r})")
+    method = get_method(state["method"])
+    cfg = _from_dict(BaselineConfig, state["baselines"])
+    model = _build(method, cfg, state["image_size"], 0)
+    model.load_state_dict(state["model"])
+    model.run_hash = state["run_hash"]
+    model.run_path = p.parent
+    return model.to(resolve_device(device)).eval()
+
+
+def fit_run(
+    method: str | Method,
+    preset: Preset | str,
+    train_data: Any,
+    device: str = "auto",
+    seed: int | None = None,
+    run_dir: str | Path = "runs",
+    init: Any = None,
+    *,
+    stage: str | None = None,
+    name: str | None = None,
+    reuse: bool = True,
+    resume: bool = True,
+    show_progress: bool = True,
+) -> BaselineRun:
+    """Train one baseline (or reuse the finished run with the same hash); see module doc.
+
+    train_data: a dataset file or a ``SliceData``. init: ``None`` (random initialisation),
+    a :class:`BaselineRun`, a run directory / ``model.pt``, or a model of the same method.
+    stage: ``"pretrain"`` (``preset.baselines.pretrain_epochs``) or ``"adapt"``
+    (``adapt_epochs``); default ``"adapt"`` when ``init`` is given, else ``"pretrain"``.
+    Signal methods train nothing: a :class:`SignalModel` is returned at once.
+    """
+    m = get_method(method)
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    cfg = preset.baselines
+    if m.kind == "signal":
+        return BaselineRun(SignalModel(m.name, m.sub_config(cfg)), None, reused=True)
+    stage = stage or ("adapt" if init is not None else "pretrain")
+    if stage not in ("pretrain", "adapt"):
+        raise ValueError(f"stage must be 'pretrain' or 'adapt', got {stage!r}")
+    epochs = int(cfg.pretrain_epochs if stage == "pretrain" else cfg.adapt_epochs)
+    if epochs < 1:
+        raise ValueError(f"baselines.{stage}_epochs must be >= 1, got {epochs}")
+    seed = preset.seed if seed is None else int(seed)
+    data, source = _load_data(train_data)
+    images_np, cord_np = _arrays(data, source)
+    image_size = images_np.shape[1:]
+    init_id, init_state = _init_identity(init)
+    spec = _spec(m, preset, stage, epochs, data_hash(data), image_size, init_id, seed)
+    run_hash = config_hash(spec)
+    run_path = Path(run_dir) / "baselines" / f"{name or f'{m.name}-{stage}'}-{run_hash}"
+    dev = resolve_device(device)
+
+    if reuse and (run_path / "done.json").is_file() and (run_path / "model.pt").is_file():
+        model = load_run(run_path, dev)
+        return BaselineRun(model, run_path, _read_csv(run_path / "metrics.csv"), reused=True)
+
+    t_start = time.perf_counter()
+    run_path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_path / "config.json", {"run_hash": run_hash, "source": source, "spec": spec,
+                                                 "baselines": to_dict(cfg)})
+    model = _build(m, cfg, image_size, seed)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as exc:
+            raise ValueError(f"init weights do not fit a {m.label} built from this preset: {exc}") from None
+    model.to(dev).train()
+    opts = m.optimizers(model, cfg)
+    g = make_generator(seed)
+    history: list[dict[str, Any]] = []
+    start = 0
+    wall_before = 0.0
+    ckpt = run_path / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("run_hash") == run_hash:
+            model.load_state_dict(state["model"])
+            for k, o in opts.items():
+                o.load_state_dict(state["optimizers"][k])
+            g.set_state(state["generator"])
+            start, history, wall_before = int(state["epoch"]), list(state["history"]), float(state["wall_s"])
+    (run_path / "done.json").unlink(missing_ok=True)
+
+    from ..train import augment  # paper 4.3 augmentation, the same as U2AD's
+
+    images = torch.from_numpy(images_np)
+    roi = torch.from_numpy(cord_np.astype(np.float32))
+    n, bs = len(images), max(1, int(cfg.batch_size))
+    aug_cfg = preset.pretrain
+    step = start * math.ceil(n / bs)
+    bar = progress(total=epochs, initial=start, desc=f"{m.label} {run_path.name}", unit="epoch",
+                   **({} if show_progress else {"disable": True}))
+    try:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=g)
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            for s in range(0, n, bs):
+                idx = perm[s:s + bs]
+                x = images[idx].unsqueeze(1)
+                if cfg.augment:
+                    x = augment(x, g, aug_cfg)
+                losses = m.train_step(model, opts, x.to(dev), roi[idx].unsqueeze(1).to(dev), g, cfg,
+                                      StepInfo(epoch, epochs, step))
+                for k, v in losses.items():
+                    if not math.isfinite(v):
+                        raise FloatingPointError(f"{m.label} ({run_path.name}): non-finite {k} at epoch {epoch}; "
+                                                 "lower the learning rate")
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                    counts[k] = counts.get(k, 0) + len(idx)
+                step += 1
+            row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3),
+                   **{k: v / counts[k] for k, v in sums.items()}}
+            history.append(row)
+            _write_csv(run_path / "metrics.csv", history)
+            done = epoch + 1
+            if done % max(1, int(cfg.checkpoint_every)) == 0 and done < epochs:
+                _save({"run_hash": run_hash, "epoch": done, "model": model.state_dict(),
+                       "optimizers": {k: o.state_dict() for k, o in opts.items()}, "generator": g.get_state(),
+                       "history": history, "wall_s": wall_before + time.perf_counter() - t_start}, ckpt)
+            bar.update(1)
+    finally:
+        bar.close()
+    model.eval()
+    model.run_hash = run_hash
+    model.run_path = run_path
+    wall = wall_before + time.perf_counter() - t_start
+    _save({"format": FORMAT_VERSION, "method": m.name, "run_hash": run_hash, "spec": spec,
+           "baselines": to_dict(cfg), "image_size": list(image_size),
+           "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, run_path / "model.pt")
+    ckpt.unlink(missing_ok=True)
+    atomic_write_json(run_path / "done.json", {"method": m.name, "run_hash": run_hash, "stage": stage,
+                                               "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
+                                               "final": history[-1] if history else {}})
+    return BaselineRun(model, run_path, history, reused=False, wall_s=wall)
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(fh)]
+
+
+def fit(method: str | Method, preset: Preset | str, train_data: Any, device: str = "auto",
+        seed: int | None = None, run_dir: str | Path = "runs", init: Any = None, **kwargs: Any):
+    """Train a baseline (cached by configuration hash) and return the model; see :func:`fit_run`."""
+    return fit_run(method, preset, train_data, device, seed, run_dir, init, **kwargs).model
+
+
+# --------------------------------------------------------------------------------------
+# Reconstruction and maps
+# --------------------------------------------------------------------------------------
+@torch.no_grad()
+def reconstruct(method: str | Method, model: torch.nn.Module, images: np.ndarray, cord: np.ndarray,
+                device: str = "auto", seed: int = 0, batch_size: int | None = None,
+                show_progress: bool = False) -> np.ndarray:
+    """Whole-image reconstructions ``(N, H, W)`` float32 (before the ROI paste), in batches.
+
+    Randomness at inference (DAE noise, AnoDDPM noise) comes from one generator seeded with
+    ``seed``, drawn batch after batch, so the result depends on the batch size only through
+    the order of the draws (fixed for a fixed batch size).
+    """
+    m = get_method(method)
+    if m.kind != "uad":
+        raise ValueError(f"{m.label} is a signal method: it reconstructs nothing")
+    cfg: BaselineConfig = getattr(model, "baseline_cfg", None) or BaselineConfig()
+    dev = next(model.parameters()).device if device in (None, "auto") else torch.device(resolve_device(device))
+    model.to(dev).eval()
+    g = make_generator(seed)
+    bs = int(batch_size or cfg.infer_batch)
+    out = np.empty(images.shape, dtype=np.float32)
+    for s in progress(range(0, len(images), bs), desc=f"{m.label} recon", disable=not show_progress):
+        x = torch.from_numpy(np.ascontiguousarray(images[s:s + bs])).unsqueeze(1).to(dev)
+        r = torch.from_numpy(np.ascontiguousarray(cord[s:s + bs]).astype(np.float32)).unsqueeze(1).to(dev)
+        out[s:s + bs] = m.reconstruct(model, x, r, g, cfg)[:, 0].float().cpu().numpy()
+    return out
+
+
+def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "auto", seed: int = 0,
+                 batch_size: int | None = None, show_progress: bool = False):
+    """``(recon, maps)`` for every slice of ``data`` (a dataset file or ``SliceData``).
+
+    UAD methods: ``recon`` ``(N, H, W)`` = the model's reconstruction inside the cord, the
+    original image outside (paper Appendix B.1); ``maps`` = ``|x - recon|`` inside the cord,
+    0 outside. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
+    ``None`` for the paper's settings): ``recon`` is ``None`` and ``maps`` is the method's
+    score map, 0 outside the cord.
+    """
+    from ..scoring import anomaly_map
+
+    m = get_method(method)
+    data, source = _load_data(data)
+    images, cord = _arrays(data, source)
+    if m.kind == "signal":
+        cfg = getattr(model, "cfg", None) or m.sub_config(BaselineConfig())
+        maps = np.asarray(m.maps(images, cord, cfg), dtype=np.float32)
+        return None, np.where(cord, maps, 0.0).astype(np.float32)
+    full = reconstruct(m, model, images, cord, device, seed, batch_size, show_progress)
+    recon = np.where(cord, full, images).astype(np.float32)
+    return recon, anomaly_map(images, recon, cord)
+
+
+# --------------------------------------------------------------------------------------
+# Dataset strategies
+# --------------------------------------------------------------------------------------
+def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, *,
+                   data_dir: str | Path | None = None, run_dir: str | Path | None = None,
+                   device: str | None = None, seed: int | None = None, show_progress: bool = True):
+    """A baseline trained with one of the paper's dataset strategies (section 4.5), cached.
+
+    S1: pretrain on the healthy ``spine_generic_like`` cohort (shared by every cohort);
+    S2: train from scratch on ``cohort`` (``adapt_epochs``); S3: the S1 model fine-tuned on
+    ``cohort``. ``cohort`` is any key of :func:`u2ad_core.datasets.prepare_all` other than the
+    healthy one (``renji_like``, ``ruijin_like``, ``pseudo``...). Signal methods return their
+    :class:`SignalModel` for every strategy. Returns ``(model, run_path)`` like
+    :func:`u2ad_core.train.strategy_model`.
+    """
+    if hasattr(ctx_or_preset, "preset") and hasattr(ctx_or_preset, "run_dir"):
+        ctx = ctx_or_preset
+        preset = ctx.preset
+        data_dir = ctx.data_dir if data_dir is None else data_dir
+        run_dir = ctx.run_dir if run_dir is None else run_dir
+        device = ctx.device if device is None else device
+        seed = ctx.seed if seed is None else seed
+    else:
+        preset = get_preset(ctx_or_preset) if isinstance(ctx_or_preset, str) else ctx_or_preset
+        if data_dir is None or run_dir is None:
+            raise ValueError("baselines.strategy_model: pass a RunContext, or data_dir and run_dir with a preset")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    m = get_method(method)
+    if m.kind == "signal":
+        return SignalModel(m.name, m.sub_config(preset.baselines)), None
+    from ..datasets import prepare_all
+
+    paths = prepare_all(preset, data_dir, seed=preset.seed if seed is None else seed)
+    if cohort == HEALTHY or cohort not in paths:
+        raise ValueError(f"cohort must be one of {sorted(k for k in paths if k != HEALTHY)}, got {cohort!r}")
+    kw = dict(device=device or "auto", seed=seed, run_dir=run_dir, show_progress=show_progress)
+    if strategy in ("S1", "S3"):
+        pre = fit_run(m, preset, paths[HEALTHY], stage="pretrain", name=f"{m.name}-S1", **kw)
+        if strategy == "S1":
+            return pre.model, pre.run_path
+        run = fit_run(m, preset, paths[cohort], init=pre, stage="adapt", name=f"{m.name}-{cohort}-S3", **kw)
+    else:
+        run = fit_run(m, preset, paths[cohort], init=None, stage="adapt", name=f"{m.name}-{cohort}-S2", **kw)
+    return run.model, run.run_path
+
+
+# --------------------------------------------------------------------------------------
+# Scoring and evaluation (the same as U2AD's)
+# --------------------------------------------------------------------------------------
+def score_anomaly_maps(maps: np.ndarray, data: Any, score_cfg=None, recon: np.ndarray | None = None):
+    """Score given anomaly maps with U2AD's pipeline (:mod:`u2ad_core.scoring`, paper 3.5).
+
+    ``maps`` ``(N, H, W)`` raw maps (0 outside the cord) of the N slices of ``data`` (a
+    ``SliceData`` with ``images``, ``cord``, ``segments`` and the per-slice metadata). The ROI
+    is the cord eroded ``score_cfg.erode_cord`` times; then post-processing, curve, segment
+    and patient scores exactly as :func:`u2ad_core.scoring.score_maps` does from a
+    reconstruction. Returns a :class:`u2ad_core.scoring.ScoreResult` (``recon`` = ``recon``
+    or the images, ``eu`` = None).
+    """
+    from ..config import ScoreConfig
+    from ..scoring import (ScoreResult, anomaly_curve, centreline, cord_roi, curve_assignment,
+                           point_segments, postprocess, scores_table)
+
+    sc = score_cfg or ScoreConfig()
+    images = np.asarray(data.images, dtype=np.float32)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape != images.shape:
+        raise ValueError(f"maps {maps.shape} do not match data.images {images.shape}")
+    roi = cord_roi(data.cord, sc.erode_cord)
+    raw = np.where(roi, maps, 0.0).astype(np.float32)
+    post = postprocess(raw, roi, sc.drop_bottom, sc.top_components, sc.connectivity)
+    assign = curve_assignment(roi, sc.curve, sc.centreline_sigma)
+    curves = anomaly_curve(post, assign)
+    pseg = point_segments(data.segments, assign)
+    if sc.curve == "rows":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            line = (roi * np.arange(images.shape[2])).sum(2) / roi.sum(2)
+    else:
+        line = centreline(roi, sc.centreline_sigma)
+    meta = {k: getattr(data, k, None) for k in ("subject", "slice_index", "patient_label", "lesion_segments",
+                                                  "slice_offset")}
+    table = scores_table(curves, pseg, **meta)
+    return ScoreResult(maps=post, raw_maps=raw, roi=roi, curves=curves, point_segments=pseg, centreline=line,
+                       recon=images if recon is None else np.asarray(recon, dtype=np.float32), eu=None,
+                       table=table, config=to_dict(sc))
+
+
+def evaluate_maps(maps: np.ndarray, data: Any, preset: Preset, recon: np.ndarray | None = None, seed: int | None = None):
+    """Score maps and run the paper's cross-validation (``preset.score``, ``preset.eval``).
+
+    Returns ``(ScoreResult, CVResult, threshold_free dict)``.
+    """
+    from ..evaluation import cross_validate, threshold_free
+
+    res = score_anomaly_maps(maps, data, preset.score, recon)
+    e = preset.eval
+    cv = cross_validate(res.table, n_folds=e.n_folds, n_repeats=e.n_repeats, sensitivity=e.sensitivity,
+                        seed=preset.seed if seed is None else seed, segment_rule=e.segment_rule)
+    return res, cv, threshold_free(res.table)
+
+
+def results_row(cohort: str, strategy: str, model: str, cv, tf: Mapping[str, Any] | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """One results row in the layout of notebook 07's ``table1_u2ad.csv``: cohort, strategy,
+    model, ``<metric>_mean`` / ``_std`` / ``_n_nan`` for every metric of
+    :func:`u2ad_core.evaluation.cross_validate`, the Table 1 cells as strings, AUROC/AUPRC."""
+    from ..evaluation import METRICS
+
+    summ = cv.summary()
+    row: dict[str, Any] = {"cohort": cohort, "strategy": strategy, "model": model}
+    for k in METRICS:
+        row[f"{k}_mean"] = summ.loc[k, "mean"]
+        row[f"{k}_std"] = summ.loc[k, "std"]
+        row[f"{k}_n_nan"] = int(summ.loc[k, "n_nan"])
+    for (group, col), v in cv.row("paper").items():
+        row[f"{group} {col}"] = v
+    if tf is not None:
+        row.update(auroc=tf.get("auroc"), auprc=tf.get("auprc"))
+    row.update(n_patients=cv.settings["n_patients"], n_positive=cv.settings["n_positive"],
+               n_repeats=cv.settings["n_repeats"], n_folds=cv.settings["n_folds"], **extra)
+    return row
+
+
+def table_from_rows(rows, protocol: str = "paper", digits: int = 4, extra: tuple[str, ...] = ()):
+    """Paper Table 1 layout from results rows (:func:`results_row` or ``table1_u2ad.csv``):
+    index (strategy, model), two-level columns, cells ``"mean ± std"``; ``extra`` columns
+    (e.g. ``"auroc"``) are appended as plain numbers."""
+    import pandas as pd
+
+    from ..evaluation import TABLE1_COLUMNS, format_mean_std
+
+    df = pd.DataFrame(rows)
+    cols = pd.MultiIndex.from_tuples([(g, c) for g, c, _ in TABLE1_COLUMNS] + [("", e) for e in extra])
+    data = []
+    for _, r in df.iterrows():
+        cells = []
+        for _, _, key in TABLE1_COLUMNS:
+            if protocol == "honest" and key.startswith("segment_"):
+                key += "_honest"
+            cells.append(format_mean_std(float(r[f"{key}_mean"]), float(r[f"{key}_std"]), digits))
+        cells += [round(float(r[e]), digits) if pd.notna(r.get(e)) else float("nan") for e in extra]
+        data.append(cells)
+    index = pd.MultiIndex.from_arrays([df["strategy"].astype(str), df["model"].astype(str)],
+                                      names=["strategy", "model"])
+    return pd.DataFrame(data, index=index, columns=cols)
