@@ -216,3 +216,18 @@ def test_score_dataset_runs_one_batched_mc_and_is_seeded():
     # precomputed maps skip the model
     c = S.score_dataset(None, data, ScoreConfig(k=3), mc=SimpleNamespace(mean=a.recon, eu=a.eu))
     np.testing.assert_allclose(c.maps, a.maps)
+
+
+def test_patient_span_ignores_the_cut_cord_outside_the_segments():
+    img, rec, cord, seg = straight_case()
+    img[0, 5, 10:13] = 0.9  # row 5: cord above C2-3 (no segment), e.g. the crop's edge
+    img[0, 40, 10:13] = 0.3  # inside C5-6
+    span = S.score_maps(img, rec, cord, seg, ScoreConfig(curve="rows"))
+    paper = S.score_maps(img, rec, cord, seg, ScoreConfig(curve="rows", patient_span="cord"))
+    assert span.table.loc[0, "patient_score"] == pytest.approx(0.15)  # 3 x 0.3 / 6
+    assert paper.table.loc[0, "patient_score"] == pytest.approx(0.45)
+    # a slice without any segment falls back to the whole curve
+    none = S.score_maps(img, rec, cord, np.zeros_like(seg), ScoreConfig(curve="rows"))
+    assert none.table.loc[0, "patient_score"] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="patient_span"):
+        S.score_maps(img, rec, cord, seg, ScoreConfig(patient_span="all"))

@@ -225,3 +225,31 @@ def test_wrong_image_size_is_a_clear_error(tmp_path):
     d.cord = d.cord[:, :16]
     with pytest.raises(ValueError, match="model expects"):
         train.pretrain(p, d, tmp_path, device="cpu", show_progress=False)
+
+
+def test_cli_pretrain_then_adapt(tmp_path, capsys):
+    import json
+
+    from u2ad_core.cli import main
+    from u2ad_core.datasets import SliceData
+
+    d = tiny_data(4)
+    n = len(d.images)
+    sd = SliceData(images=d.images, cord=d.cord, csf=np.zeros_like(d.cord), segments=np.zeros_like(d.cord),
+                   lesion=d.lesion[:n], subject=np.array([f"s{i}" for i in range(n)]),
+                   slice_index=np.arange(n), slice_offset=np.zeros(n, int),
+                   patient_label=np.zeros(n, np.int8), lesion_segments=np.array([""] * n))
+    f = sd.save(tmp_path / "tiny.npz")
+    model = ["--set", f"model.image_size={json.dumps(list(SIZE))}", "--set", "model.embed_dim=16",
+             "--set", "model.depth=1", "--set", "model.num_heads=2", "--set", "model.decoder_embed_dim=8",
+             "--set", "model.decoder_depth=1", "--set", "model.decoder_num_heads=2", "--set", "data.image_size=[32, 24]"]
+    common = ["--preset", "smoke", "--data", str(f), "--run-dir", str(tmp_path / "runs"), "--device", "cpu", "--quiet"]
+    assert main(["pretrain", *common, *model, "--set", "pretrain.epochs=1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reused"] is False and "pretrain-" in out["run_path"]
+    assert main(["adapt", *common, *model, "--init", out["run_path"], "--masking", "eu",
+                 "--set", "adapt.epochs=1", "--set", "mc.k=2"]) == 0
+    out2 = json.loads(capsys.readouterr().out)
+    assert "adapt-eu-" in out2["run_path"] and out2["mse"] is not None
+    assert main(["pretrain", *common, *model, "--set", "pretrain.epochs=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["reused"] is True

@@ -199,6 +199,10 @@ class ScoreConfig:
     connectivity: int = 8  # method.md 4-5: 8-connected components (4 = edge-connected)
     curve: str = "centreline"  # "centreline" (this project) or "rows" (paper 3.5.2)
     centreline_sigma: float = 4.0  # px, Gaussian smoothing of the per-row cord centre (project)
+    # patient score = max of the curve over: "cord" (paper 3.5.2, the whole curve) or
+    # "segments" (project: only C2-3 ... C7-T1, so that the cut cord at the crop's edges,
+    # reconstructed without context, cannot raise it; whole curve when a slice has no segments)
+    patient_span: str = "segments"
 
 
 @dataclass(frozen=True)
@@ -475,9 +479,12 @@ def _cpu() -> Preset:
             decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
         ),
         mc=MCConfig(k=10, batch_size=16),  # 16 passes per forward: fastest on a 2-core CPU
-        pretrain=TrainConfig(epochs=30, lr=1e-3, lr_step=20, checkpoint_every=5),
-        adapt=AdaptConfig(epochs=20, lr=1e-3, lr_step=15, stage2_start=15, refresh_every=5,
-                          checkpoint_every=5),
+        # measured (2 cores, quiet): ~5 s per pretraining epoch (240 slices), ~3.7 s per
+        # adaptation epoch (180 slices), ~18 s per MC refresh (K = 10 over 180 slices); the
+        # epochs fit notebooks 03-05 (pretrain + 3 adaptations) in about 8 minutes.
+        pretrain=TrainConfig(epochs=20, lr=1e-3, lr_step=15, checkpoint_every=5),
+        adapt=AdaptConfig(epochs=12, lr=1e-3, lr_step=6, stage2_start=8, refresh_every=4,
+                          checkpoint_every=4),
         score=ScoreConfig(k=10),
         eval=EvalConfig(n_repeats=5),
         baselines=_baselines_small(epochs=(6, 3), width=8, latent=32, batch=16, ddpm=(250, 10),

@@ -19,9 +19,10 @@ threshold is chosen on the four tuning folds as **the highest threshold that kee
 sensitivity >= 0.9** there (:func:`threshold_at_sensitivity`: the ``ceil(0.9 P)``-th highest
 positive score, P = tuning positives), then applied to the test fold: accuracy, F1,
 sensitivity, specificity (scikit-learn, ``zero_division=nan``). A metric whose denominator is
-zero in a fold (F1 and sensitivity with no positive and no predicted positive, specificity
-with no negative) is NaN for that fold: NaN folds are left out of the mean ± std and counted
-(``n_nan_*`` in the summary). When the tuning folds hold no positive at all the threshold is
+zero in a fold is NaN for that fold: sensitivity and AUROC in a test fold without positives,
+F1 = 2TP / (2TP + FP + FN) when there is no positive *and* nothing is flagged (with a false
+alarm it is 0), specificity without negatives. NaN folds are left out of the mean ± std and
+counted (``n_nan`` in :meth:`CVResult.summary`). When the tuning folds hold no positive at all the threshold is
 NaN and every patient metric of that fold is NaN.
 
 *Segment level* (:func:`segment_confusion`): each patient contributes its top-scoring

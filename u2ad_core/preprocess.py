@@ -60,7 +60,6 @@ __all__ = [
 PREPROCESS_VERSION = 1
 """Bumped when the preprocessing changes what it writes (invalidates cached dataset files)."""
 
-ARRAY_FIELDS = ("images", "cord", "csf", "segments", "lesion")
 
 
 def slice_offsets(n: int) -> np.ndarray:

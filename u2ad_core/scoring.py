@@ -23,7 +23,11 @@ Everything below works on stacks of N slices at once (numpy arrays ``(N, H, W)``
 5. **Scores**: segment score = max of the curve over the curve points whose segment is
    ``C2-3`` ... ``C7-T1`` (a point's segment is the most frequent non-zero value of the
    segment map among the ROI pixels assigned to it); NaN when the segment is absent from the
-   slice. Patient score = max of the whole curve (NaN for a slice without cord).
+   slice. Patient score = max of the curve (NaN for a slice without cord) over
+   ``patient_span``: ``"cord"`` is the paper's whole curve; ``"segments"`` (default) only the
+   points inside C2-3 ... C7-T1, because where the crop cuts the cord (top and bottom rows)
+   the reconstruction lacks context and its error would dominate every patient's score; a
+   slice without any segment falls back to the whole curve.
 
 :func:`score_dataset` runs one batched Monte-Carlo inference
 (:func:`u2ad_core.uncertainty.mc_uncertainty`) over all slices of a
@@ -282,9 +286,18 @@ def segment_scores(curves: np.ndarray, point_seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def patient_scores(curves: np.ndarray) -> np.ndarray:
-    """Patient score = max of the curve, ``(N,)``; NaN for a slice without cord."""
+def patient_scores(curves: np.ndarray, point_seg: np.ndarray | None = None) -> np.ndarray:
+    """Patient score = max of the curve, ``(N,)``; NaN for a slice without cord.
+
+    With ``point_seg`` ``(N, H)``, only points inside a segment (value > 0) count, for the
+    slices that have any segment point (others use the whole curve).
+    """
     curves = np.asarray(curves, dtype=np.float64)
+    if point_seg is not None:
+        inseg = np.asarray(point_seg) > 0
+        use = inseg & np.isfinite(curves)
+        has = use.any(1)
+        curves = np.where(has[:, None] & ~inseg, np.nan, curves)
     finite = np.isfinite(curves)
     out = np.where(finite, curves, -np.inf).max(1) if curves.shape[1] else np.full(len(curves), -np.inf)
     out[~finite.any(1)] = np.nan
@@ -341,9 +354,13 @@ def scores_table(
     patient_label=None,
     lesion_segments=None,
     slice_offset=None,
+    patient_span: str = "segments",
 ) -> pd.DataFrame:
     """One row per slice: subject, slice_index, patient_label, lesion_segments,
-    patient_score, top_segment, then one column per segment (``C2-3`` ... ``C7-T1``)."""
+    patient_score, top_segment, then one column per segment (``C2-3`` ... ``C7-T1``).
+    ``patient_span``: ``"segments"`` or ``"cord"`` (see :func:`patient_scores`)."""
+    if patient_span not in ("segments", "cord"):
+        raise ValueError(f"patient_span must be 'segments' or 'cord', got {patient_span!r}")
     n = len(curves)
     seg = segment_scores(curves, point_seg)
     cols: dict[str, Any] = {
@@ -358,7 +375,7 @@ def scores_table(
     cols["lesion_segments"] = np.asarray(
         lesion_segments if lesion_segments is not None else [""] * n, dtype=object
     ).astype(str)
-    cols["patient_score"] = patient_scores(curves)
+    cols["patient_score"] = patient_scores(curves, point_seg if patient_span == "segments" else None)
     cols["top_segment"] = top_segments(seg)
     for j, name in enumerate(SEGMENT_COLUMNS):
         cols[name] = seg[:, j]
@@ -397,7 +414,7 @@ def score_maps(
             line = (roi * np.arange(w)).sum(2) / roi.sum(2)
     else:
         line = centreline(roi, score_cfg.centreline_sigma)
-    table = scores_table(curves, pseg, **(meta or {}))
+    table = scores_table(curves, pseg, patient_span=score_cfg.patient_span, **(meta or {}))
     from .config import to_dict
 
     return ScoreResult(

@@ -146,20 +146,19 @@ class AblationGrid:
     grid_stage2_start: int | None = None  # None = preset.adapt.stage2_start
     noise_sigmas: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.2, 0.4)  # paper 4.8.2 / Fig. 7a
     downsample: tuple[int, ...] = (2, 4)  # paper 4.8.2 / Figure 7b: 2x and 4x
-    timing_images: int = 32  # images timed per K (Table 4 "average time per image")
     cv_repeats: int | None = None  # None = preset.eval.n_repeats (paper Appendix F: 20)
 
 
 ABLATION_GRIDS: dict[str, AblationGrid] = {
     "smoke": AblationGrid(
-        k_values=(3, 5), taus=(0.1, 10.0), mask_ratios=(0.5, 0.75),
+        k_values=(3, 5), taus=(10.0,), mask_ratios=(0.5,),
         grid_adapt_epochs=1, grid_stage2_start=1, noise_sigmas=(0.0, 0.1), downsample=(2, 4),
-        timing_images=8, cv_repeats=2,
+        cv_repeats=2,
     ),
     "cpu": AblationGrid(
         k_values=(3, 5, 10, 15, 20), taus=(0.1, 1.0, 10.0), mask_ratios=(0.5, 0.75, 0.95),
         grid_adapt_epochs=2, grid_stage2_start=1, noise_sigmas=(0.0, 0.05, 0.1, 0.2),
-        downsample=(2, 4), timing_images=16, cv_repeats=None,
+        downsample=(2, 4), cv_repeats=None,
     ),
     "paper": AblationGrid(),
 }

@@ -42,6 +42,7 @@ weights.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -158,16 +159,22 @@ def get_method(method: str | Method) -> Method:
 # --------------------------------------------------------------------------------------
 # Data helpers
 # --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _load_file(path: str, mtime_ns: int):
+    from ..datasets import load_dataset
+
+    return load_dataset(path)
+
+
 def _load_data(data: Any):
     """A dataset path (``.npz`` from :func:`u2ad_core.datasets.prepare_all`) or an object
-    with ``images`` and ``cord`` ``(N, H, W)``."""
+    with ``images`` and ``cord`` ``(N, H, W)``. Files are read once per process (cached by
+    path and modification time)."""
     if isinstance(data, (str, Path)):
         p = Path(data)
         if not p.exists():
             raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
-        from ..datasets import load_dataset
-
-        return load_dataset(p), str(p)
+        return _load_file(str(p.resolve()), p.stat().st_mtime_ns), str(p)
     if not hasattr(data, "images") or not hasattr(data, "cord"):
         raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
     return data, "<in memory>"
@@ -520,14 +527,16 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
 # --------------------------------------------------------------------------------------
 def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, *,
                    data_dir: str | Path | None = None, run_dir: str | Path | None = None,
-                   device: str | None = None, seed: int | None = None, show_progress: bool = True):
+                   device: str | None = None, seed: int | None = None, show_progress: bool = True,
+                   paths: Mapping[str, Any] | None = None):
     """A baseline trained with one of the paper's dataset strategies (section 4.5), cached.
 
     S1: pretrain on the healthy ``spine_generic_like`` cohort (shared by every cohort);
     S2: train from scratch on ``cohort`` (``adapt_epochs``); S3: the S1 model fine-tuned on
     ``cohort``. ``cohort`` is any key of :func:`u2ad_core.datasets.prepare_all` other than the
     healthy one (``renji_like``, ``ruijin_like``, ``pseudo``...). Signal methods return their
-    :class:`SignalModel` for every strategy. Returns ``(model, run_path)`` like
+    :class:`SignalModel` for every strategy. ``paths``: the output of ``prepare_all`` when the
+    caller already has it (otherwise it is called). Returns ``(model, run_path)`` like
     :func:`u2ad_core.train.strategy_model`.
     """
     if hasattr(ctx_or_preset, "preset") and hasattr(ctx_or_preset, "run_dir"):
@@ -546,9 +555,10 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
     m = get_method(method)
     if m.kind == "signal":
         return SignalModel(m.name, m.sub_config(preset.baselines)), None
-    from ..datasets import prepare_all
+    if paths is None:
+        from ..datasets import prepare_all
 
-    paths = prepare_all(preset, data_dir, seed=preset.seed if seed is None else seed)
+        paths = prepare_all(preset, data_dir, seed=preset.seed if seed is None else seed)
     if cohort == HEALTHY or cohort not in paths:
         raise ValueError(f"cohort must be one of {sorted(k for k in paths if k != HEALTHY)}, got {cohort!r}")
     kw = dict(device=device or "auto", seed=seed, run_dir=run_dir, show_progress=show_progress)
