@@ -23,6 +23,15 @@ from u2ad_core.runtime import make_generator
 H, W = 48, 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one torch thread is as fast and does not stall on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_preset():
     p = get_preset("smoke")
     b = p.baselines

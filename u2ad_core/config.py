@@ -367,6 +367,8 @@ def config_hash(cfg: Any, n: int = 12) -> str:
 def _coerce(value: Any, current: Any) -> Any:
     """Coerce an override to the type of the current value (papermill passes lists)."""
     if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        if len(value) != len(current):  # variable-length tuples (e.g. method lists)
+            return tuple(value)
         return tuple(_coerce(v, c) for v, c in zip(value, current))
     if isinstance(current, bool):
         if isinstance(value, str):
@@ -487,7 +489,7 @@ def _cpu() -> Preset:
                           checkpoint_every=4),
         score=ScoreConfig(k=10),
         eval=EvalConfig(n_repeats=5),
-        baselines=_baselines_small(epochs=(6, 3), width=8, latent=32, batch=16, ddpm=(250, 10),
+        baselines=_baselines_small(epochs=(3, 2), width=4, latent=32, batch=16, ddpm=(250, 10),
                                    s2=("vae", "dae")),
     )
 

@@ -2,7 +2,7 @@
 
 Command line and Python API::
 
-    u2ad sweep notebooks/08_ablations.ipynb -p masking.tau 0.1 1 10 -p mask_ratio 0.5 0.75 \\
+    u2ad sweep notebooks/08_ablations.ipynb -p masking.tau 0.1 1 10 -p masking.mask_ratio 0.5 0.75 \\
         --preset cpu --out sweeps/tau                      # LocalCluster, one worker per core
     u2ad sweep NB.ipynb -p x 1 2 --workers 2 --out DIR     # two local worker processes
     u2ad sweep NB.ipynb -p x 1 2 --scheduler tcp://host:8786 --out DIR   # an existing cluster
@@ -91,7 +91,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .config import config_hash, get_preset
-from .results import SUFFIX, SWEEP_ENV, find_results, read_results
+from .results import SWEEP_ENV, find_results, read_results
 from .runtime import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -156,7 +156,7 @@ ABLATION_GRIDS: dict[str, AblationGrid] = {
         cv_repeats=2,
     ),
     "cpu": AblationGrid(
-        k_values=(3, 5, 10, 15, 20), taus=(0.1, 1.0, 10.0), mask_ratios=(0.5, 0.75, 0.95),
+        k_values=(3, 5, 10, 15, 20), taus=(0.1, 1.0, 10.0), mask_ratios=(0.75, 0.95),
         grid_adapt_epochs=2, grid_stage2_start=1, noise_sigmas=(0.0, 0.05, 0.1, 0.2),
         downsample=(2, 4), cv_repeats=None,
     ),

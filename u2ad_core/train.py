@@ -915,7 +915,7 @@ def strategy_model(
         raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    paths = prepare_all(preset, data_dir, seed=seed)
+    paths = prepare_all(preset, data_dir, seed=seed, verbose=False, show_progress=show_progress)
     kw = dict(device=device, seed=seed, show_progress=show_progress)
     if strategy in ("S1", "S3"):
         pre = pretrain(preset, paths["spine_generic_like"], run_dir, **kw)
@@ -947,7 +947,8 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default cpu)")
     p.add_argument("--data", required=True, help="dataset file (.npz) prepared for this preset")
-    p.add_argument("--run-dir", default="runs", help="folder for run directories (default runs)")
+    p.add_argument("--run-dir", default=None,
+                   help="folder for run directories (default runs/<preset>, as the notebooks use)")
     p.add_argument("--name", default=None, help="run name (directory = NAME-HASH)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--seed", type=int, default=0)
@@ -962,11 +963,12 @@ def _cli_run(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset, **_parse_sets(args.set)).override(seed=args.seed)
     kw = dict(device=args.device, seed=args.seed, resume=not args.no_resume, reuse=not args.force,
               show_progress=not args.quiet)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / preset.name
     if args.command == "pretrain":
-        res = pretrain(preset, args.data, args.run_dir, name=args.name or "pretrain", **kw)
+        res = pretrain(preset, args.data, run_dir, name=args.name or "pretrain", **kw)
     else:
         init = None if args.init in (None, "none", "scratch") else args.init
-        res = adapt(preset, args.data, args.run_dir, init=init, masking=args.masking, name=args.name, **kw)
+        res = adapt(preset, args.data, run_dir, init=init, masking=args.masking, name=args.name, **kw)
     last = next((r for r in reversed(res.history) if r.get("mse") is not None), res.history[-1] if res.history else {})
     summary = {"run_path": str(res.run_path), "reused": res.reused,
                **{k: last.get(k) for k in ("epoch", "stage", "loss", "mse", "psnr", "ssim", "eu_mean") if k in last}}

@@ -77,7 +77,7 @@ __all__ = [
     "table_from_rows",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when an architecture changes: older cached runs are then retrained
 STRATEGIES = ("S1", "S2", "S3")
 HEALTHY = "spine_generic_like"
 

@@ -10,8 +10,8 @@ follow their original papers and code); they are set per preset in
   nothing runs at full resolution) -> flattened features -> linear head
   ``(B, 1, H, W) -> (B, out_dim)``; :meth:`ConvEncoder.features` returns the last feature
   map too (critic / discriminator features for f-AnoGAN's izi-f and VAE-GAN's feature loss).
-- :class:`ConvDecoder`: ``(B, z) -> (B, 1, H, W)``: upsample + conv per level, a stride-2
-  transposed conv to full resolution, sigmoid (images are in [0, 1]).
+- :class:`ConvDecoder`: ``(B, z) -> (B, 1, H, W)``: upsample + conv per level (the last one,
+  at full resolution, straight to one channel), sigmoid (images are in [0, 1]).
 - :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)``, optionally
   conditioned on a diffusion time step (sinusoidal embedding added in every block). Kept
   light for a CPU: two convs per level on the way down, one on the way up, and at full
@@ -80,8 +80,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Linear -> bottleneck map -> ``levels - 1`` x (nearest upsample, conv) -> stride-2
-    transposed conv -> sigmoid image.
+    """Linear -> bottleneck map -> ``levels`` x (nearest upsample, 3 x 3 conv; the last one
+    to ``out_ch`` channels) -> sigmoid image.
 
     ``(B, z_dim) -> (B, 1, H, W)`` in [0, 1].
     """
@@ -97,7 +97,7 @@ class ConvDecoder(nn.Module):
         for i in range(levels - 1, 0, -1):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                        nn.Conv2d(ch[i], ch[i - 1], 3, padding=1), _norm(ch[i - 1]), nn.LeakyReLU(0.2)]
-        layers += [nn.ConvTranspose2d(ch[0], out_ch, 4, stride=2, padding=1), nn.Sigmoid()]
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[0], out_ch, 3, padding=1), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
