@@ -752,8 +752,8 @@ def _train(
             done = epoch + 1
             if done % max(1, int(cfg.checkpoint_every)) == 0 or done == epochs:
                 checkpoint(done)
+            bar.set_postfix(stage=stage, loss=f"{row['loss']:.4g}", lr=f"{lr:.1e}", refresh=False)
             bar.update(1)
-            bar.set_postfix(stage=stage, loss=f"{row['loss']:.4g}", lr=f"{lr:.1e}")
             if callback is not None:
                 callback(epoch, row)
     finally:
