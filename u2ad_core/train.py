@@ -540,12 +540,13 @@ def _spec(kind: str, preset: Preset, train_cfg: TrainConfig, masking: str | None
         "kind": kind,
         "model": to_dict(preset.model),
         "train": to_dict(train_cfg),
-        "masking_cfg": to_dict(preset.masking),
         "data": data_hash,
         "seed": int(seed),
     }
     if kind == "adapt":
-        spec.update(masking=masking, mc=to_dict(preset.mc), init=init)
+        spec.update(masking_cfg=to_dict(preset.masking), masking=masking, mc=to_dict(preset.mc), init=init)
+    else:  # pretraining masks at random: only the ratio shapes it, so a tau sweep reuses it
+        spec.update(mask_ratio=float(preset.masking.mask_ratio))
     return spec
 
 
