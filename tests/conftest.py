@@ -32,3 +32,14 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real MRI not available: {REAL_DATA} is absent (it lives in ../shared beside the checkout)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -23,13 +23,7 @@ from u2ad_core.masking import (
 L = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models run faster on 1 thread
 
 
 def roi_rows() -> torch.Tensor:

@@ -15,13 +15,7 @@ from u2ad_core.model import EdgeMAE, build_model, count_parameters, get_2d_sinco
 H, W, P = 48, 32, 8  # grid 6 x 4 (non-square)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models run faster on 1 thread
 
 
 def tiny_cfg(**kw) -> ModelConfig:
@@ -168,6 +162,23 @@ def test_batch_independence(model, mode):
             assert torch.allclose(ei, eb[i:i + 1], atol=1e-5)
             assert torch.allclose(li, lb[i:i + 1], atol=1e-5)
     model.train(was)
+
+
+def test_cpu_inference_uses_sdpa_path_and_restores_fastpath(model):
+    """CPU eval runs the regular (SDPA) attention path, gives the train-mode numbers without
+    dropout, and leaves torch's global MHA fast-path flag as it found it."""
+    x, roi = batch(seed=6)
+    mask = random_roi_mask(model.roi_patches(roi), 0.75, torch.Generator().manual_seed(3))
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        p_eval, _ = model.reconstruct(x, roi, mask, paste=False)
+    assert torch.backends.mha.get_fastpath_enabled()
+    model.train()
+    with torch.no_grad():
+        p_train, _ = model.reconstruct(x, roi, mask, paste=False)  # no dropout: same function
+    model.train(was)
+    assert torch.allclose(p_eval, p_train, atol=1e-5)
 
 
 def test_generator_determinism_and_reconstruct_has_no_side_effects(model):

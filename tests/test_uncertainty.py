@@ -22,13 +22,7 @@ from u2ad_core.uncertainty import (
 SIZE = (48, 32)  # grid 6 x 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models run faster on 1 thread
 
 
 def tiny_model(seed: int = 0) -> EdgeMAE:

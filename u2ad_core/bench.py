@@ -98,7 +98,7 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
     from .config import get_preset
     from .model import build_model, count_parameters
     from .runtime import resolve_device
-    from .uncertainty import mc_uncertainty, mc_uncertainty_reference
+    from .uncertainty import CPU_MAX_TOKENS, mc_uncertainty, mc_uncertainty_reference
 
     cfg = get_preset(preset)
     k = int(k if k is not None else cfg.mc.k)
@@ -139,6 +139,8 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
     flops = _count_flops(fast)
     achieved = flops / t_fast / 1e9
 
+    if dev.type == "cpu":  # what mc_uncertainty actually runs per forward on CPU
+        batch_size = min(batch_size, max(1, CPU_MAX_TOKENS // (model.num_patches + 1)))
     tokens = min(batch_size, res_fast.n_passes) * (model.num_patches + 1)
     d = cfg.model.embed_dim
     peak_gemm = _matmul_gflops(tokens, d, int(d * cfg.model.mlp_ratio), dev)

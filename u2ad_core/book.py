@@ -37,6 +37,8 @@ __all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook",
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 STAGE_DIR = Path("book") / "notebooks"
+# ipykernel >= 7 warns on every start that local TCP is unencrypted; keep its errors only
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 class NotebookFailed(RuntimeError):
@@ -142,6 +144,7 @@ def execute_notebook(src: Path, out: Path, parameters: dict[str, Any], cwd: Path
         pm.execute_notebook(
             str(src), str(out), parameters=parameters, cwd=str(cwd), kernel_name=kernel_name,
             progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+            extra_arguments=KERNEL_ARGS,
         )
     except PapermillExecutionError as exc:
         raise NotebookFailed(src, _source_cell_number(out, exc.cell_index), exc.exec_count,

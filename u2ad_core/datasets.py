@@ -41,6 +41,7 @@ from .config import DataConfig, Preset, config_hash, get_preset
 from .runtime import atomic_path, atomic_write_json
 
 __all__ = [
+    "data_hash",
     "SliceData",
     "load_dataset",
     "SliceDataset",
@@ -151,6 +152,22 @@ class SliceData:
         if manifest is not None:
             atomic_write_json(path.with_suffix(".json"), manifest)
         return path
+
+
+def data_hash(data: Any) -> str:
+    """Hash of the arrays training reads (``images`` and ``cord``), not of file metadata.
+
+    Training runs (U2AD and the baselines) put it in their run hash, so that a run is reused
+    only on the very same slices.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("images", "cord"):
+        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
+        h.update(f"{name}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_dataset(path: str | Path) -> SliceData:

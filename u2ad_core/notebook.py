@@ -18,7 +18,7 @@ from typing import Any
 from .config import Preset, get_preset
 from .runtime import package_versions, resolve_device, seed_everything
 
-__all__ = ["RunContext", "setup", "repo_root"]
+__all__ = ["RunContext", "setup", "repo_root", "unpack_context"]
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -54,6 +54,24 @@ class RunContext:
             "run_dir": str(self.run_dir),
             "versions": package_versions(),
         }
+
+
+def unpack_context(ctx_or_preset: Any, data_dir: Any = None, run_dir: Any = None, device: Any = None,
+                   seed: int | None = None, who: str = "strategy_model") -> tuple[Preset, Any, Any, Any, Any]:
+    """``(preset, data_dir, run_dir, device, seed)`` for the ``strategy_model`` functions.
+
+    ``ctx_or_preset`` is a :class:`RunContext` (its fields fill the arguments left as None) or
+    a preset / preset name, in which case ``data_dir`` and ``run_dir`` are required.
+    """
+    if hasattr(ctx_or_preset, "preset") and hasattr(ctx_or_preset, "run_dir"):
+        ctx = ctx_or_preset
+        return (ctx.preset, ctx.data_dir if data_dir is None else data_dir,
+                ctx.run_dir if run_dir is None else run_dir, ctx.device if device is None else device,
+                ctx.seed if seed is None else seed)
+    preset = get_preset(ctx_or_preset) if isinstance(ctx_or_preset, str) else ctx_or_preset
+    if data_dir is None or run_dir is None:
+        raise ValueError(f"{who}: pass a RunContext, or data_dir and run_dir with a preset")
+    return preset, data_dir, run_dir, device, seed
 
 
 def _resolve(path: str | os.PathLike, root: Path) -> Path:

@@ -309,13 +309,9 @@ def _load_data(data: Any):
 
 
 def _data_hash(data: Any) -> str:
-    """Hash of the arrays that training reads (images and cord), not of file metadata."""
-    h = hashlib.sha256()
-    for name in ("images", "cord"):
-        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
-        h.update(f"{name}{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+    from .datasets import data_hash
+
+    return data_hash(data)
 
 
 def _tensors(data: Any, model_cfg: ModelConfig, source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -898,18 +894,10 @@ def strategy_model(
     Returns ``(model, run_path)``.
     """
     from .datasets import prepare_all
+    from .notebook import unpack_context
 
-    if hasattr(ctx_or_preset, "preset") and hasattr(ctx_or_preset, "run_dir"):
-        ctx = ctx_or_preset
-        preset = ctx.preset
-        data_dir = ctx.data_dir if data_dir is None else data_dir
-        run_dir = ctx.run_dir if run_dir is None else run_dir
-        device = ctx.device if device is None else device
-        seed = ctx.seed if seed is None else seed
-    else:
-        preset = get_preset(ctx_or_preset) if isinstance(ctx_or_preset, str) else ctx_or_preset
-        if data_dir is None or run_dir is None:
-            raise ValueError("strategy_model: pass a RunContext, or data_dir and run_dir with a preset")
+    preset, data_dir, run_dir, device, seed = unpack_context(ctx_or_preset, data_dir, run_dir, device, seed,
+                                                             who="strategy_model")
     device = device or "auto"
     seed = preset.seed if seed is None else int(seed)
     if cohort not in COHORTS:

@@ -153,7 +153,9 @@ def plot_curve(
             if vertical:
                 ax.text(1.02, (a + b) / 2, name, transform=ax.get_yaxis_transform(), va="center", **txt)
             else:
-                ax.text((a + b) / 2, 1.02, name, transform=ax.get_xaxis_transform(), ha="center", **txt)
+                # inside the axes, rotated: narrow segments' names neither overlap nor hit the title
+                ax.text((a + b) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                        rotation=90, **txt)
     if vertical:
         ax.plot(curve, rows, color=colour, lw=1.0, label=label)
         ax.set_ylim(len(curve) - 0.5, -0.5)

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from ..config import BaselineConfig, Preset, config_hash, get_preset, to_dict
+from ..datasets import data_hash
 from ..runtime import atomic_path, atomic_write_json, atomic_write_text, make_generator, progress, resolve_device
 
 __all__ = [
@@ -190,14 +191,6 @@ def _arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     return images, cord
 
 
-def data_hash(data: Any) -> str:
-    """Hash of the arrays training reads (images and cord), not of file metadata."""
-    h = hashlib.sha256()
-    for name in ("images", "cord"):
-        a = np.ascontiguousarray(np.asarray(getattr(data, name)))
-        h.update(f"{name}{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 def _from_dict(cls, d: Mapping[str, Any]):
@@ -539,17 +532,10 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
     caller already has it (otherwise it is called). Returns ``(model, run_path)`` like
     :func:`u2ad_core.train.strategy_model`.
     """
-    if hasattr(ctx_or_preset, "preset") and hasattr(ctx_or_preset, "run_dir"):
-        ctx = ctx_or_preset
-        preset = ctx.preset
-        data_dir = ctx.data_dir if data_dir is None else data_dir
-        run_dir = ctx.run_dir if run_dir is None else run_dir
-        device = ctx.device if device is None else device
-        seed = ctx.seed if seed is None else seed
-    else:
-        preset = get_preset(ctx_or_preset) if isinstance(ctx_or_preset, str) else ctx_or_preset
-        if data_dir is None or run_dir is None:
-            raise ValueError("baselines.strategy_model: pass a RunContext, or data_dir and run_dir with a preset")
+    from ..notebook import unpack_context
+
+    preset, data_dir, run_dir, device, seed = unpack_context(ctx_or_preset, data_dir, run_dir, device, seed,
+                                                             who="baselines.strategy_model")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     m = get_method(method)
