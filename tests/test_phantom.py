@@ -149,3 +149,15 @@ def test_cli_phantom_writes_a_cohort(tmp_path):
     assert rc == 0
     assert (tmp_path / "on" / "participants.tsv").is_file()
     assert len(list((tmp_path / "on").glob("sub-*/sub-*_T2w.nii.gz"))) == 2
+
+
+def test_lesion_contrast_is_drawn_from_the_named_range():
+    lo, hi = P.LESION_CONTRAST
+    assert 0.0 < lo < hi < 1.0  # strictly between the cord (0) and CSF (1)
+    contrasts = []
+    for i in range(40):
+        an = P._sample_anatomy(np.random.default_rng(i), dcm=True, lesion=True)
+        contrasts += [les["contrast"] for les in an.lesions]
+    assert len(contrasts) >= 40
+    assert all(lo <= c <= hi for c in contrasts)
+    assert max(contrasts) - min(contrasts) > 0.5 * (hi - lo)  # the whole range is used, not one value

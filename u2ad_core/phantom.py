@@ -58,6 +58,7 @@ from .runtime import atomic_path, atomic_write_json, atomic_write_text, progress
 
 __all__ = [
     "PHANTOM_VERSION",
+    "LESION_CONTRAST",
     "SiteProfile",
     "CohortSpec",
     "SITES",
@@ -74,6 +75,10 @@ __all__ = [
 
 PHANTOM_VERSION = 2
 """Bumped whenever the generator changes what it writes (invalidates cached cohorts)."""
+
+LESION_CONTRAST: tuple[float, float] = (0.3, 0.7)
+"""T2 hyperintensity target intensity, drawn uniformly in this range of the way from the cord's
+tissue value (0) to the CSF's (1), i.e. "between cord and CSF"; notebook 09 quotes it."""
 
 LEVELS: tuple[str, ...] = ("C2", "C3", "C4", "C5", "C6", "C7", "T1", "T2", "T3")
 DISCS: tuple[str, ...] = tuple(f"{a}-{b[1:] if a[0] == b[0] else b}" for a, b in zip(LEVELS[:-1], LEVELS[1:]))
@@ -286,7 +291,7 @@ def _sample_anatomy(rng: np.random.Generator, dcm: bool, lesion: bool) -> Anatom
                     "ap_frac": float(rng.uniform(0.28, 0.5)),  # half AP extent / cord AP
                     "half_lr": float(rng.uniform(1.8, 3.5)),
                     "x": float(rng.uniform(-0.8, 0.8)),
-                    "contrast": float(rng.uniform(0.3, 0.7)),  # between cord (0) and CSF (1)
+                    "contrast": float(rng.uniform(*LESION_CONTRAST)),  # between cord (0) and CSF (1)
                 })
     return a
 
