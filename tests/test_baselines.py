@@ -8,11 +8,13 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from u2ad_core.baselines import (BASELINES, SIGNAL_METHODS, UAD_METHODS, anomaly_maps, fit, fit_run, load_run,
-                                 score_anomaly_maps)
+from u2ad_core.baselines import (ANATOMY_METHODS, BASELINES, SIGNAL_METHODS, UAD_METHODS, anomaly_maps, fit, fit_run,
+                                 load_run, score_anomaly_maps)
+from u2ad_core.baselines import morphology as morph
 from u2ad_core.baselines.anoddpm import linear_betas, simplex_noise
 from u2ad_core.baselines.dae import coarse_noise
 from u2ad_core.baselines.fanogan import gan_epochs
@@ -162,7 +164,9 @@ def test_noises_are_seeded_and_shaped():
 def test_fanogan_stage_split_and_registry():
     assert gan_epochs(1, 0.5) == 1 and gan_epochs(2, 0.5) == 1 and gan_epochs(200, 0.5) == 100
     assert gan_epochs(4, 0.9) == 3
-    assert set(BASELINES) == {"vae", "dae", "vaegan", "fanogan", "anoddpm", "zscore", "slic", "dbscan"}
+    assert set(BASELINES) == {"vae", "dae", "vaegan", "fanogan", "anoddpm", "zscore", "slic", "dbscan", "morphology"}
+    assert ANATOMY_METHODS == ("morphology",) and "morphology" not in SIGNAL_METHODS
+    assert BASELINES["morphology"].kind == "signal" and "images" not in BASELINES["morphology"].inputs
     with pytest.raises(KeyError, match="unknown baseline"):
         fit("nope", tiny_preset(), tiny_data())
 
@@ -173,3 +177,113 @@ def test_bad_image_size_is_explained(tmp_path):
     data.cord = data.cord[:, :, :30]
     with pytest.raises(ValueError, match="divisible"):
         fit("dae", tiny_preset(), data, "cpu", 0, tmp_path, show_progress=False)
+
+
+# --------------------------------------------------------------------------------------
+# Morphology-only baseline (masks only, no intensity)
+# --------------------------------------------------------------------------------------
+def narrowed_canal(n: int = 3, rows=(30, 34)):
+    """Cord (columns 14-18) with CSF on both sides (11-13, 19-21) over rows 4-59 of a 64 x 32
+    slice; at ``rows`` the CSF is gone and the cord is one column thinner (width 11 -> 4)."""
+    h, w = 64, 32
+    cord = np.zeros((n, h, w), np.uint8)
+    csf = np.zeros_like(cord)
+    cord[:, 4:60, 14:19] = 1
+    csf[:, 4:60, 11:14] = 1
+    csf[:, 4:60, 19:22] = 1
+    lo, hi = rows
+    csf[:, lo:hi] = 0
+    cord[:, lo:hi, 18] = 0
+    segments = np.zeros_like(cord)
+    for j in range(6):
+        segments[:, 10 + j * 7: 17 + j * 7] = j + 1
+    images = np.random.default_rng(0).uniform(0, 1, size=(n, h, w)).astype(np.float32)
+    return SimpleNamespace(images=images, cord=cord, csf=csf, segments=segments * ((cord | csf) > 0),
+                           subject=np.array([f"s{i}" for i in range(n)]), slice_index=np.zeros(n, int),
+                           slice_offset=np.zeros(n, int), patient_label=np.array([i % 2 for i in range(n)], np.int8),
+                           lesion_segments=np.array(["C4-5" if i % 2 else "" for i in range(n)]))
+
+
+def test_morphology_peaks_at_the_narrowing_and_stays_in_the_cord():
+    data = narrowed_canal()
+    w = morph.row_widths(data.cord, data.csf)
+    assert w.shape == (3, 64) and np.isnan(w[0, :4]).all() and w[0, 10] == 11 and w[0, 31] == 4
+    _, maps = anomaly_maps("morphology", fit("morphology", get_preset("smoke"), None), data)
+    assert maps.shape == data.images.shape and maps.dtype == np.float32
+    assert np.all(maps[data.cord == 0] == 0), "map must be zero outside the cord"
+    row_peak = maps.max(2).argmax(1)
+    assert np.all((row_peak >= 30) & (row_peak < 34)), row_peak
+    assert np.isclose(maps[0, :, 15].max(), np.nanmax(morph.compression_profile(data.cord, data.csf)[0]))
+    assert maps[0, 10, 15] == 0, "normal width: no compression"
+    # unsmoothed, the narrowed rows read exactly 1 - 4 / 11
+    prof = morph.compression_profile(data.cord, data.csf, sigma=0)
+    assert np.allclose(prof[0, 30:34], 1 - 4 / 11) and np.all(prof[0, 4:30] == 0)
+    # through the shared scoring the curve peaks there too, and the patient score is that peak
+    res = score_anomaly_maps(maps, data, get_preset("smoke").score)
+    assert np.all(np.abs(np.nanargmax(res.curves, 1) - 31.5) <= 3)
+    peak = morph.compression_profile(data.cord, data.csf, morph.MorphologyConfig().sigma)[:, 20:45].max(1)
+    assert np.allclose(res.table["patient_score"], peak) and np.all(peak > 0.3)
+
+
+def test_morphology_ignores_intensities():
+    data = narrowed_canal()
+    other = SimpleNamespace(**{**vars(data), "images": 1 - data.images ** 2})
+    _, a = anomaly_maps("morphology", None, data)
+    _, b = anomaly_maps("morphology", None, other)
+    assert np.array_equal(a, b)
+    # and the maps are a function of the masks only (the images are never passed)
+    assert np.array_equal(a, morph.morphology_maps(data.cord, data.csf))
+
+
+def test_compression_scores_values_and_empty_cord():
+    cord = np.zeros((2, 50, 20), bool)
+    csf = np.zeros_like(cord)
+    cord[0, 5:45, 8:12] = True
+    csf[0, 5:45, 5:8] = True
+    csf[0, 5:45, 12:15] = True  # width 10 on 40 rows
+    csf[0, 20:24] = False  # 4 of 40 rows (10 %) at width 4: the 5th percentile is 4
+    s = morph.compression_scores(cord, csf)
+    assert s.shape == (2,) and np.isclose(s[0], 1 - 4 / 10)
+    assert np.isnan(s[1]), "a slice without cord gets NaN"
+    maps = morph.morphology_maps(cord, csf)
+    assert np.all(maps[1] == 0) and np.isfinite(maps).all()
+    # unknown CSF (all zero): the width of the cord alone, no compression
+    assert np.isclose(morph.compression_scores(cord[:1], np.zeros_like(csf[:1]))[0], 0.0)
+
+
+def test_morphology_no_cord_patient_and_missing_csf():
+    data = narrowed_canal()
+    data.cord[1] = 0
+    _, maps = anomaly_maps("morphology", None, data)
+    assert np.all(maps[1] == 0)
+    res = score_anomaly_maps(maps, data, get_preset("smoke").score)
+    assert np.isnan(res.table["patient_score"][1]) and np.isfinite(res.table["patient_score"][0])
+    no_csf = SimpleNamespace(images=data.images, cord=data.cord)
+    with pytest.raises(ValueError, match="csf"):
+        anomaly_maps("morphology", None, no_csf)
+
+
+def test_versus_anatomy_words_follow_numbers():
+    v = morph.versus_anatomy([0.80, 0.70, 0.50, np.nan], [0.05, 0.15, 0.05, 0.1], 0.62, 0.10)
+    assert list(v) == ["beats anatomy", "no clear difference", "below anatomy", "n/a"]
+    rows = pd.DataFrame({"cohort": ["a", "a", "a"], "strategy": ["S3", "S1", "anatomy"],
+                         "model": ["U2AD", "U2AD", morph.LABEL],
+                         "patient_auroc_mean": [0.9, 0.6, 0.62], "patient_auroc_std": [0.05, 0.05, 0.1]})
+    cmp = morph.compare_with_anatomy(rows)
+    assert list(cmp["verdict"]) == ["beats anatomy", "no clear difference"]
+    text = morph.anatomy_sentence(cmp, "a")
+    assert "0.620 ± 0.100" in text and "1 beat anatomy (S3 U2AD (+0.280))" in text and "0 are below" in text
+    with pytest.raises(ValueError, match="rows of"):
+        morph.compare_with_anatomy(rows[rows["model"] != morph.LABEL])
+
+
+def test_score_adapter_honours_patient_span():
+    from u2ad_core.config import ScoreConfig
+
+    data = tiny_data(2)
+    maps = np.zeros(data.images.shape, np.float32)
+    maps[:, 40:44, 13:19] = 1.0  # rows 40-43: cord, outside the segments (rows 4-39)
+    maps[:, 20:22, 13:19] = 0.5
+    seg = score_anomaly_maps(maps, data, ScoreConfig(patient_span="segments", drop_bottom=0))
+    whole = score_anomaly_maps(maps, data, ScoreConfig(patient_span="cord", drop_bottom=0))
+    assert np.all(whole.table["patient_score"] > seg.table["patient_score"] + 0.2)

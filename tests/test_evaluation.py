@@ -195,3 +195,27 @@ def test_reconstruction_metrics_known_case():
     assert df.loc[1, "psnr"] == pytest.approx(20.0)
     assert df.loc[1, "ssim"] < 1.0
     assert df["variance"].tolist() == pytest.approx([0.02, 0.02])
+
+
+def test_compare_words_follow_numbers():
+    assert E.compare(0.80, 0.05, 0.70, 0.04) == "better"
+    assert E.compare(0.70, 0.04, 0.80, 0.05) == "worse"
+    # the gap (0.05) is inside the larger spread (0.10), though outside the smaller one
+    assert E.compare(0.80, 0.10, 0.75, 0.02) == "no clear difference"
+    assert E.compare(0.75, 0.02, 0.80, 0.10) == "no clear difference"
+    assert E.compare(0.75, 0.25, 0.5, 0.125) == "no clear difference"  # gap == spread: not enough
+    assert E.compare(0.80, 0.0, 0.79, 0.0) == "better"  # no spread at all: any gap counts
+    # errors: lower is better
+    assert E.compare(0.010, 0.001, 0.020, 0.002, higher_is_better=False) == "better"
+    assert E.compare(0.020, 0.002, 0.010, 0.001, higher_is_better=False) == "worse"
+    # unknown spread or value
+    assert E.compare(0.9, float("nan"), 0.1, 0.01) == "no clear difference"
+    assert E.compare(0.1, 0.01, 0.9, float("nan")) == "no clear difference"  # either side
+    assert E.compare(float("nan"), 0.1, 0.5, 0.1) == "not measured"
+    # on CV results: a detector against a worse copy of itself, and against itself
+    good = E.cross_validate(synthetic_scores(sep=3.0), n_repeats=2)
+    bad = E.cross_validate(synthetic_scores(sep=0.0, seed=1), n_repeats=2)
+    sg, sb = good.summary(), bad.summary()
+    m = "patient_auroc"
+    assert E.compare(sg.loc[m, "mean"], sg.loc[m, "std"], sb.loc[m, "mean"], sb.loc[m, "std"]) == "better"
+    assert E.compare(sg.loc[m, "mean"], sg.loc[m, "std"], sg.loc[m, "mean"], sg.loc[m, "std"]) == "no clear difference"

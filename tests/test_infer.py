@@ -157,3 +157,111 @@ def test_infer_on_real_t2(trained, tmp_path, real_data):
     # the crop covers about C2-C5: the upper segments are scored, the lower ones absent (NaN)
     assert scores[["C2-3", "C3-4"]].notna().all(axis=None)
     assert scores[["C6-7", "C7-T1"]].isna().all(axis=None)
+
+
+# --------------------------------------------------------------------------------------
+# The authors' array format (.npy, (3, 256, 256) = image, ROI, label map)
+# --------------------------------------------------------------------------------------
+def authors_array(seed: int = 0, cord: bool = True, label7: bool = False) -> np.ndarray:
+    """A synthetic slice in the authors' format: rows S->I, columns A->P, labels 1 disc, 2 body,
+    3 cord, 4 CSF (7 = the undocumented ligament band when ``label7``)."""
+    rng = np.random.default_rng(seed)
+    img = 0.05 + 0.02 * rng.random((256, 256))
+    lab = np.zeros((256, 256))
+    for k in range(7):  # vertebral bodies in front of the canal, discs between them
+        r0 = 20 + 32 * k
+        lab[r0:r0 + 24, 60:110] = 2
+        lab[r0 + 24:r0 + 32, 60:110] = 1
+    img[lab == 2] = 0.3
+    img[lab == 1] = 0.4
+    lab[10:250, 120:126] = 4
+    lab[10:250, 134:140] = 4
+    img[lab == 4] = 0.9
+    if cord:
+        lab[10:250, 126:134] = 3
+        img[lab == 3] = 0.45
+    if label7:
+        lab[10:250, 141] = 7
+    return np.stack([img, (lab > 0).astype(float), lab])
+
+
+def test_infer_on_authors_arrays(trained, tmp_path, capsys):
+    """One .npy file and a folder of them (one without a cord label, skipped and listed):
+    the same four outputs as for NIfTI, on the model's grid."""
+    run_path, _, _ = trained
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "case_a.npy", authors_array(0, label7=True))
+    np.save(arrays / "case_b.npy", authors_array(1))
+    np.save(arrays / "no_cord.npy", authors_array(2, cord=False))
+    out1 = tmp_path / "one"
+    from u2ad_core.io import DataWarning
+
+    with pytest.warns(DataWarning, match="label value 7"):
+        rc = main(["infer", "--checkpoint", str(run_path), "--input", str(arrays / "case_a.npy"), "--out", str(out1),
+                   "--preset", "smoke", "--k", "2", "--device", "cpu"])
+    assert rc == 0
+    for name in ("maps.npz", "curves.csv", "scores.csv", "infer.json"):
+        assert (out1 / name).is_file(), name
+    scores = pd.read_csv(out1 / "scores.csv", keep_default_na=False, na_values=[""])
+    assert list(scores.columns) == ["subject", "slice", "patient_score", "top_segment", *SEGMENTS]  # label unknown
+    assert scores["subject"].tolist() == ["case_a"] and np.isfinite(scores.loc[0, "patient_score"])
+    assert scores[list(SEGMENTS)].notna().sum(axis=1).iloc[0] >= 4  # segments from the vertebral bodies
+    with np.load(out1 / "maps.npz") as z:
+        assert z["maps"].shape == z["images"].shape == (1, 128, 48)
+        assert z["roi"].sum() > 100 and (z["maps"][z["roi"] == 0] == 0).all()
+    out2 = tmp_path / "folder"
+    with pytest.warns(DataWarning, match="case_a.npy: label value 7"):
+        rc = main(["infer", "--checkpoint", str(run_path), "--input", str(arrays), "--out", str(out2),
+                   "--preset", "smoke", "--k", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "skipped no_cord" in err and "empty cord mask" in err
+    scores = pd.read_csv(out2 / "scores.csv", keep_default_na=False, na_values=[""])
+    assert scores["subject"].tolist() == ["case_a", "case_b"]
+    info = json.loads((out2 / "infer.json").read_text())
+    assert [s["subject"] for s in info["skipped"]] == ["no_cord"] and info["n_slices"] == 2
+    # the same slice scores the same whether given alone or in the folder (same seed, same K)
+    first = pd.read_csv(out1 / "scores.csv")["patient_score"].iloc[0]
+    assert scores["patient_score"].iloc[0] == pytest.approx(first, rel=0.05)
+
+
+def test_infer_array_errors_are_clear(trained, tmp_path, capsys):
+    run_path, _, _ = trained
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 256, 256)))
+    rc = main(["infer", "--checkpoint", str(run_path), "--input", str(bad), "--out", str(tmp_path / "o"),
+               "--preset", "smoke", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.npy" in err and "(3, 256, 256)" in err
+    good = tmp_path / "good.npy"
+    np.save(good, authors_array(0))
+    rc = main(["infer", "--checkpoint", str(run_path), "--input", str(good), "--mask", str(good),
+               "--out", str(tmp_path / "o"), "--preset", "smoke"])
+    assert rc == 2 and "--mask" in capsys.readouterr().err
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    np.save(only_bad / "x.npy", authors_array(0, cord=False))
+    rc = main(["infer", "--checkpoint", str(run_path), "--input", str(only_bad), "--out", str(tmp_path / "o"),
+               "--preset", "smoke", "--device", "cpu"])
+    assert rc == 2 and "no subject could be read" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_infer_on_real_authors_arrays(trained, tmp_path, real_data):
+    """The authors' clinical DCM samples: scored, the spine_generic ones (no cord label) skipped."""
+    run_path, _, _ = trained
+    root = real_data / "u2ad_official"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    out = tmp_path / "dcm"
+    from u2ad_core.io import DataWarning
+
+    with pytest.warns(DataWarning, match="clinical_dcm_1.npy: label value 7"):  # known, documented
+        rc = main(["infer", "--checkpoint", str(run_path), "--input", str(root), "--out", str(out),
+                   "--preset", "smoke", "--k", "2", "--device", "cpu"])
+    assert rc == 0
+    scores = pd.read_csv(out / "scores.csv", keep_default_na=False, na_values=[""])
+    assert sorted(scores["subject"]) == ["clinical_dcm_1", "clinical_dcm_3"]
+    assert "patient_label" not in scores.columns  # unlabelled for hyperintensity
+    info = json.loads((out / "infer.json").read_text())
+    assert sorted(s["subject"] for s in info["skipped"]) == ["spine_generic_1", "spine_generic_2", "spine_generic_3"]

@@ -276,3 +276,114 @@ def test_prepare_all_is_idempotent(tmp_path):
     other = prepare_all(cfg, tmp_path / "s2", seed=2, show_progress=False, verbose=False)
     assert not np.array_equal(load_dataset(other["renji_like"]).images, load_dataset(paths["renji_like"]).images)
     assert DataConfig is not None
+
+
+# --------------------------------------------------------------------------------------
+# the authors' arrays (u2ad_arrays layout)
+# --------------------------------------------------------------------------------------
+def _authors_array(seed: int = 0, lesion: bool = True, label7: bool = False) -> np.ndarray:
+    """A synthetic (3, 256, 256) sample: [image in [0, 1], roi, labels], rows S->I, columns A->P.
+
+    Cord (label 3) in columns 124-131 over rows 20-235 (centroid at the image centre), CSF (4)
+    either side, six vertebral bodies (2) and discs (1) in front, a lesion (6) at rows 120-129.
+    """
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(0.02, 0.01, (256, 256)), 0, 1)
+    lab = np.zeros((256, 256), np.float64)
+    img[:, 60:200] = np.clip(rng.normal(0.3, 0.03, (256, 140)), 0, 1)
+    for i, r in enumerate(range(30, 230, 30)):  # bodies 24 rows high, discs 6 rows
+        lab[r:r + 24, 80:110] = L.VERTEBRAL_BODY
+        lab[r + 24:r + 30, 80:110] = L.DISC
+    lab[20:236, 120:124] = L.CSF
+    lab[20:236, 132:136] = L.CSF
+    lab[20:236, 124:132] = L.CORD
+    img[lab == L.CSF] = 0.7
+    img[lab == L.CORD] = 0.25 + 0.05 * np.arange(256)[:, None].repeat(256, 1)[lab == L.CORD] / 256
+    if lesion:
+        lab[120:130, 126:130] = L.HYPERINTENSITY
+        img[lab == L.HYPERINTENSITY] = 0.5
+    if label7:
+        lab[60:100, 136:138] = 7
+    roi = np.isin(lab, (L.CORD, L.CSF, L.HYPERINTENSITY)).astype(np.float64)
+    return np.stack([img, roi, lab])
+
+
+def _array_folder(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "1.npy", _authors_array(0, lesion=True, label7=True))
+    np.save(root / "2.npy", _authors_array(1, lesion=False))
+    return root
+
+
+def test_u2ad_arrays_layout_reads_and_preprocesses(tmp_path):
+    from u2ad_core.io import AUTHORS_PIXEL_MM, DataWarning
+
+    root = _array_folder(tmp_path / "train")
+    assert detect_layout(root) == "u2ad_arrays"
+    c = scan_cohort(root)
+    assert c.layout == "u2ad_arrays" and [s.subject for s in c.subjects] == ["1", "2"]
+    with pytest.warns(DataWarning, match=r"1\.npy: label value 7 .* ignored"):
+        vol = load_subject(c.subjects[0])
+    assert vol.image.shape == (1, 256, 256) and vol.normalised and vol.zooms == pytest.approx((AUTHORS_PIXEL_MM,) * 3)
+    assert not (vol.labels == 7).any() and vol.cord.sum() == 216 * 8 and vol.csf.any()
+    # at the authors' own geometry, centred on the (centred) cord, the slice comes back unchanged
+    same = replace(CFG, pixel_mm=AUTHORS_PIXEL_MM, image_size=(256, 256), crop="centre")
+    out = preprocess_subject(c.subjects[1], same, 3)
+    arr = _authors_array(1, lesion=False)
+    assert list(out["slice_offset"]) == [0]  # one slice, whatever n_slices asks
+    np.testing.assert_allclose(out["images"][0], arr[0], atol=1e-6)  # values kept (already in [0, 1])
+    assert np.array_equal(out["cord"][0], arr[2] == L.CORD) and np.array_equal(out["csf"][0], arr[2] == L.CSF)
+    assert out["segments_source"] == "bodies"
+    # the preset's geometry, through the cohort function and the CLI
+    with pytest.warns(DataWarning, match="1.npy"):
+        path = preprocess_cohort(root, tmp_path / "out", CFG, 3, show_progress=False)
+    d = load_dataset(path)
+    assert len(d) == 2 and d.images.shape == (2, 128, 48) and list(d.slice_offset) == [0, 0]
+    man = json.loads(path.with_suffix(".json").read_text())
+    assert man["layout"] == "u2ad_arrays" and man["n_errors"] == 0 and man["n_warnings"] == 1
+    assert "1.npy" in man["subjects"][0]["warnings"][0]
+    assert list(d.patient_label) == [1, 0] and d.lesion[0].any() and not d.lesion[1].any()
+    assert d.lesion_segments[0] != "" and set(L.parse_segments(str(d.lesion_segments[0]))) <= set(L.SEGMENTS)
+    assert d.images[0][d.csf[0] > 0].mean() > 2 * d.images[0][d.cord[0] > 0].mean()
+    from u2ad_core.cli import main
+
+    with pytest.warns(DataWarning):
+        assert main(["preprocess", "--input", str(root), "--out", str(tmp_path / "x.npz"), "--preset", "smoke"]) == 0
+    assert len(load_dataset(tmp_path / "x.npz")) == 2
+
+
+def test_u2ad_arrays_bad_files(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    good = _authors_array(0, lesion=False)
+
+    def err(name: str, arr=None, raw: bytes | None = None) -> str:
+        p = root / name
+        if raw is not None:
+            p.write_bytes(raw)
+        else:
+            np.save(p, arr)
+        with pytest.raises(DataError) as e:
+            load_subject(SubjectFiles(p.stem, p))
+        assert name in str(e.value)
+        return str(e.value)
+
+    assert "(3, 256, 256)" in err("shape.npy", good[:, :128, :128])
+    assert "2 channels, not 3" in err("two.npy", good[:2])
+    assert "got (256, 256)" in err("flat.npy", good[0])
+    assert "cannot read" in err("corrupt.npy", raw=b"not a numpy file at all")
+    bad = good.copy()
+    bad[2, 10, 10] = 9
+    assert "unexpected label values [9]" in err("nine.npy", bad)
+    bad = good.copy()
+    bad[0] *= 4
+    assert "expected [0, 1]" in err("range.npy", bad)
+    bad = good.copy()
+    bad[0, 0, 0] = np.nan
+    assert "NaN" in err("nan.npy", bad)
+    bad = good.copy()
+    bad[2] = np.where(bad[2] == L.CORD, 0, bad[2])
+    assert "empty cord" in err("nocord.npy", bad)
+    bad = good.copy()
+    bad[2, 5, 5] = 1.5
+    assert "non-negative integers" in err("frac.npy", bad)

@@ -9,6 +9,7 @@ import torch
 from u2ad_core.config import MaskingConfig
 from u2ad_core.masking import (
     AUGuidedMasking,
+    CoverageMasking,
     EUGuidedMasking,
     RandomMasking,
     au_protected_patches,
@@ -18,6 +19,7 @@ from u2ad_core.masking import (
     make_sampler,
     n_masked,
     patch_scores,
+    roi_coverage,
 )
 
 L = 40
@@ -127,6 +129,72 @@ def test_eu_mask_probabilities():
     assert torch.allclose(pp[[0, 2, 3]].sum(1), torch.ones(3)) and pp[~roi].sum() == 0
 
 
+def coverage_case(b: int = 2):
+    """Images of 4 x 64 px, patch 4: 16 patches in a row, patch j holds j ROI pixels
+    (patch 0 none, patch 15 fifteen of its 16)."""
+    roi = torch.zeros(b, 4, 64, dtype=torch.bool)
+    for j in range(16):
+        flat = torch.zeros(16, dtype=torch.bool)
+        flat[:j] = True
+        roi[:, :, 4 * j:4 * j + 4] = flat.reshape(4, 4)
+    return roi, roi_coverage(roi, 4) > 0
+
+
+def test_roi_coverage_and_mean_score_by_hand():
+    roi = torch.zeros(1, 4, 8)
+    roi[0, :, 0] = 1  # patch 0: 4 ROI pixels (one column)
+    roi[0, 0, 4:8] = 1  # patch 1: 4 ROI pixels (one row) ...
+    roi[0, 1, 4:6] = 1  # ... plus 2 = 6
+    eu = torch.zeros(1, 4, 8)
+    eu[0, :, 0] = torch.tensor([1.0, 2.0, 3.0, 6.0])  # patch 0: sum 12 over 4 px
+    eu[0, 0, 4:8] = 3.0  # patch 1: sum 12 + 6 = 18 over 6 px
+    eu[0, 1, 4:6] = 3.0
+    eu[0, 3, 3] = 100.0  # outside the ROI: ignored once roi is given
+    assert roi_coverage(roi, 4).tolist() == [[4.0, 6.0]]
+    assert patch_scores(eu, 4).tolist() == [[112.0, 18.0]]  # plain sum: every pixel
+    assert patch_scores(eu, 4, roi=roi).tolist() == [[12.0, 18.0]]
+    mean = patch_scores(eu, 4, roi=roi, reduce="mean")
+    assert torch.allclose(mean, torch.tensor([[12.0 / 4, 18.0 / 6]]))  # sum / count: 3 and 3
+    # the paper's sum prefers the patch with more cord; the mean sees equal EU per cord pixel
+    assert patch_scores(eu, 4, roi=roi)[0, 1] > patch_scores(eu, 4, roi=roi)[0, 0] and mean[0, 0] == mean[0, 1]
+    empty = patch_scores(eu, 4, roi=torch.zeros(1, 4, 8), reduce="mean")
+    assert torch.equal(empty, torch.zeros(1, 2))  # no ROI pixel: 0, not NaN
+    # EUGuidedMasking.scores follows MaskingConfig.eu_score
+    assert torch.equal(EUGuidedMasking(MaskingConfig(eu_score="mean")).scores(eu, roi, 4), mean)
+    assert torch.equal(EUGuidedMasking(MaskingConfig()).scores(eu * roi, roi, 4), patch_scores(eu, 4, roi=roi))
+
+
+def test_coverage_sampler_ignores_eu_keeps_ratio_and_matches_eu_sampler():
+    roi, rp = coverage_case()
+    sampler = make_sampler("coverage", MaskingConfig())
+    assert isinstance(sampler, CoverageMasking)
+    eus = [None, torch.rand(2, 16, generator=torch.Generator().manual_seed(1)), -torch.arange(32.0).reshape(2, 16)]
+    masks = [sampler.sample(rp, torch.Generator().manual_seed(7), eu_scores=e, roi=roi, patch=4) for e in eus]
+    assert all(torch.equal(masks[0], m) for m in masks[1:])  # the EU map changes nothing
+    for ratio in (0.75, 0.5):
+        m = sampler.sample(rp, torch.Generator().manual_seed(3), roi=roi, patch=4, mask_ratio=ratio)
+        assert torch.equal(m.sum(1), n_masked(rp.sum(1), ratio)) and not (m & ~rp).any()
+    # the same draw as the EU-guided sampler would make on the coverage scores
+    same = eu_guided_mask(rp, roi_coverage(roi, 4), 0.75, 1.0, "softmax", torch.Generator().manual_seed(7))
+    assert torch.equal(masks[0], same)
+
+
+def test_coverage_sampler_prefers_patches_with_more_cord():
+    roi, rp = coverage_case()
+    g = torch.Generator().manual_seed(0)
+    f = empirical_mask_frequency(CoverageMasking(MaskingConfig(mask_ratio=0.5)), rp, 400, g, roi=roi, patch=4)
+    cov = roi_coverage(roi, 4)[0]
+    fr = f[0, 1:]  # the 15 ROI patches, coverage 1 ... 15
+    # mean frequency over five coverage bands (3 patches each) rises band by band
+    bands = fr.reshape(5, 3).mean(1)
+    assert (bands.diff() > 0).all(), bands
+    assert bands[-1] - bands[0] > 0.4  # 400 draws: sd of a band mean < 0.015
+    assert np.corrcoef(cov[1:].numpy(), fr.numpy())[0, 1] > 0.9
+    # random masking on the same patches: no preference (every ROI patch ~0.5)
+    fr_rand = empirical_mask_frequency(RandomMasking(MaskingConfig(mask_ratio=0.5)), rp, 400, g)[0, 1:]
+    assert (fr_rand.reshape(5, 3).mean(1) - 0.5).abs().max() < 0.08
+
+
 def au_case():
     """One 24 x 16 image, patch 4, ROI columns 4-11; low AU noise plus four blobs."""
     g = torch.Generator().manual_seed(0)
@@ -188,5 +256,11 @@ def test_errors():
         make_sampler("bogus")
     with pytest.raises(ValueError, match="tau"):
         eu_guided_mask(roi, torch.zeros(4, L), tau=0)
+    with pytest.raises(ValueError, match="roi"):
+        CoverageMasking().sample(roi, None)
+    with pytest.raises(ValueError, match="needs the ROI"):
+        patch_scores(torch.zeros(1, 4, 4), 4, reduce="mean")
+    with pytest.raises(ValueError, match="eu_score"):
+        patch_scores(torch.zeros(1, 4, 4), 4, roi=torch.ones(1, 4, 4), reduce="max")
     assert isinstance(make_sampler("au"), AUGuidedMasking)
     assert np.isclose(make_sampler("eu", MaskingConfig(tau=2.0)).cfg.tau, 2.0)

@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 from u2ad_core import labels as L
 from u2ad_core import phantom as P
 from u2ad_core.config import get_preset
+from u2ad_core.realism import measure_slice
 
 SMOKE = get_preset("smoke").data
 
@@ -113,7 +114,7 @@ def test_anatomy_is_plausible_and_varies():
         mid_lab, mid = lab[2].T, vol[2].T  # (Z, Y): rows along the cord
         px = P.SITES[site].pixel_mm
         cord = mid_lab == L.CORD
-        stats = P.measure_anatomy(mid, cord, mid_lab == L.CSF, px)
+        stats = measure_slice(mid, cord, mid_lab == L.CSF, pixel_mm=px)
         cord_ap.append(stats["cord_ap_mm"])
         ratios.append(stats["csf_cord_ratio"])
         comps, n = ndi.label(mid_lab == L.VERTEBRAL_BODY)
@@ -161,3 +162,112 @@ def test_lesion_contrast_is_drawn_from_the_named_range():
     assert len(contrasts) >= 40
     assert all(lo <= c <= hi for c in contrasts)
     assert max(contrasts) - min(contrasts) > 0.5 * (hi - lo)  # the whole range is used, not one value
+
+
+# --------------------------------------------------------------------------------------
+# Knobs (DataConfig.phantom)
+# --------------------------------------------------------------------------------------
+from u2ad_core.config import PhantomConfig  # noqa: E402
+
+
+def _lesions(knobs: PhantomConfig, n: int = 60) -> list[dict]:
+    out = []
+    for i in range(n):
+        out += P._sample_anatomy(np.random.default_rng(i), dcm=True, lesion=True, knobs=knobs).lesions
+    return out
+
+
+@pytest.mark.parametrize("kind", ["faint", "intense"])
+def test_conspicuity_draws_each_type_from_its_own_range(kind):
+    lo, hi = P.LESION_TYPES[kind]["contrast"]
+    les = _lesions(PhantomConfig(lesion_conspicuity=kind))
+    assert {le["type"] for le in les} == {kind}
+    assert all(lo <= le["contrast"] <= hi for le in les)
+    mixed = _lesions(PhantomConfig(lesion_conspicuity="mixed", faint_fraction=0.5))
+    frac = np.mean([le["type"] == "faint" for le in mixed])
+    assert 0.3 < frac < 0.7
+    # the faint range lies entirely below the intense one
+    assert P.LESION_TYPES["faint"]["contrast"][1] < P.LESION_TYPES["intense"]["contrast"][0]
+
+
+def test_knobs_keep_the_subjects_paired():
+    """Two knob settings give the same anatomy (same draws): a knob grid is a paired design."""
+    a = P._sample_anatomy(np.random.default_rng(5), True, True, PhantomConfig(lesion_conspicuity="faint"))
+    b = P._sample_anatomy(np.random.default_rng(5), True, True, PhantomConfig(lesion_conspicuity="intense",
+                                                                                lesion_size=1.5))
+    assert a.compressed == b.compressed and np.allclose(a.body_top, b.body_top)
+    assert [le["u"] for le in a.lesions] == [le["u"] for le in b.lesions]
+    assert all(lb["half_len"] == pytest.approx(1.5 * la["half_len"]) for la, lb in zip(a.lesions, b.lesions))
+
+
+def _severity_proxy(knobs: PhantomConfig, lesion: bool, n: int = 150) -> np.ndarray:
+    """Max posterior disc bulge + ligament thickening over the compressed levels, per subject."""
+    out = []
+    for i in range(n):
+        an = P._sample_anatomy(np.random.default_rng(1000 + i), True, lesion, knobs)
+        out.append(max(an.disc_bulge[P.DISCS.index(c)] + an.lf_thick[P.DISCS.index(c)] for c in an.compressed))
+    return np.array(out)
+
+
+def test_coupling_orders_the_compression_of_lesion_patients():
+    from sklearn.metrics import roc_auc_score
+
+    aucs = {}
+    for c in ("independent", "clinical", "strong"):
+        k = PhantomConfig(coupling=c)
+        pos, neg = _severity_proxy(k, True), _severity_proxy(k, False)
+        aucs[c] = roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+    assert abs(aucs["independent"] - 0.5) < 0.1
+    assert aucs["independent"] < aucs["clinical"] < aucs["strong"]
+    with pytest.raises(ValueError, match="coupling"):
+        P._sample_anatomy(np.random.default_rng(0), True, True, PhantomConfig(coupling="weird"))
+
+
+def _mid_slice(tmp_path, knobs, name, index=0, lesion=True, cohort="renji_like"):
+    r = P.generate_subject(cohort, index, 4, tmp_path / name, 5, lesion, knobs=knobs)
+    img = nib.as_closest_canonical(nib.load(str(tmp_path / name / r.image)))
+    lab = nib.as_closest_canonical(nib.load(str(tmp_path / name / r.labels)))
+    a, lb = np.asanyarray(img.dataobj).astype(np.float64), np.asanyarray(lab.dataobj)
+    return a[a.shape[0] // 2], lb[lb.shape[0] // 2], r
+
+
+def test_artefacts_change_the_image_not_the_labels(tmp_path):
+    on, lab_on, r_on = _mid_slice(tmp_path, PhantomConfig(artefacts=True), "on")
+    off, lab_off, r_off = _mid_slice(tmp_path, PhantomConfig(artefacts=False), "off")
+    assert np.array_equal(lab_on, lab_off) and r_on.lesion_segments == r_off.lesion_segments
+    csf = lab_on == L.CSF
+    assert np.abs(on - off)[csf].mean() > 0  # flow voids / ringing change the CSF signal
+    # with artefacts off only the artefact stream is unused: healthy cohorts never get artefacts
+    h_on, _, _ = _mid_slice(tmp_path, PhantomConfig(artefacts=True), "h_on", cohort="spine_generic_like", lesion=False)
+    h_off, _, _ = _mid_slice(tmp_path, PhantomConfig(artefacts=False), "h_off", cohort="spine_generic_like", lesion=False)
+    assert np.array_equal(h_on, h_off)
+
+
+def test_scanner_shift_zero_is_the_reference_site():
+    s0 = P.effective_site(P.SITES["ruijin"], 0.0)
+    assert s0.gamma == pytest.approx(P.REFERENCE_SITE.gamma) and s0.noise == pytest.approx(P.REFERENCE_SITE.noise)
+    assert all(v == pytest.approx(1.0) for v in s0.tissue.values())
+    assert P.effective_site(P.SITES["ruijin"], 1.0) == P.SITES["ruijin"]
+    s2 = P.effective_site(P.SITES["ruijin"], 2.0)
+    assert s2.tissue["cord"] - 1 == pytest.approx(2 * (P.SITES["ruijin"].tissue["cord"] - 1))
+
+
+def test_knobs_change_the_generation_hash_of_clinical_cohorts_only():
+    base = SMOKE
+    for field_, value in (("lesion_conspicuity", "faint"), ("coupling", "independent"), ("lesion_size", 1.5),
+                          ("scanner_shift", 0.5), ("artefacts", False), ("ringing", 0.8)):
+        other = replace(base, phantom=replace(base.phantom, **{field_: value}))
+        assert P.generation_config("renji_like", 4, 0, other) != P.generation_config("renji_like", 4, 0, base)
+        assert P.generation_config("spine_generic_like", 4, 0, other) == P.generation_config("spine_generic_like", 4, 0, base)
+        assert P.phantom_dir_name("renji_like", other).startswith("renji_like~")
+        assert P.phantom_dir_name("spine_generic_like", other) == "spine_generic_like"
+    assert P.phantom_dir_name("renji_like", base) == "renji_like"
+
+
+def test_a_lesion_records_every_segment_it_touches():
+    cent = np.array([0.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0])
+    # C2-3 runs from the C2 centroid (0) to the C3 centroid (20), C3-4 from 20 to 40, ...
+    assert P._segments_touched(5.0, 10.0, cent) == ["C2-3"]
+    assert P._segments_touched(15.0, 25.0, cent) == ["C2-3", "C3-4"]
+    assert P._segments_touched(15.0, 65.0, cent) == ["C2-3", "C3-4", "C4-5", "C5-6"]
+    assert P._segments_touched(-10.0, 5.0, cent) == ["C2-3"]  # above C2's centroid: no segment

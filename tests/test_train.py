@@ -11,6 +11,7 @@ import torch
 
 from u2ad_core import train
 from u2ad_core.config import AdaptConfig, ModelConfig, TrainConfig, get_preset
+from u2ad_core.masking import patch_scores
 from u2ad_core.runtime import make_generator
 
 SIZE = (32, 24)  # grid 4 x 3 patches of 8 px; the cord covers the middle column
@@ -92,6 +93,8 @@ def test_stage_schedule():
     assert [train.stage_schedule("u2ad", cfg, e) for e in range(5)] == ["eu"] * 3 + ["au"] * 2
     assert {train.stage_schedule("eu", cfg, e) for e in range(5)} == {"eu"}
     assert {train.stage_schedule("random", cfg, e) for e in range(5)} == {"random"}
+    assert {train.stage_schedule("coverage", cfg, e) for e in range(5)} == {"coverage"}  # stage 1 only
+    assert {train.stage_schedule("eu_mean", cfg, e) for e in range(5)} == {"eu"}
     with pytest.raises(ValueError, match="masking"):
         train.stage_schedule("bogus", cfg, 0)
 
@@ -205,10 +208,33 @@ def test_adapt_resume_is_exact(tmp_path):
 def test_adapt_variants_and_scratch(tmp_path):
     p = tiny_preset(**{"adapt.epochs": 2, "adapt.n_tracked": 0})
     d = tiny_data()
+    # a cord whose patches hold 16, 32 or 48 ROI pixels, so that coverage and the mean score matter
+    d.cord = np.zeros_like(d.cord)
+    d.cord[:, :, 6:12] = 1
+    d.cord[:, 16:, 12:14] = 1
     runs = {m: train.adapt(p, d, tmp_path, init=None, masking=m, device="cpu", seed=0, show_progress=False)
             for m in train.MASKINGS}
-    assert len({r.run_path for r in runs.values()}) == 3
+    assert len({r.run_path for r in runs.values()}) == len(train.MASKINGS) == 5
+    assert len({r.info["run_hash"] for r in runs.values()}) == 5  # each variant is its own cached run
     assert runs["random"].history[0]["stage"] == "random"
+    assert [r["stage"] for r in runs["coverage"].history] == ["coverage", "coverage", "final"]
+    assert [r["stage"] for r in runs["eu_mean"].history] == ["eu", "eu", "final"]
+    assert runs["eu_mean"].info["spec"]["masking_cfg"]["eu_score"] == "mean"
+    assert runs["eu"].info["spec"]["masking_cfg"]["eu_score"] == "sum"
+    # "eu_mean" masked with the mean-over-ROI-pixels scores of the maps it refreshed
+    ck = torch.load(runs["eu_mean"].run_path / "checkpoint.pt", weights_only=True)
+    roi = torch.as_tensor(d.cord > 0)
+    assert torch.allclose(ck["maps"]["eu_scores"], patch_scores(ck["maps"]["eu"], 8, roi=roi, reduce="mean"))
+    ck_sum = torch.load(runs["eu"].run_path / "checkpoint.pt", weights_only=True)
+    assert torch.allclose(ck_sum["maps"]["eu_scores"], patch_scores(ck_sum["maps"]["eu"], 8))
+    # the controls trained: their weights left the initialisation and differ from EU-guided
+    init = weights(train._build_model(p.model, 0))["patch_embed.weight"]
+    for m in ("coverage", "eu_mean"):
+        w = weights(runs[m].model)["patch_embed.weight"]
+        assert not torch.equal(w, init) and not torch.equal(w, weights(runs["eu"].model)["patch_embed.weight"])
+    # the finished runs are reused (same hash), not retrained
+    again = train.adapt(p, d, tmp_path, init=None, masking="coverage", device="cpu", seed=0, show_progress=False)
+    assert again.reused and again.run_path == runs["coverage"].run_path
     # same seed, same initialisation and data order: only the masks differ
     assert not torch.equal(weights(runs["random"].model)["patch_embed.weight"],
                            weights(runs["eu"].model)["patch_embed.weight"])

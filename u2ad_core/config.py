@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "CohortSizes",
+    "PhantomConfig",
     "DataConfig",
     "ModelConfig",
     "MaskingConfig",
@@ -64,6 +65,58 @@ class CohortSizes:
 
 
 @dataclass(frozen=True)
+class PhantomConfig:
+    """The phantom's difficulty knobs (clinical cohorts only; see :mod:`u2ad_core.phantom`).
+
+    Defaults are the calibrated ones: notebook 01 compares the phantom with real MRI figure by
+    figure, notebook 10 varies these knobs and measures which detector wins where. Healthy
+    cohorts do not depend on them, so a pretrained model is reused across knob settings.
+
+    - ``lesion_conspicuity``: ``"faint"``, ``"intense"`` or ``"mixed"``. Clinical grading of
+      intramedullary T2 signal change (Chen et al., Radiology 2001; reviewed by Vedantam and
+      Rajshekhar, Eur Spine J 2013) distinguishes a faint, fuzzy-bordered type (type 1) from an
+      intense, sharply bordered type (type 2). Faint: 15-35 % of the way from cord to CSF signal,
+      soft edge; intense: 50-85 %, sharp edge (:data:`u2ad_core.phantom.LESION_TYPES`).
+    - ``faint_fraction``: share of faint lesions under ``"mixed"`` (project choice: half; the
+      proportions vary between clinical series).
+    - ``lesion_size``: factor on lesion length (3-15 mm at 1), AP and lateral extent.
+    - ``coupling``: how lesion patients' compression relates to the others'. Every DCM patient
+      has 1-3 compressed levels with a severity drawn in U(0.45, 1.05) (fraction of the CSF
+      reserve taken up); lesions sit at compressed levels. ``"independent"``: lesion patients
+      draw from the same range, so compression alone carries no information about the label.
+      ``"clinical"`` (default): lesion patients draw from U(0.6, 1.05). Clinical series report
+      more severe compression, on average, in patients with T2 signal change, with wide overlap
+      (e.g. reviewed by Nouri et al., Neurosurg Focus 2016); no series gives an effect size we
+      could match, so the strength is a judgement: a moderate shift, weaker than the phantom's
+      earlier U(0.75, 1.05) (mask-only patient AUROC 0.66 on ``renji_like``). Notebook 10 reports
+      the mask-only AUROC under each setting. ``"strong"``: U(0.85, 1.05).
+    - ``scanner_shift``: scales each clinical site's departure from a neutral healthy-site
+      profile (contrast curve, tissue factors, bias field, noise, blur); 0 = no domain shift,
+      1 = the calibrated clinical sites, 2 = twice as far.
+    - ``inhomogeneity``: multiplies the clinical sites' bias-field amplitude along the cord
+      (``SiteProfile.bias_si``); 1 = calibrated (along-cord variation inside the real band),
+      larger values mimic uncorrected surface-coil fall-off, which a global intensity threshold
+      mistakes for signal change.
+    - ``artefacts``: thick-slice clinical T2w artefacts on (default) or off: truncation ringing
+      along AP (``ringing`` = fraction of k-space acquired, Gibbs lines at the cord-CSF boundary),
+      CSF flow voids in the dorsal CSF (``flow_voids`` = depth of the signal loss) and partial
+      volume of CSF into the flattened cord at compressed levels (``partial_volume`` = fraction of
+      the way to CSF signal at the cord surface), which mimic or hide a hyperintensity.
+    """
+
+    lesion_conspicuity: str = "mixed"  # "faint" | "intense" | "mixed"
+    faint_fraction: float = 0.5  # project choice (see docstring)
+    lesion_size: float = 1.0  # 3-15 mm long at 1
+    coupling: str = "clinical"  # "independent" | "clinical" | "strong"
+    scanner_shift: float = 1.0  # 0 = none, 1 = calibrated clinical sites
+    inhomogeneity: float = 1.0  # x the clinical sites' bias amplitude along the cord (1 = calibrated)
+    artefacts: bool = True  # clinical cohorts only
+    ringing: float = 0.6  # fraction of AP k-space acquired (1 = no truncation)
+    flow_voids: float = 0.6  # signal loss at the centre of a flow void
+    partial_volume: float = 0.2  # CSF fraction at the cord surface of a compressed level
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Phantom generation and preprocessing (paper section 4.3, method.md section 1).
 
@@ -84,6 +137,7 @@ class DataConfig:
     cohorts: CohortSizes = field(default_factory=CohortSizes)
     n_sagittal_healthy: int = 36  # phantom: sagittal slices per healthy 3D volume
     n_sagittal_clinical: int = 11  # paper 4.1: clinical volumes are 11 x 256 x 256 (thick slices)
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)  # difficulty knobs (clinical cohorts)
 
 
 # --------------------------------------------------------------------------------------
@@ -128,11 +182,15 @@ class MaskingConfig:
     ``eu_weighting``: ``"softmax"`` is this project's reading of the paper's intent (mask
     high-EU patches more often, Gumbel-top-k on softmax(normalised score / tau));
     ``"paper"`` is the paper's literal formula, kept for the ablation (method.md section 4).
+    ``eu_score``: a patch's EU score, ``"sum"`` of EU over its pixels (paper; EU is 0 outside
+    the cord, so it grows with the patch's cord coverage) or ``"mean"`` over its ROI pixels
+    (project control: uncertainty without coverage; adaptation ``masking="eu_mean"``).
     """
 
     mask_ratio: float = 0.75  # paper 4.3
     tau: float = 1.0  # paper Table 4: best tau = 1
     eu_weighting: str = "softmax"  # "softmax" (intent) or "paper" (literal formula)
+    eu_score: str = "sum"  # "sum" (paper 3.3) or "mean" over the patch's ROI pixels (project)
     au_percentile: float = 90.0  # authors' code: pixels above the 90th pct of non-zero AU
     au_min_size: int = 2  # authors' code: drop components under 2 px
     au_component_score: str = "sum"  # paper: "sum"; authors' code: "mean_sum"

@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -290,14 +290,18 @@ def _default_workers(n: int) -> int:
 
 
 def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: int = 0,
-                show_progress: bool = True, verbose: bool = True, workers: int | None = None) -> dict[str, Path]:
+                show_progress: bool = True, verbose: bool = True, workers: int | None = None,
+                cohorts: Sequence[str] | None = None) -> dict[str, Path]:
     """Generate (once) and preprocess (once) every cohort of a preset; return the file paths.
 
     Returns ``{"spine_generic_like", "openneuro_like", "pseudo", "renji_like", "ruijin_like"}``
     -> ``.npz`` path. Phantom cohorts go to ``data_dir/raw/<cohort>/`` (regenerated only when
     their stamp differs), dataset files to ``data_dir/processed/``. Prints one line per cohort.
+    Clinical cohorts generated with other knobs than the defaults (``DataConfig.phantom``) go to
+    ``raw/<cohort>~<hash>/`` (:func:`u2ad_core.phantom.phantom_dir_name`). ``cohorts``: only
+    these (e.g. ``["renji_like"]`` for a knob grid); ``"pseudo"`` comes with ``openneuro_like``.
     """
-    from .phantom import COHORTS, generate_cohort
+    from .phantom import COHORTS, generate_cohort, phantom_dir_name
     from .preprocess import preprocess_cohort
 
     cfg = _data_config(preset)
@@ -306,10 +310,16 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
     proc.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     t_all = time.perf_counter()
+    if cohorts is not None:
+        unknown = set(cohorts) - set(COHORTS)
+        if unknown:
+            raise KeyError(f"unknown cohorts {sorted(unknown)}; choose from {list(COHORTS)}")
     for name in COHORTS:
+        if cohorts is not None and name not in cohorts:
+            continue
         t0 = time.perf_counter()
         n = int(getattr(cfg.cohorts, name))
-        out = raw / name
+        out = raw / phantom_dir_name(name, cfg)
         stamp_before = (out / "phantom.json").read_text() if (out / "phantom.json").is_file() else None
         w = workers if workers is not None else _default_workers(n)
         generate_cohort(name, n, cohort_seed(seed, name), out, cfg, workers=w, show_progress=show_progress)
@@ -348,7 +358,8 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
                       f"[{status}, {time.perf_counter() - t0:.1f} s]", flush=True)
     if verbose:
         print(f"data ready in {time.perf_counter() - t_all:.1f} s ({data_dir})", flush=True)
-    return {k: paths[k] for k in ("spine_generic_like", "openneuro_like", "pseudo", "renji_like", "ruijin_like")}
+    return {k: paths[k] for k in ("spine_generic_like", "openneuro_like", "pseudo", "renji_like", "ruijin_like")
+            if k in paths}
 
 
 

@@ -87,6 +87,7 @@ __all__ = [
     "pixel_metrics",
     "reconstruction_metrics",
     "peak_in_lesion_fraction",
+    "compare",
 ]
 
 TABLE1_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -403,6 +404,27 @@ def peak_in_lesion_fraction(scores: pd.DataFrame) -> float:
     pt = scores if "top_is_lesion" in scores.columns else patient_table(scores)
     les = pt[pt["label"] == 1]
     return _ratio(les["top_is_lesion"].sum(), len(les))
+
+
+# --------------------------------------------------------------------------------------
+# Comparing two rows: words follow numbers
+# --------------------------------------------------------------------------------------
+def compare(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_better: bool = True) -> str:
+    """Is A better or worse than B, given how much each varies from fold to fold?
+
+    a_mean, a_std, b_mean, b_std: a metric's mean and standard deviation over the test folds
+    (e.g. ``CVResult.summary()``) for rows A and B. Returns ``"better"`` or ``"worse"`` (for A)
+    only when the gap ``|a_mean - b_mean|`` exceeds the larger of the two stds, else
+    ``"no clear difference"``; an unknown std (NaN) counts as no clear difference, a NaN mean
+    gives ``"not measured"``. ``higher_is_better=False`` for errors (MSE, variance, time).
+    """
+    a, b = float(a_mean), float(b_mean)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "not measured"
+    stds = (float(a_std), float(b_std))
+    if not all(math.isfinite(v) for v in stds) or abs(a - b) <= max(stds):
+        return "no clear difference"
+    return "better" if (a > b) == bool(higher_is_better) else "worse"
 
 
 # --------------------------------------------------------------------------------------

@@ -1,13 +1,23 @@
 """``u2ad infer``: run a trained model on new data and write maps, curves and scores.
 
-Input is either a preprocessed dataset file (``.npz``, see CONTRIBUTING.md) or one subject as
-NIfTI: a T2w volume plus its cord mask (``--mask``), optionally a label map with vertebral
-bodies / discs (``--labels``, the values of :mod:`u2ad_core.labels`) or a vertebral-level map
-(``--levels``, 2 = C2 ... 8 = T1) from which the segments C2-3 ... C7-T1 are derived; without
-either the segment scores are NaN and only the patient score is meaningful. NIfTI input goes
-through the same preprocessing as the training data
+Input is one of:
+
+- a preprocessed dataset file (``.npz``, see CONTRIBUTING.md);
+- one subject as NIfTI: a T2w volume plus its cord mask (``--mask``), optionally a label map
+  with vertebral bodies / discs (``--labels``, the values of :mod:`u2ad_core.labels`) or a
+  vertebral-level map (``--levels``, 2 = C2 ... 8 = T1) from which the segments C2-3 ... C7-T1
+  are derived; without either the segment scores are NaN and only the patient score is
+  meaningful;
+- one of the U2AD authors' arrays (``.npy``, shape (3, 256, 256) = image, ROI, label map; read
+  by :func:`u2ad_core.io.load_array`), or a folder of them (layout ``u2ad_arrays``), or any
+  other cohort folder :mod:`u2ad_core.io` reads (phantom, BIDS, ``images/`` + ``labels/``). The
+  label map gives the cord, CSF and segments; arrays whose cord is not labelled are skipped and
+  listed (``infer.json``: ``skipped``). The patient label stays unknown (-1) unless a
+  ``participants.tsv`` gives it: a label map without value 6 does not say "no hyperintensity".
+
+NIfTI and array input go through the same preprocessing as the training data
 (:func:`u2ad_core.preprocess.preprocess_subject`), with the preset's
-:class:`~u2ad_core.config.DataConfig` and the model's image size.
+:class:`~u2ad_core.config.DataConfig` and the model's image size, so the outputs are the same.
 
 Outputs in ``--out`` (each written atomically)::
 
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from dataclasses import replace
@@ -62,15 +73,23 @@ def load_input(
     ``slice_offset == 0``). NIfTI: image + cord ``mask`` (+ optional ``labels`` / ``levels``
     maps for the segments) through :func:`u2ad_core.preprocess.preprocess_subject` with
     ``data_cfg`` and ``n_slices`` middle sagittal slices (default ``data_cfg.slices_detect``).
-    Unreadable or inconsistent NIfTI files raise :class:`u2ad_core.io.DataError` (a
-    ``ValueError``) naming the file.
+    ``.npy`` (an authors' array) or a folder: every subject through the same preprocessing
+    (:func:`_load_subjects`); the subjects that fail are listed in ``data.manifest["skipped"]``.
+    Unreadable or inconsistent files raise :class:`u2ad_core.io.DataError` (a ``ValueError``)
+    naming the file.
     """
     p = Path(input_path)
     if not p.exists():
         raise FileNotFoundError(f"--input {p}: no such file")
+    if (p.suffix in (".npz", ".npy") or p.is_dir()) and (mask is not None or labels is not None
+                                                         or levels is not None):
+        raise ValueError(f"--input {p}: --mask / --labels / --levels are for NIfTI input; "
+                         f"{'a .npz dataset' if p.suffix == '.npz' else 'an authors array or a cohort folder'} "
+                         "already holds them")
+    if p.suffix == ".npy" or p.is_dir():
+        n = int(n_slices if n_slices is not None else data_cfg.slices_detect)
+        return _load_subjects(p, data_cfg, n)
     if p.suffix == ".npz":
-        if mask is not None or labels is not None or levels is not None:
-            raise ValueError("--mask / --labels / --levels are for NIfTI input; a .npz dataset already holds them")
         from .datasets import load_dataset
 
         data = load_dataset(p)
@@ -92,7 +111,44 @@ def load_input(
         n = int(n_slices if n_slices is not None else data_cfg.slices_detect)
         out = preprocess_subject(sf, data_cfg, n)
         return SliceData(**{f: out[f] for f in REQUIRED}, site=out.get("site"))
-    raise ValueError(f"--input {p}: expected a preprocessed dataset (.npz) or a NIfTI image (.nii, .nii.gz)")
+    raise ValueError(f"--input {p}: expected a preprocessed dataset (.npz), a NIfTI image (.nii, .nii.gz), "
+                     "an authors' array (.npy) or a folder")
+
+
+def _load_subjects(p: Path, data_cfg, n_slices: int):
+    """An authors' array (``.npy``) or a cohort folder -> :class:`~u2ad_core.datasets.SliceData`.
+
+    A file is one subject (its stem is the subject id); a folder is scanned by
+    :func:`u2ad_core.io.scan_cohort` (any layout). Each subject goes through
+    :func:`u2ad_core.preprocess.preprocess_subject` (``n_slices`` middle slices; an array has
+    one). Subjects that raise :class:`~u2ad_core.io.DataError` (e.g. an array without cord
+    label) are skipped and listed in ``manifest["skipped"]`` as ``{"subject", "error"}``; when
+    every subject fails the first errors are raised as one ``DataError``.
+    """
+    from .datasets import REQUIRED, SliceData
+    from .io import DataError, SubjectFiles, scan_cohort
+    from .preprocess import preprocess_subject
+
+    if p.is_dir():
+        subjects = scan_cohort(p).subjects
+    else:
+        subjects = [SubjectFiles(p.stem, p)]
+    parts, skipped = [], []
+    for sf in subjects:
+        try:
+            parts.append(preprocess_subject(sf, data_cfg, n_slices))
+        except DataError as exc:
+            skipped.append({"subject": sf.subject, "error": str(exc)})
+    if not parts:
+        msg = "; ".join(e["error"] for e in skipped[:3])
+        raise DataError(f"--input {p}: no subject could be read ({len(skipped)} error(s)): {msg}")
+    arrays = {f: np.concatenate([o[f] for o in parts]) for f in REQUIRED}
+    site = np.concatenate([o["site"] for o in parts]).astype(str)
+    data = SliceData(**arrays, site=site)
+    data.manifest = {"input": str(p), "skipped": skipped,
+                     "subjects": [{"subject": str(o["subject"][0]), "segments_source": o["segments_source"],
+                                   "orientation": o["orientation"]} for o in parts]}
+    return data
 
 
 def _csv_bytes(df: pd.DataFrame) -> bytes:
@@ -194,7 +250,8 @@ def infer(
         "mask": None if mask is None else str(mask), "labels": None if labels is None else str(labels),
         "levels": None if levels is None else str(levels),
         "preset": cfg.name, "score": to_dict(cfg.score), "k": kk, "mask_ratio": ratio, "seed": int(seed),
-        "device": dev, "n_slices": int(len(images)), "seconds_load": round(t1 - t0, 3),
+        "device": dev, "n_slices": int(len(images)), "skipped": data.manifest.get("skipped", []),
+        "seconds_load": round(t1 - t0, 3),
         "seconds_score": round(t2 - t1, 3),
     }
     paths = write_outputs(result, data, out_dir, meta)
@@ -221,6 +278,8 @@ def _cli(args: argparse.Namespace) -> int:
         print(f"u2ad infer: error: {exc}", file=sys.stderr)
         return 2
     t = result.table
+    for sk in json.loads(paths["info"].read_text()).get("skipped", []):
+        print(f"skipped {sk['subject']}: {sk['error']}", file=sys.stderr)
     print(f"scored {len(t)} slice(s); patient score max {np.nanmax(t['patient_score']):.4g}" if len(t) and
           np.isfinite(t["patient_score"]).any() else f"scored {len(t)} slice(s)")
     for name, p in paths.items():
@@ -235,7 +294,9 @@ def cli_register(subparsers) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--checkpoint", required=True, help="run directory, model.pt or checkpoint.pt")
-    p.add_argument("--input", required=True, help="preprocessed dataset (.npz) or a NIfTI T2w image")
+    p.add_argument("--input", required=True,
+                   help="preprocessed dataset (.npz), a NIfTI T2w image, an authors' array (.npy) or a folder "
+                        "of them (or any cohort folder u2ad preprocess reads)")
     p.add_argument("--mask", default=None, help="cord mask NIfTI (required for NIfTI input)")
     p.add_argument("--labels", default=None,
                    help="optional label-map NIfTI (2 = vertebral body, 1 = disc, ...) for the segments")
@@ -250,5 +311,6 @@ def cli_register(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--middle", action="store_true", help=".npz input: score only the middle slices (offset 0)")
-    p.add_argument("--slices", type=int, default=None, help="NIfTI input: middle sagittal slices to score")
+    p.add_argument("--slices", type=int, default=None,
+                   help="NIfTI / folder input: middle sagittal slices to score (an authors' array has one)")
     p.set_defaults(func=_cli)

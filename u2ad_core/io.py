@@ -1,6 +1,6 @@
-"""Reading cohorts of NIfTI volumes: layout detection and loading with clear errors.
+"""Reading cohorts of NIfTI volumes (or the authors' 2D arrays): layout detection, loading, clear errors.
 
-Three folder layouts are recognised automatically by :func:`detect_layout`:
+Four folder layouts are recognised automatically by :func:`detect_layout`:
 
 ``phantom``
     What :mod:`u2ad_core.phantom` writes: ``phantom.json``, ``participants.tsv`` and
@@ -12,6 +12,14 @@ Three folder layouts are recognised automatically by :func:`detect_layout`:
 ``authors``
     The U2AD authors' folders: ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz`` (label
     maps with 1 disc, 2 vertebral body, 3 cord, 4 CSF, 5 disc herniation, 6 T2 hyperintensity).
+``u2ad_arrays``
+    The authors' preprocessed samples (their ``data/private/train/*.npy``): a flat folder of
+    ``<name>.npy`` files, each a float array of shape (3, 256, 256) = ``[image, roi, labels]``;
+    the image is one sagittal slice already in [0, 1] (rows superior -> inferior, columns
+    anterior -> posterior) at :data:`AUTHORS_PIXEL_MM` (their 200 mm crop zoomed to 256), the
+    label map has the values above. Label 7 (undocumented in the authors' data; a thin
+    low-signal band behind the cord) is ignored with a :class:`DataWarning`; the ROI channel
+    is not used (the preprocessing derives its own masks). Read by :func:`load_array`.
 
 A single subject with arbitrary file names (e.g. the SCT test data in ``../shared/data/real``)
 is read with :func:`load_subject` on a :class:`SubjectFiles` built by hand.
@@ -24,6 +32,7 @@ Every problem raises :class:`DataError` naming the file and what is wrong.
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +43,9 @@ from . import labels as L
 
 __all__ = [
     "DataError",
+    "DataWarning",
     "LAYOUTS",
+    "AUTHORS_PIXEL_MM",
     "SubjectFiles",
     "Cohort",
     "Volume",
@@ -42,15 +53,27 @@ __all__ = [
     "scan_cohort",
     "read_nifti",
     "load_subject",
+    "read_array",
+    "load_array",
     "to_ras",
 ]
 
-LAYOUTS = ("phantom", "bids", "authors")
+LAYOUTS = ("phantom", "bids", "authors", "u2ad_arrays")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+AUTHORS_PIXEL_MM = 200.0 / 256.0
+"""Pixel size (mm) of the authors' arrays: 1 mm in-plane, centre crop 200, zoomed to 256."""
+ARRAY_SHAPE = (3, 256, 256)
+IGNORED_LABELS: dict[int, str] = {7: "undocumented in the authors' data; a thin low-signal band behind the cord, "
+                                     "likely a ligament"}
+"""Label values accepted in the authors' arrays and set to background, with a :class:`DataWarning`."""
 
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the file and the problem."""
+
+
+class DataWarning(UserWarning):
+    """Input data that is read, with something ignored; the message names the file."""
 
 
 # --------------------------------------------------------------------------------------
@@ -98,6 +121,8 @@ class Volume:
 
     image: float32 (X, Y, Z). Masks uint8 (X, Y, Z) or ``None``. ``zooms`` (3,) mm.
     ``source_index[i]`` is the index along the stored file's sagittal axis of RAS slice ``i``.
+    ``normalised``: the intensities are already in [0, 1] (the authors' arrays); the
+    preprocessing then keeps them instead of clipping and min-maxing again.
     """
 
     subject: str
@@ -112,6 +137,7 @@ class Volume:
     levels: np.ndarray | None = None
     orientation: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    normalised: bool = False
 
 
 # --------------------------------------------------------------------------------------
@@ -181,6 +207,8 @@ def load_subject(sf: SubjectFiles) -> Volume:
 
     if sf.problem:
         raise DataError(sf.problem)
+    if Path(sf.image).suffix == ".npy":
+        return load_array(sf)
     img, aff = read_nifti(sf.image, "image")
     img_ras, aff_ras, ornt = to_ras(img.astype(np.float32, copy=False), aff)
     sag_src = int(np.flatnonzero(ornt[:, 0] == 0)[0])
@@ -225,6 +253,84 @@ def load_subject(sf: SubjectFiles) -> Volume:
 
 
 # --------------------------------------------------------------------------------------
+# The authors' 2D arrays
+# --------------------------------------------------------------------------------------
+def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one of the authors' ``.npy`` samples and check it.
+
+    Returns ``(image, labels)``: image float32 (256, 256) in [0, 1], labels uint8 (256, 256)
+    with the values of :mod:`u2ad_core.labels` (ignored values, e.g. 7, set to 0 with a
+    :class:`DataWarning` naming the file). Raises :class:`DataError` naming the file for a
+    missing / unreadable file, a shape other than (3, 256, 256), a non-finite, constant or
+    out-of-range image, a non-integer label channel, or unknown label values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: array file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # ValueError, OSError, UnpicklingError, ...
+        raise DataError(f"{path}: cannot read as a numpy array ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+        raise DataError(f"{path}: expected a numeric array, got {getattr(arr, 'dtype', type(arr))}")
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise DataError(f"{path}: expected shape {ARRAY_SHAPE} = [image, roi, labels] (the authors' sample format), "
+                        f"got {tuple(arr.shape)}" + ("" if arr.ndim != 3 else f" ({arr.shape[0]} channels, not 3)"))
+    if tuple(arr.shape) != ARRAY_SHAPE:
+        raise DataError(f"{path}: expected shape {ARRAY_SHAPE} = [image, roi, labels] at {AUTHORS_PIXEL_MM:.5f} mm, "
+                        f"got {tuple(arr.shape)} (image size {arr.shape[1]} x {arr.shape[2]}, not 256 x 256)")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: array contains NaN or infinite values")
+    image = arr[0].astype(np.float32)
+    if image.max() == image.min():
+        raise DataError(f"{path}: image channel is constant (all pixels = {image.max()})")
+    if image.min() < -1e-6 or image.max() > 1 + 1e-6:
+        raise DataError(f"{path}: image channel spans [{image.min():.4g}, {image.max():.4g}], expected [0, 1] "
+                        "(the authors' normalised format)")
+    lab = arr[2]
+    if lab.min() < 0 or not np.array_equal(lab, np.rint(lab)):
+        raise DataError(f"{path}: label channel (index 2) must hold non-negative integers")
+    lab = lab.astype(np.int64)
+    present = set(np.unique(lab).tolist()) - {0}
+    unknown = present - set(L.LABELS) - set(IGNORED_LABELS)
+    if unknown:
+        raise DataError(f"{path}: unexpected label values {sorted(unknown)}; expected {sorted(L.LABELS)} "
+                        f"({', '.join(L.LABELS.values())}) or the ignored {sorted(IGNORED_LABELS)}")
+    for v in sorted(present & set(IGNORED_LABELS)):
+        n = int((lab == v).sum())
+        warnings.warn(f"{path}: label value {v} ({IGNORED_LABELS[v]}) on {n} pixels ignored (set to background)",
+                      DataWarning, stacklevel=2)
+        lab[lab == v] = 0
+    return np.clip(image, 0.0, 1.0), lab.astype(np.uint8)
+
+
+def load_array(sf: SubjectFiles) -> Volume:
+    """One of the authors' arrays as a one-slice :class:`Volume` in RAS.
+
+    The (H, W) slice (rows S->I, columns A->P) becomes ``image[0, j, k] = slice[H-1-k, W-1-j]``
+    (axis 1 posterior -> anterior, axis 2 inferior -> superior), voxel :data:`AUTHORS_PIXEL_MM`
+    in-plane; ``normalised`` is set (already in [0, 1]). Cord = labels 3 or 6, CSF = label 4.
+    Raises :class:`DataError` as :func:`read_array` does, and for an empty cord.
+    """
+    image, lab = read_array(sf.image)
+
+    def ras(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.flip(a, (0, 1)).T[None])
+
+    p = AUTHORS_PIXEL_MM
+    vol = Volume(subject=sf.subject, image=ras(image), affine=np.diag([p, p, p, 1.0]), zooms=(p, p, p),
+                 source_index=np.zeros(1, np.int64), labels=ras(lab), orientation="array (S-I rows, A-P columns)",
+                 files={"image": str(sf.image)}, normalised=True)
+    vol.cord = np.isin(vol.labels, (L.CORD, L.HYPERINTENSITY)).astype(np.uint8)
+    if not vol.cord.any():
+        raise DataError(f"{sf.image}: empty cord mask (no pixel labelled cord, value {L.CORD}) "
+                        f"for subject {sf.subject}")
+    if (vol.labels == L.CSF).any():
+        vol.csf = (vol.labels == L.CSF).astype(np.uint8)
+    return vol
+
+
+# --------------------------------------------------------------------------------------
 # Layouts
 # --------------------------------------------------------------------------------------
 def _strip_nii(name: str) -> str:
@@ -252,7 +358,7 @@ def _label_from_row(row: dict[str, str]) -> tuple[int, str]:
 
 
 def detect_layout(root: str | Path) -> str:
-    """``"phantom"``, ``"bids"`` or ``"authors"``; :class:`DataError` when none matches."""
+    """``"phantom"``, ``"bids"``, ``"authors"`` or ``"u2ad_arrays"``; :class:`DataError` when none matches."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: input folder not found")
@@ -262,15 +368,17 @@ def detect_layout(root: str | Path) -> str:
         return "bids"
     if (root / "images").is_dir() and (root / "labels").is_dir():
         return "authors"
+    if any(root.glob("*.npy")):
+        return "u2ad_arrays"
     raise DataError(
         f"{root}: unknown layout; expected one of: phantom (phantom.json + sub-*/sub-*_T2w.nii.gz), "
         "Spine Generic BIDS (sub-*/anat/sub-*_T2w.nii.gz + derivatives/labels/...), "
-        "or the authors' images/ + labels/ folders"
+        "the authors' images/ + labels/ folders, or a folder of the authors' (3, 256, 256) .npy arrays"
     )
 
 
 def scan_cohort(root: str | Path) -> Cohort:
-    """List the subjects of an input folder (any of the three layouts).
+    """List the subjects of an input folder (any of the four layouts).
 
     Subjects whose required files are missing are kept, with ``problem`` set, so that the
     preprocessing reports them instead of dropping them silently.
@@ -323,13 +431,20 @@ def scan_cohort(root: str | Path) -> Cohort:
             if cord is None:
                 sf.problem = f"{img}: missing labels (no {der / (stem + '_seg-manual.nii.gz')})"
             subjects.append(sf)
-    else:  # authors
+    else:  # authors (NIfTI images/ + labels/) or u2ad_arrays (flat folder of .npy)
         tsv = next((p for p in (root / "participants.tsv", root / "labels.tsv") if p.is_file()), None)
         rows = {}
         if tsv is not None:
             for r in _read_tsv(tsv):
                 rows[r.get("subject") or r.get("participant_id", "")] = r
-        for img in sorted(list((root / "images").glob("*.nii.gz")) + list((root / "images").glob("*.nii"))):
+        if layout == "u2ad_arrays":
+            for arr in sorted(root.glob("*.npy")):
+                row = rows.get(arr.stem, {})
+                pl, segs = _label_from_row(row) if row else (-1, "")
+                subjects.append(SubjectFiles(arr.stem, arr, site=row.get("site", ""), patient_label=pl,
+                                             lesion_segments=segs))
+        for img in ([] if layout == "u2ad_arrays" else
+                    sorted(list((root / "images").glob("*.nii.gz")) + list((root / "images").glob("*.nii")))):
             name = _strip_nii(img.name)
             lab = next((root / "labels" / (name + s) for s in NIFTI_SUFFIXES
                         if (root / "labels" / (name + s)).is_file()), None)

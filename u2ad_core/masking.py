@@ -32,6 +32,14 @@ deviation above the image's mean is e times more likely to be drawn first; tau -
 gives random masking, tau -> 0 masks the top-scoring patches deterministically. Dividing by
 the maximum instead would let one outlier patch flatten all the others.
 
+*The coverage question.* EU is 0 outside the cord, so the paper's patch score (the *sum* of
+EU over the patch, ``eu_score="sum"``) is larger for patches that hold more cord, whatever the
+model's doubt: EU-guided masking might just be "mask the patches with more cord". Two controls
+isolate that: :class:`CoverageMasking` runs the same sampler (same tau, z-score, Gumbel-top-k)
+on the patch's count of ROI pixels alone, with no EU at all; ``eu_score="mean"`` divides the
+EU sum by that count (the EU per cord pixel), so only the model's doubt remains
+(:func:`patch_scores` with ``roi`` and ``reduce="mean"``).
+
 ``eu_weighting="paper"`` is the paper's literal formula (method.md section 4), kept for the
 ablation: on raw EU, ``w = -log(softmax(EU / tau)) * U(0, 1)`` and the top 75 % of ``w`` are
 masked, which favours *low*-EU patches and is nearly uniform because EU is tiny.
@@ -50,6 +58,7 @@ from .config import MaskingConfig
 __all__ = [
     "n_masked",
     "patch_scores",
+    "roi_coverage",
     "random_roi_mask",
     "eu_guided_mask",
     "eu_mask_probabilities",
@@ -57,6 +66,7 @@ __all__ = [
     "empirical_mask_frequency",
     "RandomMasking",
     "EUGuidedMasking",
+    "CoverageMasking",
     "AUGuidedMasking",
     "make_sampler",
 ]
@@ -128,18 +138,55 @@ def _mask_top(key: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) ->
     return (rank < count.to(key.device)[:, None]) & eligible
 
 
-def patch_scores(score_map: torch.Tensor | np.ndarray, patch: int) -> torch.Tensor:
-    """Sum of a pixel map over each patch.
+def _patch_sum(m: torch.Tensor, patch: int, who: str) -> torch.Tensor:
+    """(B, H, W) -> float (B, L): sum over each ``patch`` x ``patch`` patch, row-major."""
+    b, h, w = m.shape
+    if h % patch or w % patch:
+        raise ValueError(f"{who}: map size {h}x{w} is not a multiple of the patch size {patch}")
+    m = m.float().reshape(b, h // patch, patch, w // patch, patch)
+    return m.sum(dim=(2, 4)).reshape(b, (h // patch) * (w // patch))
 
-    score_map: (B, H, W) or (B, 1, H, W), H and W multiples of ``patch``.
+
+def roi_coverage(roi: torch.Tensor | np.ndarray, patch: int) -> torch.Tensor:
+    """Number of ROI pixels in each patch (the patch's cord coverage).
+
+    roi: (B, H, W) or (B, 1, H, W), nonzero = ROI. Returns float (B, L), values in
+    [0, patch**2]; ``> 0`` exactly on the ROI patches of ``EdgeMAE.roi_patches``.
+    """
+    r = _squeeze_channel(_as_tensor(roi, "roi"), "roi")
+    return _patch_sum(r != 0, patch, "roi_coverage")
+
+
+def patch_scores(
+    score_map: torch.Tensor | np.ndarray,
+    patch: int,
+    roi: torch.Tensor | np.ndarray | None = None,
+    reduce: str = "sum",
+) -> torch.Tensor:
+    """A pixel map reduced to one score per patch.
+
+    score_map: (B, H, W) or (B, 1, H, W), H and W multiples of ``patch``; roi: optional pixel
+    mask of the same shape (nonzero = ROI). ``reduce="sum"``: sum over the patch's pixels
+    (only its ROI pixels when ``roi`` is given); ``"mean"``: that sum over the ROI pixels
+    divided by their number (needs ``roi``; 0 for a patch without ROI pixels), i.e. the EU per
+    cord pixel, which no longer grows with the patch's coverage.
     Returns float (B, L), L = (H/p)(W/p), row-major like ``EdgeMAE.patchify``.
     """
     m = _squeeze_channel(_as_tensor(score_map, "score_map"), "score_map")
-    b, h, w = m.shape
-    if h % patch or w % patch:
-        raise ValueError(f"patch_scores: map size {h}x{w} is not a multiple of the patch size {patch}")
-    m = m.float().reshape(b, h // patch, patch, w // patch, patch)
-    return m.sum(dim=(2, 4)).reshape(b, (h // patch) * (w // patch))
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"patch_scores: reduce (MaskingConfig.eu_score) must be 'sum' or 'mean', got {reduce!r}")
+    if roi is None:
+        if reduce == "mean":
+            raise ValueError("patch_scores: reduce='mean' needs the ROI pixel mask (roi=...)")
+        return _patch_sum(m, patch, "patch_scores")
+    r = _squeeze_channel(_as_tensor(roi, "roi"), "roi").to(m.device) != 0
+    if r.shape != m.shape:
+        raise ValueError(f"patch_scores: roi {tuple(r.shape)} and score_map {tuple(m.shape)} differ in shape")
+    total = _patch_sum(m.float() * r, patch, "patch_scores")
+    if reduce == "sum":
+        return total
+    count = _patch_sum(r, patch, "patch_scores")
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
 def _zscore(scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
@@ -366,8 +413,15 @@ class RandomMasking:
 class EUGuidedMasking(RandomMasking):
     """Stage 1 of the adaptation: EU-guided masking (``cfg.tau``, ``cfg.eu_weighting``).
 
-    Needs ``eu_scores`` (B, L) = ``patch_scores(eu_map, patch)``.
+    Needs ``eu_scores`` (B, L) = :meth:`scores` of the EU map: ``patch_scores(eu, patch)``
+    (``cfg.eu_score="sum"``, paper) or ``patch_scores(eu, patch, roi, "mean")`` (``"mean"``).
     """
+
+    def scores(self, eu_map, roi, patch: int) -> torch.Tensor:
+        """EU map (B, H, W) and ROI pixel mask (B, H, W) -> patch scores (B, L) per ``cfg.eu_score``."""
+        if self.cfg.eu_score == "sum":
+            return patch_scores(eu_map, patch)
+        return patch_scores(eu_map, patch, roi=roi, reduce=self.cfg.eu_score)
 
     def sample(self, roi_patches, generator=None, eu_scores=None, au_map=None, roi=None, patch=None,
                mask_ratio=None):
@@ -376,6 +430,31 @@ class EUGuidedMasking(RandomMasking):
                              "(patch_scores(eu_map, patch) from mc_uncertainty)")
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         return eu_guided_mask(roi_patches, eu_scores, ratio, self.cfg.tau, self.cfg.eu_weighting, generator)
+
+
+@dataclass
+class CoverageMasking(RandomMasking):
+    """Control for EU guidance: EU-guided masking's sampler on cord coverage alone.
+
+    The patch score is its number of ROI pixels (:func:`roi_coverage`), with no EU at all;
+    everything else is :class:`EUGuidedMasking`'s (``cfg.tau``, ``cfg.eu_weighting``, per-image
+    z-score, Gumbel-top-k, exact count ``round(r * n_roi)``). Needs ``roi`` (B, H, W) pixel
+    mask and ``patch``; ``eu_scores`` and ``au_map`` are ignored, so for a given generator
+    state the mask is the same whatever the EU map.
+    """
+
+    def sample(self, roi_patches, generator=None, eu_scores=None, au_map=None, roi=None, patch=None,
+               mask_ratio=None):
+        if roi is None or patch is None:
+            raise ValueError("CoverageMasking.sample: roi (B, H, W) pixel mask and patch (int) are required")
+        roi_patches = _check_roi_patches(roi_patches)
+        coverage = roi_coverage(roi, patch)
+        if coverage.shape != roi_patches.shape:
+            raise ValueError(f"CoverageMasking.sample: roi gives {tuple(coverage.shape)} patches, "
+                             f"roi_patches is {tuple(roi_patches.shape)}")
+        ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
+        return eu_guided_mask(roi_patches, coverage.to(roi_patches.device), ratio, self.cfg.tau,
+                              self.cfg.eu_weighting, generator)
 
 
 @dataclass
@@ -417,9 +496,10 @@ class AUGuidedMasking(RandomMasking):
 
 
 def make_sampler(kind: str, cfg: MaskingConfig | None = None) -> RandomMasking:
-    """``"random"`` | ``"eu"`` | ``"au"`` -> sampler instance."""
+    """``"random"`` | ``"eu"`` | ``"coverage"`` | ``"au"`` -> sampler instance."""
     cfg = cfg if cfg is not None else MaskingConfig()
-    table = {"random": RandomMasking, "eu": EUGuidedMasking, "au": AUGuidedMasking}
+    table = {"random": RandomMasking, "eu": EUGuidedMasking, "coverage": CoverageMasking,
+             "au": AUGuidedMasking}
     try:
         return table[kind](cfg)
     except KeyError:

@@ -24,12 +24,25 @@ orientation (RAS / PSR / LAS / ...).
 DCM cohorts: 1-3 levels with disc bulges (label 5 where they pass the posterior vertebral
 line) and ligamentum-flavum thickening narrow the canal; the cord is flattened there.
 Patients with a lesion get 1-2 T2 hyperintensities (label 6) inside the cord at compressed
-levels: elongated along the cord (3-15 mm), intensity between cord and CSF, soft edges;
-their segment (``C2-3`` ... ``C7-T1``, between consecutive vertebral-body centroids) is
-written to ``participants.tsv``.
+levels: elongated along the cord (3-15 mm), intensity between cord and CSF, faint with a fuzzy
+border or intense with a sharp one (:data:`LESION_TYPES`); every segment a lesion touches
+(``C2-3`` ... ``C7-T1``, between consecutive vertebral-body centroids) and its type are written
+to ``participants.tsv``.
+
+Knobs (:class:`~u2ad_core.config.PhantomConfig`, ``DataConfig.phantom``; clinical cohorts only,
+so healthy cohorts and the models trained on them are shared across settings): lesion
+conspicuity and size, the coupling between compression severity and lesions
+(:data:`COUPLING`), the scanner shift of the clinical sites (:func:`effective_site`) and
+thick-slice artefacts that mimic or hide a hyperintensity: partial volume of CSF into the
+flattened cord at compressed levels, CSF flow voids, truncation (Gibbs) ringing along AP.
+A knob setting other than the defaults is generated into ``raw/<cohort>~<hash>``
+(:func:`phantom_dir_name`). ``u2ad phantom --knob coupling=independent ...`` sets them from the
+command line.
 
 Randomness: one ``numpy.random.Generator`` per subject, seeded from
-``SeedSequence([cohort_seed, subject_index])``; no global RNG. Same seed -> same arrays.
+``SeedSequence([cohort_seed, subject_index])``, and a second one for the artefacts; no global
+RNG. Same seed -> same arrays; the number of draws does not depend on the knobs, so two knob
+settings give the same subjects (a paired design).
 
 On disk (the *phantom layout*, read by :mod:`u2ad_core.io`)::
 
@@ -45,7 +58,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +66,17 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import labels as L
-from .config import DataConfig, config_hash
+from .config import DataConfig, PhantomConfig, config_hash
 from .runtime import atomic_path, atomic_write_json, atomic_write_text, progress
 
 __all__ = [
     "PHANTOM_VERSION",
     "LESION_CONTRAST",
+    "LESION_TYPES",
+    "COUPLING",
+    "REFERENCE_SITE",
+    "effective_site",
+    "phantom_dir_name",
     "SiteProfile",
     "CohortSpec",
     "SITES",
@@ -69,16 +87,30 @@ __all__ = [
     "generate_subject",
     "generate_cohort",
     "cohort_is_current",
-    "measure_anatomy",
     "cli_register",
 ]
 
-PHANTOM_VERSION = 2
+PHANTOM_VERSION = 3
 """Bumped whenever the generator changes what it writes (invalidates cached cohorts)."""
 
-LESION_CONTRAST: tuple[float, float] = (0.3, 0.7)
-"""T2 hyperintensity target intensity, drawn uniformly in this range of the way from the cord's
-tissue value (0) to the CSF's (1), i.e. "between cord and CSF"; notebook 09 quotes it."""
+LESION_TYPES: dict[str, dict[str, Any]] = {
+    # Chen et al., Radiology 2001: type 1 faint with a fuzzy border, type 2 intense and sharp.
+    "faint": {"contrast": (0.15, 0.35), "edge": 1.6, "reach": 1.5},
+    "intense": {"contrast": (0.5, 0.85), "edge": 0.35, "reach": 1.1},
+}
+"""Lesion types (``PhantomConfig.lesion_conspicuity``). ``contrast``: target intensity drawn
+uniformly in this range of the way from the cord's tissue value (0) to the CSF's (1);
+``edge``: exponent of the radial profile (> 1 fuzzy, < 1 sharp); ``reach``: the profile fades
+to zero at this normalised squared radius (the labelled lesion is the core, ``r^2 < 0.8``)."""
+
+LESION_CONTRAST: tuple[float, float] = (
+    min(t["contrast"][0] for t in LESION_TYPES.values()), max(t["contrast"][1] for t in LESION_TYPES.values()))
+"""The overall range of lesion target intensities over all types (cord = 0, CSF = 1), i.e.
+"between cord and CSF"; notebook 09 quotes it."""
+
+COUPLING: dict[str, float] = {"independent": 0.45, "clinical": 0.6, "strong": 0.85}
+"""Lower bound of the compression severity of lesion patients (the others: 0.45), per
+``PhantomConfig.coupling``; the upper bound is 1.05 for everyone (see the config docstring)."""
 
 LEVELS: tuple[str, ...] = ("C2", "C3", "C4", "C5", "C6", "C7", "T1", "T2", "T3")
 DISCS: tuple[str, ...] = tuple(f"{a}-{b[1:] if a[0] == b[0] else b}" for a, b in zip(LEVELS[:-1], LEVELS[1:]))
@@ -94,7 +126,8 @@ class SiteProfile:
 
     ``tissue`` multiplies the base T2w tissue intensities (CSF = 1) of :data:`TISSUE`;
     ``gamma`` is the contrast curve ``I -> I ** gamma``; ``bias`` the amplitude (log scale)
-    of the smooth multiplicative field; ``noise`` the Rician sigma relative to CSF;
+    of the smooth multiplicative field (``bias_si``, when set, its superior-inferior part, i.e.
+    along the cord; ``bias`` then sets the anterior-posterior surface-coil fall-off); ``noise`` the Rician sigma relative to CSF;
     ``blur_px`` the in-plane Gaussian blur (pixels); ``scale`` the stored value of CSF.
     """
 
@@ -110,6 +143,7 @@ class SiteProfile:
     noise: float = 0.02
     blur_px: float = 0.5
     tissue: dict[str, float] = field(default_factory=dict)
+    bias_si: float | None = None  # superior-inferior bias amplitude (None: = bias)
 
 
 @dataclass(frozen=True)
@@ -127,22 +161,29 @@ class CohortSpec:
 
 SITES: dict[str, SiteProfile] = {
     # healthy public multi-site data (Spine Generic-like): 0.8 mm isotropic, several vendors
-    "sg_a": SiteProfile("sg_a", "RAS", 0.8, 0.8, (224.0, 200.0), 1000.0, "int16", 1.0, 0.12, 0.015, 0.4,
+    # (phantom version 3: noise of sg_a-c and sg_d's bias along the cord moved into the real bands
+    # of notebook 01's realism table: cord CV, noise / cord, along-cord variation)
+    "sg_a": SiteProfile("sg_a", "RAS", 0.8, 0.8, (224.0, 200.0), 1000.0, "int16", 1.0, 0.12, 0.02, 0.4,
                         {"cord": 1.0, "fat": 1.0}),
-    "sg_b": SiteProfile("sg_b", "PSR", 0.8, 0.8, (216.0, 192.0), 2500.0, "uint16", 0.9, 0.18, 0.02, 0.5,
+    "sg_b": SiteProfile("sg_b", "PSR", 0.8, 0.8, (216.0, 192.0), 2500.0, "uint16", 0.9, 0.18, 0.025, 0.5,
                         {"cord": 1.1, "fat": 0.85, "marrow": 1.1}),
-    "sg_c": SiteProfile("sg_c", "LAS", 0.9, 0.9, (230.0, 200.0), 600.0, "int16", 1.1, 0.10, 0.012, 0.3,
+    "sg_c": SiteProfile("sg_c", "LAS", 0.9, 0.9, (230.0, 200.0), 600.0, "int16", 1.1, 0.10, 0.018, 0.3,
                         {"cord": 0.95, "fat": 1.1, "muscle": 0.9}),
     "sg_d": SiteProfile("sg_d", "LPI", 0.8, 0.8, (220.0, 196.0), 3200.0, "int16", 1.0, 0.22, 0.025, 0.6,
-                        {"cord": 1.05, "disc": 0.9}),
+                        {"cord": 1.05, "disc": 0.9}, bias_si=0.1),
     # OpenNeuro-like: one healthy site, ~1 mm
     "on_a": SiteProfile("on_a", "RPI", 1.0, 1.0, (230.0, 210.0), 1400.0, "int16", 1.05, 0.15, 0.02, 0.4,
                         {"cord": 1.05, "fat": 0.95}),
     # clinical sites: thick sagittal slices (11 x 256 x 256 in the paper), other contrast
-    "renji": SiteProfile("renji", "PSR", 0.94, 3.0, (240.0, 240.0), 800.0, "int16", 0.8, 0.25, 0.03, 0.7,
-                         {"cord": 1.25, "fat": 1.2, "marrow": 1.3, "muscle": 1.3, "disc": 0.9}),
-    "ruijin": SiteProfile("ruijin", "LAS", 1.0, 3.5, (240.0, 240.0), 2000.0, "int16", 1.2, 0.30, 0.035, 0.8,
-                          {"cord": 0.9, "fat": 0.8, "marrow": 0.8, "muscle": 1.1}),
+    # calibrated (phantom version 3) against the authors' clinical DCM slices after their
+    # preprocessing (notebook 01's realism table): bright subcutaneous fat on FSE T2 sets the
+    # 99.8th percentile (cord ~0.2 after min-max), CSF / cord ~1.7, along-cord variation ~0.2
+    # (the bias field varies little along the cord, ``bias_si``; ``bias`` keeps the posterior
+    # surface coil's fall-off), background noise ~0.1 of the cord signal.
+    "renji": SiteProfile("renji", "PSR", 0.94, 3.0, (240.0, 240.0), 800.0, "int16", 0.8, 0.25, 0.07, 0.7,
+                         {"cord": 1.4, "fat": 2.5, "marrow": 1.3, "muscle": 1.3, "disc": 0.9}, bias_si=0.07),
+    "ruijin": SiteProfile("ruijin", "LAS", 1.0, 3.5, (240.0, 240.0), 2000.0, "int16", 1.0, 0.30, 0.06, 0.8,
+                          {"cord": 1.5, "fat": 2.1, "marrow": 0.8, "muscle": 1.1}, bias_si=0.07),
 }
 
 COHORTS: dict[str, CohortSpec] = {
@@ -151,6 +192,29 @@ COHORTS: dict[str, CohortSpec] = {
     "renji_like": CohortSpec("renji_like", ("renji",), "DCM", 125, 78, 0, "clinical"),
     "ruijin_like": CohortSpec("ruijin_like", ("ruijin",), "DCM", 95, 9, 2, "clinical"),
 }
+
+REFERENCE_SITE = SiteProfile("reference", gamma=1.0, bias=0.12, noise=0.015, blur_px=0.4)
+"""The neutral profile that ``PhantomConfig.scanner_shift`` interpolates from (a healthy site)."""
+
+
+def effective_site(site: SiteProfile, shift: float = 1.0) -> SiteProfile:
+    """``site`` with its contrast, tissue factors, bias, noise and blur moved ``shift`` of the way
+    from :data:`REFERENCE_SITE` (0: no domain shift; 1: ``site`` itself; 2: twice as far)."""
+    if shift == 1.0:
+        return site
+    if shift < 0:
+        raise ValueError(f"scanner_shift must be >= 0, got {shift}")
+    ref = REFERENCE_SITE
+
+    def lerp(a: float, b: float) -> float:
+        return float(a + shift * (b - a))
+
+    tissue = {k: max(lerp(1.0, v), 0.05) for k, v in site.tissue.items()}
+    return replace(site, gamma=max(lerp(ref.gamma, site.gamma), 0.2), bias=max(lerp(ref.bias, site.bias), 0.0),
+                   noise=max(lerp(ref.noise, site.noise), 1e-3), blur_px=max(lerp(ref.blur_px, site.blur_px), 0.0),
+                   tissue=tissue,
+                   bias_si=None if site.bias_si is None else max(lerp(ref.bias, site.bias_si), 0.0))
+
 
 # Base T2w (fast spin echo) intensities relative to CSF = 1 (before the site's contrast curve).
 TISSUE: dict[str, float] = {
@@ -230,7 +294,16 @@ class Anatomy:
         return 0.5 * (self.body_top + self.body_bot)
 
 
-def _sample_anatomy(rng: np.random.Generator, dcm: bool, lesion: bool) -> Anatomy:
+def _sample_anatomy(rng: np.random.Generator, dcm: bool, lesion: bool,
+                    knobs: PhantomConfig | None = None) -> Anatomy:
+    """Draw one subject's geometry. The number of draws does not depend on ``knobs``, so two
+    knob settings give the same subjects (paired comparisons across a knob grid)."""
+    knobs = knobs or PhantomConfig()
+    if knobs.coupling not in COUPLING:
+        raise ValueError(f"PhantomConfig.coupling must be one of {sorted(COUPLING)}, got {knobs.coupling!r}")
+    if knobs.lesion_conspicuity not in (*LESION_TYPES, "mixed"):
+        raise ValueError(f"PhantomConfig.lesion_conspicuity must be one of {[*LESION_TYPES, 'mixed']}, "
+                         f"got {knobs.lesion_conspicuity!r}")
     s = float(np.clip(rng.normal(1.0, 0.06), 0.85, 1.15))
     hb = np.array([15.0, 11.3, 11.3, 11.5, 12.0, 13.0, 15.0, 16.0, 17.0]) * s
     hb *= rng.normal(1.0, 0.04, size=9)
@@ -266,7 +339,7 @@ def _sample_anatomy(rng: np.random.Generator, dcm: bool, lesion: bool) -> Anatom
         p = np.array([0.03, 0.17, 0.27, 0.3, 0.18, 0.05])
         n_comp = int(rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2]))
         levels = np.sort(rng.choice(6, size=n_comp, replace=False, p=p))
-        sev_lo = 0.75 if lesion else 0.45
+        sev_lo = COUPLING[knobs.coupling] if lesion else 0.45
         for k in levels:
             sev = rng.uniform(sev_lo, 1.05)  # fraction of the CSF reserve (+ cord) taken up
             reserve = a.csf_ant + a.csf_post
@@ -282,16 +355,24 @@ def _sample_anatomy(rng: np.random.Generator, dcm: bool, lesion: bool) -> Anatom
         a.compressed = tuple(DISCS[k] for k in levels)
         if lesion:
             n_les = 1 if len(levels) == 1 else int(rng.choice([1, 2], p=[0.75, 0.25]))
+            size = float(knobs.lesion_size)
             for k in rng.choice(levels, size=n_les, replace=False):
                 disc_u = 0.5 * (a.body_bot[k] + a.body_top[k + 1])
+                u_c = float(disc_u + rng.uniform(-2.5, 2.5))
+                half_len = float(rng.uniform(1.5, 7.5)) * size  # 3-15 mm long at size 1
+                ap_frac = float(min(rng.uniform(0.28, 0.5) * size, 0.6))  # half AP extent / cord AP
+                half_lr = float(rng.uniform(1.8, 3.5)) * size
+                x = float(rng.uniform(-0.8, 0.8))
+                t_type, t_con = float(rng.random()), float(rng.random())
+                if knobs.lesion_conspicuity == "mixed":
+                    kind = "faint" if t_type < knobs.faint_fraction else "intense"
+                else:
+                    kind = knobs.lesion_conspicuity
+                lo, hi = LESION_TYPES[kind]["contrast"]
                 a.lesions.append({
-                    "level": int(k),
-                    "u": float(disc_u + rng.uniform(-2.5, 2.5)),
-                    "half_len": float(rng.uniform(1.5, 7.5)),  # 3-15 mm long
-                    "ap_frac": float(rng.uniform(0.28, 0.5)),  # half AP extent / cord AP
-                    "half_lr": float(rng.uniform(1.8, 3.5)),
-                    "x": float(rng.uniform(-0.8, 0.8)),
-                    "contrast": float(rng.uniform(*LESION_CONTRAST)),  # between cord (0) and CSF (1)
+                    "level": int(k), "u": u_c, "half_len": half_len, "ap_frac": ap_frac,
+                    "half_lr": half_lr, "x": x, "type": kind,
+                    "contrast": lo + t_con * (hi - lo),  # between cord (0) and CSF (1)
                 })
     return a
 
@@ -300,6 +381,13 @@ def _segment_of(u: float, centroids: np.ndarray) -> str | None:
     """Segment name (C2-3 ... C7-T1) of a position ``u`` between body centroids C2..T1."""
     k = int(np.searchsorted(centroids[:7], u)) - 1
     return L.SEGMENTS[k] if 0 <= k < len(L.SEGMENTS) else None
+
+
+def _segments_touched(u0: float, u1: float, centroids: np.ndarray) -> list[str]:
+    """Every segment (C2-3 ... C7-T1) that the extent ``[u0, u1]`` along the cord overlaps."""
+    k0 = int(np.searchsorted(centroids[:7], u0)) - 1
+    k1 = int(np.searchsorted(centroids[:7], u1)) - 1
+    return [L.SEGMENTS[k] for k in range(max(k0, 0), min(k1, len(L.SEGMENTS) - 1) + 1)]
 
 
 # --------------------------------------------------------------------------------------
@@ -322,8 +410,14 @@ def _tissues(site: SiteProfile, rng: np.random.Generator) -> dict[str, float]:
     return t
 
 
-def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Generator):
-    """Build one subject: returns (image RAS float32, labels RAS uint8, affine RAS, extras)."""
+def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Generator,
+            knobs: PhantomConfig | None = None, artefact_rng: np.random.Generator | None = None):
+    """Build one subject: returns (image RAS float32, labels RAS uint8, affine RAS, extras).
+
+    ``knobs.artefacts`` (clinical cohorts: pass ``knobs``; healthy ones: ``None``) adds partial
+    volume at compressed levels, CSF flow voids and truncation ringing, drawn from
+    ``artefact_rng`` so that switching them does not change anything else.
+    """
     T = _tissues(site, rng)
     px = site.pixel_mm
     fov_z, fov_y = site.fov_mm
@@ -595,17 +689,53 @@ def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Genera
         cc_l = float(np.interp(uc, ug, 0.5 * (e_ant + e_post)))
         ca_l = float(np.interp(uc, ug, 0.5 * (e_ant - e_post)))
         av = max(les["ap_frac"] * 2 * ca_l, 0.9)
+        kind = LESION_TYPES[les.get("type", "intense")]
+        reach, edge = float(kind["reach"]), float(kind["edge"])
         r2d = ((U - uc) / les["half_len"]) ** 2 + ((V - cc_l) / av) ** 2
-        idx = np.flatnonzero(r2d.reshape(-1) < 1.2)
+        idx = np.flatnonzero(r2d.reshape(-1) < reach)
         r2 = r2d.reshape(-1)[idx][None, :] + ((xs - les["x"]) / les["half_lr"]) ** 2
-        prof_ = np.clip(1.2 - r2, 0, 1) ** 0.7 / 1.2 ** 0.7  # soft edge
+        # radial profile: 1 in the core, fading to 0 at r^2 = reach (edge < 1 sharp, > 1 fuzzy)
+        prof_ = np.clip((reach - r2) / (reach - 0.5), 0, 1) ** edge
         incord = lab[:, idx] == L.CORD
         target = T["cord"] + les["contrast"] * (T["csf"] - T["cord"])
         sub = vol[:, idx]
         vol[:, idx] = np.where(incord, sub + prof_ * (target - sub), sub)
         lab[:, idx] = np.where(incord & (r2 < 0.8), np.uint8(L.HYPERINTENSITY), lab[:, idx])
         seg_name = _segment_of(uc, cent_u)
-        les_info.append({**les, "segment": seg_name, "length_mm": 2 * les["half_len"]})
+        half_lab = les["half_len"] * np.sqrt(0.8)  # extent of the labelled core along the cord
+        touched = _segments_touched(uc - half_lab, uc + half_lab, cent_u)
+        les_info.append({**les, "segment": seg_name, "segments": touched, "length_mm": 2 * les["half_len"]})
+
+    # thick-slice clinical artefacts (before the scanner's blur, contrast curve and noise)
+    arts = knobs is not None and knobs.artefacts
+    arng = artefact_rng if artefact_rng is not None else np.random.default_rng(0)
+    if arts and knobs.partial_volume > 0 and an.compressed:
+        # CSF partial volume into the flattened cord at compressed levels, strongest at its surface
+        w_u = np.zeros(U.shape, np.float32)
+        for name in an.compressed:
+            k = DISCS.index(name)
+            amp = np.float32(arng.uniform(0.5, 1.0))
+            w_u = np.maximum(w_u, amp * np.exp(-0.5 * ((U - disc_u[k]) / 3.0) ** 2))
+        half = np.maximum(0.5 * (Ea - Ep), 0.5)
+        surf = np.clip(np.abs(V - 0.5 * (Ea + Ep)) / half, 0, 1) ** 2
+        pv = (np.float32(knobs.partial_volume) * w_u * (0.35 + 0.65 * surf)).reshape(-1)
+        idx = np.flatnonzero(pv > 1e-3)
+        if idx.size:
+            sub = vol[:, idx]
+            incord = (lab[:, idx] == L.CORD) | (lab[:, idx] == L.HYPERINTENSITY)
+            vol[:, idx] = np.where(incord, sub + pv[idx][None, :] * (T["csf"] - sub), sub)
+    if arts and knobs.flow_voids > 0:
+        # pulsatile CSF flow voids: dark, elongated spots, mostly in the dorsal CSF above C5
+        f = ndi.gaussian_filter(arng.standard_normal(U.shape).astype(np.float32),
+                                (1.2 / px, 3.0 / px), mode="reflect")
+        f = (f - f.mean()) / (f.std() + 1e-8)
+        where = np.where(V < 0, 1.0, 0.35) * np.clip((cent[4] - U) / 20.0, 0, 1)
+        loss = np.float32(knobs.flow_voids) * np.clip((f - 1.3) / 1.0, 0, 1) * where
+        loss = loss.reshape(-1)
+        idx = np.flatnonzero(loss > 1e-3)
+        if idx.size:
+            incsf = lab[:, idx] == L.CSF
+            vol[:, idx] = np.where(incsf, vol[:, idx] * (1 - loss[idx][None, :]), vol[:, idx])
 
     vol = vol.reshape(n_slices, ny, nz)
     lab = lab.reshape(n_slices, ny, nz)
@@ -616,10 +746,21 @@ def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Genera
     np.clip(vol, 0, None, out=vol)
     if site.gamma != 1.0:
         np.power(vol, np.float32(site.gamma), out=vol)
+    if arts and knobs.ringing < 1.0:
+        # truncation (Gibbs) ringing: only the central fraction of k-space along AP is acquired
+        kf = np.fft.rfft(vol, axis=1)
+        keep = max(2, int(round(knobs.ringing * kf.shape[1])))
+        kf[:, keep:, :] = 0
+        vol = np.fft.irfft(kf, n=ny, axis=1).astype(np.float32)
     yy = np.linspace(-1, 1, ny, dtype=np.float32)
     zz = np.linspace(-1, 1, nz, dtype=np.float32)
     xx = np.linspace(-1, 1, n_slices, dtype=np.float32)
-    c = rng.normal(0, 1, 6).astype(np.float32) * site.bias
+    c = rng.normal(0, 1, 6).astype(np.float32)
+    b_ap, b_si = np.float32(site.bias), np.float32(site.bias if site.bias_si is None else site.bias_si)
+    c[:2] *= b_ap  # anterior-posterior: the posterior surface coil's fall-off
+    c[2:4] *= b_si  # superior-inferior: along the cord
+    c[4] *= b_ap
+    c[5] *= np.sqrt(b_ap * b_si)
     logb = (-abs(c[0]) * 1.5 * yy + c[1] * yy**2)[None, :, None] + (c[2] * zz - abs(c[3]) * zz**2)[None, None, :] \
         + (c[4] * 0.3 * xx**2)[:, None, None] + c[5] * 0.5 * yy[None, :, None] * zz[None, None, :]
     vol *= np.exp(logb, dtype=np.float32)
@@ -672,6 +813,7 @@ class SubjectResult:
     site: str
     diagnosis: str
     lesion_segments: str
+    lesion_types: str
     compressed_segments: str
     cord_ap_mm: float
     orientation: str
@@ -681,15 +823,26 @@ class SubjectResult:
 
 
 def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_slices: int,
-                     lesion: bool, site: str | None = None) -> SubjectResult:
-    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``)."""
+                     lesion: bool, site: str | None = None, knobs: PhantomConfig | None = None) -> SubjectResult:
+    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``).
+
+    ``knobs`` (:class:`~u2ad_core.config.PhantomConfig`, default: the calibrated defaults) apply
+    to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
+    artefacts from another, so a knob changes only what it names.
+    """
     spec = COHORTS[cohort]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
+    arng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 8]))
     site_name = site or spec.sites[index % len(spec.sites)]
-    sp = SITES[site_name]
     dcm = spec.diagnosis == "DCM"
-    an = _sample_anatomy(rng, dcm=dcm, lesion=lesion)
-    vol, lab, aff, extras = _render(an, sp, n_slices, rng)
+    knobs = (knobs or PhantomConfig()) if dcm else None
+    sp = effective_site(SITES[site_name], knobs.scanner_shift) if dcm else SITES[site_name]
+    if dcm and knobs.inhomogeneity != 1.0:
+        if knobs.inhomogeneity < 0:
+            raise ValueError(f"PhantomConfig.inhomogeneity must be >= 0, got {knobs.inhomogeneity}")
+        sp = replace(sp, bias_si=float(knobs.inhomogeneity) * (sp.bias if sp.bias_si is None else sp.bias_si))
+    an = _sample_anatomy(rng, dcm=dcm, lesion=lesion, knobs=knobs)
+    vol, lab, aff, extras = _render(an, sp, n_slices, rng, knobs=knobs, artefact_rng=arng)
     # intensity scale and stored dtype
     stored = vol * np.float32(sp.scale)
     info = np.iinfo(np.dtype(sp.dtype))
@@ -703,10 +856,11 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
     f_lab = out / f"sub-{sid}_labels.nii.gz"
     _save_nifti(f_img, img_o, aff_o)
     _save_nifti(f_lab, lab_o, aff_o)
-    segs = sorted({le["segment"] for le in extras["lesions"] if le["segment"]}, key=L.SEGMENTS.index)
+    segs = sorted({sg for le in extras["lesions"] for sg in le["segments"]}, key=L.SEGMENTS.index)
     return SubjectResult(
         subject=f"sub-{sid}", site=site_name, diagnosis=spec.diagnosis,
-        lesion_segments=";".join(segs), compressed_segments=";".join(an.compressed),
+        lesion_segments=";".join(segs), lesion_types=";".join(le["type"] for le in extras["lesions"]),
+        compressed_segments=";".join(an.compressed),
         cord_ap_mm=round(an.cord_ap, 2), orientation=sp.orientation, n_slices=n_slices,
         image=str(f_img.relative_to(out_dir)), labels=str(f_lab.relative_to(out_dir)),
     )
@@ -719,11 +873,23 @@ def generation_config(cohort: str, n: int, seed: int, data_cfg: DataConfig | Non
     data_cfg = data_cfg or DataConfig()
     spec = COHORTS[cohort]
     n_sl = data_cfg.n_sagittal_healthy if spec.volume == "healthy" else data_cfg.n_sagittal_clinical
-    return {
+    out = {
         "cohort": cohort, "n": int(n), "seed": int(seed), "n_sagittal": int(n_sl),
         "phantom_version": PHANTOM_VERSION,
         "sites": {s: asdict(SITES[s]) for s in spec.sites},
     }
+    if spec.diagnosis == "DCM":  # the knobs change clinical cohorts only
+        out["knobs"] = asdict(data_cfg.phantom)
+    return out
+
+
+def phantom_dir_name(cohort: str, data_cfg: DataConfig | None = None) -> str:
+    """Folder name of a cohort under ``data/<preset>/raw/``: the cohort's name with the default
+    knobs, ``<cohort>~<hash>`` otherwise (so a knob grid never overwrites the book's cohorts)."""
+    data_cfg = data_cfg or DataConfig()
+    if COHORTS[cohort].diagnosis != "DCM" or data_cfg.phantom == PhantomConfig():
+        return cohort
+    return f"{cohort}~{config_hash(data_cfg.phantom, n=8)}"
 
 
 def cohort_is_current(out_dir: str | Path, gen_cfg: dict[str, Any]) -> bool:
@@ -780,7 +946,8 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
     t0 = time.perf_counter()
     try:
         flags = _lesion_flags(name, n, seed)
-        jobs = [(name, i, seed, tmp, gcfg["n_sagittal"], bool(flags[i])) for i in range(n)]
+        knobs = data_cfg.phantom if COHORTS[name].diagnosis == "DCM" else None
+        jobs = [(name, i, seed, tmp, gcfg["n_sagittal"], bool(flags[i]), None, knobs) for i in range(n)]
         bar = progress(total=n, desc=f"phantom {name}", unit="subj", disable=None if show_progress else True)
         rows: list[SubjectResult] = []
         if workers > 1 and n > 1:
@@ -800,6 +967,7 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
         df = pd.DataFrame([asdict(r) for r in rows])
         df["lesion_segments"] = df["lesion_segments"].replace("", "n/a")
         df["compressed_segments"] = df["compressed_segments"].replace("", "n/a")
+        df["lesion_types"] = df["lesion_types"].replace("", "n/a")
         atomic_write_text(tmp / "participants.tsv", df.to_csv(sep="\t", index=False))
         atomic_write_json(tmp / "phantom.json", {
             "generation": gcfg, "generation_hash": config_hash(gcfg), "complete": True,
@@ -818,46 +986,20 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
 
 
 # --------------------------------------------------------------------------------------
-# Realism measurements (used by tests and notebook 01 to compare with real MRI)
-# --------------------------------------------------------------------------------------
-def measure_anatomy(image: np.ndarray, cord: np.ndarray, csf: np.ndarray | None = None,
-                    pixel_mm: float = 1.0, level_centroids_rows: np.ndarray | None = None) -> dict[str, float]:
-    """Simple anatomy statistics of one mid-sagittal slice (rows S-I, columns A-P).
-
-    image, cord, csf: (H, W). Returns ``csf_cord_ratio`` (mean CSF / mean cord; the CSF is the
-    given mask, or when absent the brightest quartile of a 1-4 mm ring around the cord),
-    ``cord_ap_mm`` (median cord width per row), and ``level_spacing_mm`` (median distance
-    between consecutive level centroids, when given).
-    """
-    image = np.asarray(image, np.float64)
-    cord = np.asarray(cord) > 0
-    if not cord.any():
-        raise ValueError("measure_anatomy: empty cord mask")
-    if csf is not None and np.asarray(csf).any():
-        csf_vals = image[np.asarray(csf) > 0]
-    else:
-        r1 = max(1, int(round(1 / pixel_mm)))
-        r4 = max(r1 + 1, int(round(4 / pixel_mm)))
-        ring = ndi.binary_dilation(cord, iterations=r4) & ~ndi.binary_dilation(cord, iterations=r1)
-        vals = image[ring]
-        csf_vals = vals[vals >= np.percentile(vals, 75)]
-    widths = cord.sum(1)
-    out = {
-        "csf_cord_ratio": float(csf_vals.mean() / max(image[cord].mean(), 1e-8)),
-        "cord_ap_mm": float(np.median(widths[widths > 0]) * pixel_mm),
-    }
-    if level_centroids_rows is not None and len(level_centroids_rows) >= 2:
-        out["level_spacing_mm"] = float(np.median(np.diff(np.sort(level_centroids_rows))) * pixel_mm)
-    return out
-
-
-# --------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------
 def _cli(args: argparse.Namespace) -> int:
+    import yaml
+
     from .config import get_preset
 
-    cfg = get_preset(args.preset).data
+    knobs = {}
+    for item in args.knob or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--knob expects NAME=VALUE (a PhantomConfig field), got {item!r}")
+        knobs[f"data.phantom.{key.strip()}"] = yaml.safe_load(value)
+    cfg = get_preset(args.preset, **knobs).data
     t0 = time.perf_counter()
     out = generate_cohort(args.cohort, args.n, args.seed, args.out, cfg, workers=args.workers, force=args.force)
     meta = json.loads((out / "phantom.json").read_text())
@@ -876,4 +1018,7 @@ def cli_register(subparsers) -> None:
     p.add_argument("--preset", default="paper", help="preset giving the slices per volume (default paper)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is current")
+    p.add_argument("--knob", action="append", metavar="NAME=VALUE",
+                   help="a difficulty knob for clinical cohorts (PhantomConfig field), e.g. coupling=independent, "
+                        "lesion_conspicuity=faint, artefacts=false, scanner_shift=0.5 (repeatable)")
     p.set_defaults(func=_cli)

@@ -5,9 +5,16 @@ reoriented everything to RAS:
 
 1. **Middle slice**: the sagittal slice through the cord's lateral centroid; ``n_slices``
    consecutive slices around it (``slice_offset`` 0 is the middle; offsets ``-(n//2) ..``).
-2. **Intensity**: clip to the ``clip_percentiles`` (0.2, 99.8) of the volume's foreground
-   (voxels above 10 % of the 99th percentile; estimated on every second voxel) and min-max
-   to [0, 1] (authors' scripts; the paper says min-max).
+   A volume with fewer sagittal slices (the authors' 2D arrays: one) gives only the slices
+   it has, each with its true offset.
+2. **Intensity** (``intensity="foreground"``, the default for NIfTI input): clip to the
+   ``clip_percentiles`` (0.2, 99.8) of the volume's foreground (voxels above 10 % of the
+   99th percentile; estimated on every second voxel) and min-max to [0, 1] (the paper says
+   min-max). ``intensity="authors"`` reproduces the authors' ``normalize``: percentiles of
+   every voxel that differs from the corner voxel, clipped there, then min-max over the
+   volume (air keeps its noise; the project's foreground clip sets air to 0). The authors'
+   arrays (``Volume.normalised``) are already in [0, 1] and are kept as they are
+   (``intensity="none"``).
 3. **Resample + crop in one step**: the output grid of ``image_size`` (H rows superior ->
    inferior, W columns anterior -> posterior) with ``pixel_mm`` pixels is placed in the
    slice's physical coordinates and sampled with ``scipy.ndimage.map_coordinates`` (order 1
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +51,7 @@ from scipy import ndimage as ndi
 
 from . import labels as L
 from .config import DataConfig, config_hash
-from .io import DataError, SubjectFiles, Volume, load_subject, scan_cohort
+from .io import DataError, DataWarning, SubjectFiles, Volume, load_subject, scan_cohort
 from .runtime import atomic_path, atomic_write_json, package_versions, progress
 
 __all__ = [
@@ -54,11 +62,16 @@ __all__ = [
     "preprocess_volume",
     "preprocess_subject",
     "preprocess_cohort",
+    "INTENSITY_MODES",
     "cli_register",
 ]
 
 PREPROCESS_VERSION = 1
 """Bumped when the preprocessing changes what it writes (invalidates cached dataset files)."""
+
+INTENSITY_MODES = ("auto", "foreground", "authors", "none")
+"""``intensity`` of :func:`preprocess_volume`; ``auto`` = ``none`` for already-normalised
+volumes (the authors' arrays), else ``foreground``."""
 
 
 
@@ -77,6 +90,27 @@ def _foreground_range(image: np.ndarray, pct: tuple[float, float], path: str) ->
     if not hi > lo:
         raise DataError(f"{path}: image has no intensity range in its foreground (constant?)")
     return float(lo), float(hi)
+
+
+def _authors_normalise(image: np.ndarray, idx: np.ndarray, pct: tuple[float, float], path: str
+                       ) -> tuple[np.ndarray, tuple[float, float]]:
+    """The authors' ``normalize`` (datasets/preprocess_private.py) of the whole volume, on slices ``idx``.
+
+    image (X, Y, Z). Voxels equal to the corner voxel are background; the others are clipped
+    to their ``pct`` percentiles; the result is min-maxed over the volume. Returns the slices
+    (len(idx), Y, Z) float32 in [0, 1] and the (lo, hi) clip range.
+    """
+    corner = float(image[0, 0, 0])
+    vals = image[image != corner]
+    if vals.size < 10:
+        raise DataError(f"{path}: image has almost no voxel apart from the background value {corner}")
+    lo, hi = (float(v) for v in np.percentile(vals, pct))
+    if not hi > lo:
+        raise DataError(f"{path}: image has no intensity range (constant?)")
+    m, mx = min(corner, lo), max(corner, hi)
+    sl = image[idx]
+    out = np.where(sl != corner, np.clip(sl, lo, hi), sl)
+    return ((out - m) / (mx - m)).astype(np.float32), (lo, hi)
 
 
 # --------------------------------------------------------------------------------------
@@ -178,12 +212,18 @@ def _sample(slices: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
                      for s in slices])
 
 
-def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int) -> dict[str, Any]:
+def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int, intensity: str = "auto") -> dict[str, Any]:
     """Slices of one subject (see the module docstring). Returns arrays and metadata.
 
     Arrays: images float32 (n, H, W) in [0, 1]; cord, csf, segments, lesion uint8 (n, H, W);
-    slice_index int (n,) (index in the stored file), slice_offset int (n,).
+    slice_index int (n,) (index in the stored file), slice_offset int (n,); ``n`` is
+    ``n_slices``, or fewer when the volume has fewer sagittal slices. ``intensity``: one of
+    :data:`INTENSITY_MODES` (module docstring, step 2).
     """
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+    if intensity == "auto":
+        intensity = "none" if vol.normalised else "foreground"
     H, W = (int(v) for v in data_cfg.image_size)
     p = float(data_cfg.pixel_mm)
     nx = vol.image.shape[0]
@@ -195,12 +235,19 @@ def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int) -> dict[
     idx = x_mid + offs
     if idx.min() < 0 or idx.max() >= nx:  # shift the window into the volume; keep offsets honest
         shift = -idx.min() if idx.min() < 0 else (nx - 1 - idx.max())
-        idx = np.clip(idx + shift, 0, nx - 1)
+        idx = np.unique(np.clip(idx + shift, 0, nx - 1))  # fewer slices than asked: keep each once
         offs = idx - x_mid
 
-    # intensity: clip to foreground percentiles, min-max
-    lo, hi = _foreground_range(vol.image, data_cfg.clip_percentiles, vol.files.get("image", vol.subject))
-    img = np.clip((vol.image[idx] - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    # intensity
+    src_name = vol.files.get("image", vol.subject)
+    if intensity == "foreground":  # clip to foreground percentiles, min-max
+        lo, hi = _foreground_range(vol.image, data_cfg.clip_percentiles, src_name)
+        img = np.clip((vol.image[idx] - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    elif intensity == "authors":
+        img, (lo, hi) = _authors_normalise(vol.image, idx, data_cfg.clip_percentiles, src_name)
+    else:  # "none": already in [0, 1]
+        img = np.clip(vol.image[idx], 0.0, 1.0).astype(np.float32)
+        lo, hi = 0.0, 1.0
 
     # crop centre (mm in the array grid: y = j * dy, z = k * dz)
     mid_cord = cord3[x_mid]
@@ -260,10 +307,10 @@ def _lesion_segments_from_maps(out: dict[str, Any], vol: Volume) -> str:
 
 
 def preprocess_subject(sf: SubjectFiles, data_cfg: DataConfig, n_slices: int,
-                       labels_from_maps: bool = False) -> dict[str, Any]:
-    """Load (:func:`u2ad_core.io.load_subject`) and preprocess one subject."""
+                       labels_from_maps: bool = False, intensity: str = "auto") -> dict[str, Any]:
+    """Load (:func:`u2ad_core.io.load_subject`) and preprocess one subject (:func:`preprocess_volume`)."""
     vol = load_subject(sf)
-    out = preprocess_volume(vol, data_cfg, n_slices)
+    out = preprocess_volume(vol, data_cfg, n_slices, intensity=intensity)
     pl, segs = sf.patient_label, sf.lesion_segments
     if labels_from_maps and vol.labels is not None:
         has = bool((vol.labels == L.HYPERINTENSITY).any())
@@ -288,7 +335,7 @@ def _input_fingerprint(root: Path) -> dict[str, Any]:
             return {"phantom": meta["generation_hash"]}
     files = []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and (p.name.endswith((".nii", ".nii.gz", ".tsv"))):
+        if p.is_file() and (p.name.endswith((".nii", ".nii.gz", ".tsv", ".npy"))):
             st = p.stat()
             files.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
     return {"files": config_hash(files, n=16), "n_files": len(files)}
@@ -317,7 +364,9 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
 
     Returns the ``.npz`` path. Reuses an existing file with the same hash (unless ``force``).
     Subjects that fail are listed in the manifest's ``errors`` and in the printed summary;
-    when every subject fails a :class:`DataError` is raised.
+    when every subject fails a :class:`DataError` is raised. :class:`~u2ad_core.io.DataWarning`
+    s (e.g. an ignored label 7) are re-emitted and kept in the manifest (``n_warnings``, and
+    ``warnings`` per subject).
     """
     input_dir = Path(input_dir)
     if n_slices < 1:
@@ -344,20 +393,29 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
     subjects_meta: list[dict[str, Any]] = []
     lfm = bool(cohort.meta.get("labels_from_maps", False))
     bar = progress(cohort.subjects, desc=f"preprocess {name}", unit="subj", disable=None if show_progress else True)
+    n_warn = 0
     for sf in bar:
-        try:
-            out = preprocess_subject(sf, data_cfg, n_slices, labels_from_maps=lfm)
-        except DataError as exc:
-            errors.append({"subject": sf.subject, "error": str(exc)})
-            subjects_meta.append({"subject": sf.subject, "files": sf.files(), "error": str(exc)})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                out = preprocess_subject(sf, data_cfg, n_slices, labels_from_maps=lfm)
+            except DataError as exc:
+                out = exc
+        for w in caught:  # re-emit (callers see them) and keep the data warnings in the manifest
+            warnings.warn(w.message, w.category, stacklevel=2)
+        warned = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+        n_warn += len(warned)
+        if isinstance(out, DataError):
+            errors.append({"subject": sf.subject, "error": str(out)})
+            subjects_meta.append({"subject": sf.subject, "files": sf.files(), "error": str(out), "warnings": warned})
             continue
         parts.append(out)
-        subjects_meta.append({
+        subjects_meta.append({"warnings": warned, **{
             "subject": sf.subject, "files": sf.files(), "site": sf.site, "n_slices": int(len(out["slice_offset"])),
             "orientation": out["orientation"], "zooms": [round(z, 4) for z in out["zooms"]],
             "segments_source": out["segments_source"], "intensity_range": [round(v, 3) for v in out["intensity_range"]],
             "patient_label": int(out["patient_label"][0]), "lesion_segments": str(out["lesion_segments"][0]),
-        })
+        }})
     if not parts:
         msg = "; ".join(e["error"] for e in errors[:5])
         raise DataError(f"{input_dir}: no subject could be preprocessed ({len(errors)} errors): {msg}")
@@ -371,11 +429,13 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
         "name": name, "file": path.name, "config": key, "config_hash": h, "data_config": asdict(data_cfg),
         "input_dir": str(input_dir), "layout": cohort.layout, "n_subjects": n_subj,
         "n_slices_total": int(arrays["images"].shape[0]), "image_size": list(arrays["images"].shape[1:]),
-        "n_errors": len(errors), "errors": errors, "subjects": subjects_meta,
+        "n_errors": len(errors), "errors": errors, "n_warnings": n_warn, "subjects": subjects_meta,
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": package_versions(),
     }
     atomic_write_json(manifest_path, manifest)
+    if verbose and n_warn:
+        print(f"preprocess {name}: {n_warn} data warning(s) (see {manifest_path.name})")
     if verbose and errors:
         print(f"preprocess {name}: {len(errors)} subject(s) skipped with errors (see {manifest_path.name}):")
         for e in errors:
@@ -402,9 +462,10 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def cli_register(subparsers) -> None:
-    p = subparsers.add_parser("preprocess", help="NIfTI cohort -> 2D sagittal dataset file (.npz + manifest)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, type=Path, help="cohort folder (phantom, BIDS or images/+labels/)")
+    p = subparsers.add_parser("preprocess", help="NIfTI cohort (or the authors' arrays) -> 2D sagittal dataset "
+                              "file (.npz + manifest)", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, type=Path,
+                   help="cohort folder (phantom, BIDS, images/+labels/, or a folder of the authors' .npy arrays)")
     p.add_argument("--out", required=True, type=Path, help="output .npz file, or a folder (name with hash)")
     p.add_argument("--preset", default="paper", help="preset whose DataConfig is used (default paper)")
     p.add_argument("--purpose", default="adapt", choices=("pretrain", "pseudo", "adapt", "detect"),

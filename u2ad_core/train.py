@@ -7,11 +7,15 @@ their result:
 - :func:`adapt`: adaptation on the clinical cohort (paper Algorithm 2). ``masking`` picks the
   variant compared in the paper (Table 3, Figure A4): ``"random"`` (baseline), ``"eu"``
   (stage 1 only: EU-guided masking throughout) or ``"u2ad"`` (EU-guided, then AU-guided from
-  ``AdaptConfig.stage2_start``). The EU / AU maps are refreshed with the Monte-Carlo engine
-  (:func:`u2ad_core.uncertainty.mc_uncertainty`) over the whole training set every
-  ``refresh_every`` (Q) epochs, including adaptation epoch 0 and once more after the last
-  epoch. Every refresh also yields the reconstruction metrics of that epoch (ROI MSE, PSNR,
-  SSIM, mean EU) and the maps of a few tracked images, so nothing is computed twice;
+  ``AdaptConfig.stage2_start``); and two controls for EU guidance, stage 1 only like ``"eu"``
+  (:mod:`u2ad_core.masking`, "the coverage question"): ``"coverage"`` (the same sampler on
+  the patch's cord coverage alone, no EU) and ``"eu_mean"`` (EU-guided with the patch score
+  averaged over its ROI pixels, ``MaskingConfig.eu_score="mean"``). The EU / AU maps are
+  refreshed with the Monte-Carlo engine (:func:`u2ad_core.uncertainty.mc_uncertainty`) over
+  the whole training set every ``refresh_every`` (Q) epochs, including adaptation epoch 0 and
+  once more after the last epoch (for every variant, so that all have the same curves).
+  Every refresh also yields the reconstruction metrics of that epoch (ROI MSE, PSNR, SSIM,
+  mean EU) and the maps of a few tracked images, so nothing is computed twice;
 - :func:`strategy_model`: the paper's dataset strategies (section 4.3): S1 pretrain only,
   S2 adaptation from a random initialisation on the clinical cohort, S3 pretrain then adapt.
 
@@ -100,7 +104,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-MASKINGS = ("random", "eu", "u2ad")
+MASKINGS = ("random", "eu", "u2ad", "coverage", "eu_mean")
 STRATEGIES = ("S1", "S2", "S3")
 COHORTS = ("renji_like", "ruijin_like")
 CSV_COLUMNS = ("epoch", "stage", "lr", "loss", "mse", "psnr", "ssim", "eu_mean", "au_mean",
@@ -153,16 +157,18 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
 
 
 def stage_schedule(masking: str, cfg: AdaptConfig, epoch: int) -> str:
-    """Sampler used at adaptation ``epoch``: ``"random"``, ``"eu"`` or ``"au"``.
+    """Sampler used at adaptation ``epoch``: ``"random"``, ``"eu"``, ``"coverage"`` or ``"au"``.
 
-    ``masking="random"`` -> random throughout (baseline); ``"eu"`` -> EU-guided throughout
-    (stage 1 only); ``"u2ad"`` -> EU-guided before ``cfg.stage2_start``, AU-guided from it.
+    ``masking="random"`` -> random throughout (baseline); ``"eu"`` and ``"eu_mean"`` ->
+    EU-guided throughout (stage 1 only; ``"eu_mean"`` differs in the patch score, set by
+    :func:`adapt`); ``"coverage"`` -> coverage-only throughout; ``"u2ad"`` -> EU-guided
+    before ``cfg.stage2_start``, AU-guided from it.
     """
     if masking not in MASKINGS:
         raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
-    if masking == "random":
-        return "random"
-    if masking == "eu" or epoch < cfg.stage2_start:
+    if masking in ("random", "coverage"):
+        return masking
+    if masking in ("eu", "eu_mean") or epoch < cfg.stage2_start:
         return "eu"
     return "au"
 
@@ -680,7 +686,7 @@ def _train(
             key = _mc_key(d_hash, preset.mc, preset.masking.mask_ratio, seed)
             _save_mc(run_path / "mc" / f"{key}.npz", mean, eu, au)
         maps = {"epoch": epoch, "eu": eu, "au": au,
-                "eu_scores": _patch_scores(eu, patch)}
+                "eu_scores": _patch_scores(eu, roi, patch, preset.masking)}
         metrics = reconstruction_metrics(images, mean, eu, roi)
         if tracked_idx:
             idx = torch.as_tensor(tracked_idx)
@@ -718,7 +724,7 @@ def _train(
 
                 samplers[sampler_name] = make_sampler(sampler_name, preset.masking)
             sampler = samplers[sampler_name]
-            if sampler_name != "random" and maps is None:
+            if sampler_name in ("eu", "au") and maps is None:
                 raise RuntimeError(f"{sampler_name}-guided masking needs EU/AU maps, but refresh_every={q} "
                                    "never computed them; set adapt.refresh_every > 0")
             perm = torch.randperm(n, generator=g)
@@ -728,9 +734,11 @@ def _train(
                 x = augment(images[idx].unsqueeze(1), g, cfg).to(dev)
                 r = roi[idx]
                 kwargs: dict[str, Any] = {}
-                if sampler_name != "random":
+                if sampler_name in ("eu", "au"):
                     kwargs = {"eu_scores": maps["eu_scores"][idx], "au_map": maps["au"][idx],
                               "roi": r, "patch": patch}
+                elif sampler_name == "coverage":  # no EU: the ROI pixel mask alone
+                    kwargs = {"roi": r, "patch": patch}
                 mask = sampler.sample(roi_patches[idx], g, **kwargs)
                 with autocast_ctx:
                     loss, _, _ = model(x, r.to(dev), mask=mask.to(dev))
@@ -777,10 +785,11 @@ def _train(
     return TrainResult(model, run_path, history, reused=False, info=info)
 
 
-def _patch_scores(eu: torch.Tensor, patch: int) -> torch.Tensor:
-    from .masking import patch_scores
+def _patch_scores(eu: torch.Tensor, roi: torch.Tensor, patch: int, cfg: MaskingConfig) -> torch.Tensor:
+    """EU maps (N, H, W) -> patch scores (N, L) per ``cfg.eu_score`` (sum, or mean over ROI pixels)."""
+    from .masking import EUGuidedMasking
 
-    return patch_scores(eu, patch)
+    return EUGuidedMasking(cfg).scores(eu, roi, patch)
 
 
 def _read_rows(run_path: Path) -> list[dict[str, Any]]:
@@ -854,9 +863,11 @@ def adapt(
     """Uncertainty-guided adaptation on a (clinical) cohort (paper Algorithm 2).
 
     init: a pretraining run directory or checkpoint (strategy S3), or ``None`` for a random
-    initialisation (strategy S2). masking: ``"random"`` | ``"eu"`` | ``"u2ad"`` (see
-    :func:`stage_schedule`). ``preset.adapt`` sets epochs, schedule, ``stage2_start``,
-    ``refresh_every`` (Q) and ``n_tracked``; ``preset.masking`` the samplers;
+    initialisation (strategy S2). masking: ``"random"`` | ``"eu"`` | ``"u2ad"``, or the
+    controls ``"coverage"`` | ``"eu_mean"`` (see :func:`stage_schedule`; ``"eu_mean"`` runs
+    with ``preset.masking.eu_score = "mean"``, so its hash differs from ``"eu"``'s).
+    ``preset.adapt`` sets epochs, schedule, ``stage2_start``, ``refresh_every`` (Q) and
+    ``n_tracked``; ``preset.masking`` the samplers;
     ``preset.mc`` the Monte-Carlo refreshes. ``tracked`` overrides the tracked image indices
     (default :func:`choose_tracked`). Returns a :class:`TrainResult`; the per-epoch metrics
     are in ``result.history`` and ``run_path/metrics.csv``.
@@ -864,6 +875,8 @@ def adapt(
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if masking not in MASKINGS:
         raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+    if masking == "eu_mean":
+        preset = preset.override(**{"masking.eu_score": "mean"})
     name = name or f"adapt-{masking}"
     return _train("adapt", preset, data, run_dir, name=name, masking=masking, init=init, device=device,
                   seed=seed, resume=resume, reuse=reuse, show_progress=show_progress, callback=callback,
@@ -975,7 +988,8 @@ def cli_register(subparsers) -> None:
                               description=adapt.__doc__.split("\n\n")[0])
     _common_args(a)
     a.add_argument("--init", default=None, help="pretraining run directory or model.pt (omit or 'none': S2, random init)")
-    a.add_argument("--masking", default="u2ad", choices=MASKINGS, help="random | eu | u2ad (default u2ad)")
+    a.add_argument("--masking", default="u2ad", choices=MASKINGS,
+                   help="random | eu | u2ad | coverage | eu_mean (default u2ad)")
     a.set_defaults(func=_cli_run)
 
 

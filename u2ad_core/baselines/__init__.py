@@ -4,18 +4,19 @@ One module per method, each a small ``torch.nn.Module`` plus its training step a
 reconstruction; :mod:`.common` holds the shared glue (cached training, strategies S1-S3,
 maps, scoring with U2AD's post-processing):
 
-=============  ==========  =============================================================
-name           module      method
-=============  ==========  =============================================================
-``vae``        vae         VAE (Kingma & Welling 2013)
-``dae``        dae         denoising U-Net, coarse Gaussian noise (Kascenas et al. 2022)
-``vaegan``     vaegan      VAE-GAN (Larsen et al. 2016)
-``fanogan``    fanogan     f-AnoGAN: WGAN-GP + izi-f encoder (Schlegl et al. 2019)
-``anoddpm``    anoddpm     DDPM with simplex-like noise, partial diffusion (Wyatt et al. 2022)
-``zscore``     signal      Z-scoring of cord intensities (paper B.3)
-``slic``       signal      SLIC superpixels, z-scored (paper B.3)
-``dbscan``     signal      DBSCAN on cord intensities (paper B.3)
-=============  ==========  =============================================================
+==============  ==========  ==================================================================
+name            module      method
+==============  ==========  ==================================================================
+``vae``         vae         VAE (Kingma & Welling 2013)
+``dae``         dae         denoising U-Net, coarse Gaussian noise (Kascenas et al. 2022)
+``vaegan``      vaegan      VAE-GAN (Larsen et al. 2016)
+``fanogan``     fanogan     f-AnoGAN: WGAN-GP + izi-f encoder (Schlegl et al. 2019)
+``anoddpm``     anoddpm     DDPM with simplex-like noise, partial diffusion (Wyatt et al. 2022)
+``zscore``      signal      Z-scoring of cord intensities (paper B.3)
+``slic``        signal      SLIC superpixels, z-scored (paper B.3)
+``dbscan``      signal      DBSCAN on cord intensities (paper B.3)
+``morphology``  morphology  cord + CSF width only, no intensity: how much is anatomy (project)
+==============  ==========  ==================================================================
 
 Usage::
 
@@ -31,19 +32,26 @@ from __future__ import annotations
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
                      strategy_model, table_from_rows)
-from . import anoddpm, dae, fanogan, signal, vae, vaegan
+from . import anoddpm, dae, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
-    "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "STRATEGIES", "Method", "SignalModel", "BaselineRun",
+    "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "STRATEGIES", "Method", "SignalModel",
+    "BaselineRun",
     "get_method", "fit", "fit_run", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
 ]
 
 BASELINES: dict[str, Method] = {
     m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD,
-                        signal.ZSCORE, signal.SLIC, signal.DBSCAN)
+                        signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD)
 }
-"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal)."""
+"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal,
+then the morphology-only reference)."""
 
 UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "uad")
-SIGNAL_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "signal")
+SIGNAL_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
+                                        if m.kind == "signal" and "images" in m.inputs)
+"""Signal analysis of the cord intensities (paper Table 2, Appendix B.3)."""
+ANATOMY_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
+                                         if m.kind == "signal" and "images" not in m.inputs)
+"""Kind "signal" too (no training), but reading only masks: ``("morphology",)``."""

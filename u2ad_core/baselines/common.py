@@ -8,7 +8,8 @@ Every baseline is described by a :class:`Method` (its module builds one; the reg
   AnoDDPM). Each reconstructs the **whole** image; only its ROI (cord) part is kept and the
   rest is replaced by the original image (paper Appendix B.1, method.md section 8).
 - ``"signal"``: no training; the map comes straight from the cord intensities (Z-scoring,
-  SLIC, DBSCAN; paper Appendix B.3).
+  SLIC, DBSCAN; paper Appendix B.3) or, for the morphology-only baseline, from the cord and
+  CSF masks alone (``Method.inputs`` names the arrays a signal method reads).
 
 Common interface (the same for both kinds)::
 
@@ -108,7 +109,10 @@ class Method:
       device, ``generator`` a CPU ``torch.Generator``;
       ``reconstruct(model, x, roi, generator, cfg) -> (B, 1, H, W)`` the whole-image
       reconstruction (eval mode, no grad).
-    Signal methods (``kind="signal"``) give ``maps(images, cord, signal_cfg) -> (N, H, W)``.
+    Signal methods (``kind="signal"``) give ``maps(*arrays, signal_cfg) -> (N, H, W)`` where
+    ``arrays`` are the ``(N, H, W)`` fields named by ``inputs`` in that order (default
+    ``("images", "cord")``; the morphology baseline reads ``("cord", "csf")``, never the images);
+    ``images`` is float32, masks are bool.
     ``sub_config(cfg)`` returns the method's own part of the :class:`BaselineConfig` (hashed
     with the run).
     """
@@ -123,6 +127,7 @@ class Method:
     train_step: Callable[..., dict[str, float]] | None = None
     reconstruct: Callable[..., torch.Tensor] | None = None
     maps: Callable[..., np.ndarray] | None = None
+    inputs: tuple[str, ...] = ("images", "cord")
 
     def __post_init__(self):
         if self.kind not in ("uad", "signal"):
@@ -499,7 +504,8 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     original image outside (paper Appendix B.1); ``maps`` = ``|x - recon|`` inside the cord,
     0 outside. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
     ``None`` for the paper's settings): ``recon`` is ``None`` and ``maps`` is the method's
-    score map, 0 outside the cord.
+    score map, computed from the fields its ``Method.inputs`` names (a missing ``csf`` raises
+    a ``ValueError``), 0 outside the cord.
     """
     from ..scoring import anomaly_map
 
@@ -508,7 +514,16 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     images, cord = _arrays(data, source)
     if m.kind == "signal":
         cfg = getattr(model, "cfg", None) or m.sub_config(BaselineConfig())
-        maps = np.asarray(m.maps(images, cord, cfg), dtype=np.float32)
+        arrays = {"images": images, "cord": cord}
+        for k in m.inputs:
+            if k not in arrays:
+                v = getattr(data, k, None)
+                if v is None:
+                    raise ValueError(f"{source}: {m.label} needs the {k!r} mask, which the data does not have")
+                arrays[k] = np.asarray(v) > 0
+                if arrays[k].shape != images.shape:
+                    raise ValueError(f"{source}: {k} mask {arrays[k].shape} does not match images {images.shape}")
+        maps = np.asarray(m.maps(*(arrays[k] for k in m.inputs), cfg), dtype=np.float32)
         return None, np.where(cord, maps, 0.0).astype(np.float32)
     full = reconstruct(m, model, images, cord, device, seed, batch_size, show_progress)
     recon = np.where(cord, full, images).astype(np.float32)
@@ -593,7 +608,7 @@ def score_anomaly_maps(maps: np.ndarray, data: Any, score_cfg=None, recon: np.nd
         line = centreline(roi, sc.centreline_sigma)
     meta = {k: getattr(data, k, None) for k in ("subject", "slice_index", "patient_label", "lesion_segments",
                                                   "slice_offset")}
-    table = scores_table(curves, pseg, **meta)
+    table = scores_table(curves, pseg, patient_span=sc.patient_span, **meta)
     return ScoreResult(maps=post, raw_maps=raw, roi=roi, curves=curves, point_segments=pseg, centreline=line,
                        recon=images if recon is None else np.asarray(recon, dtype=np.float32), eu=None,
                        table=table, config=to_dict(sc))
