@@ -113,3 +113,19 @@ def test_book_stops_at_failing_notebook_and_names_it(tmp_path):
     # the sources were not touched
     src = json.loads((ROOT / "tests/fixtures/ok.ipynb").read_text())
     assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+
+
+def test_staging_hides_the_injected_parameters(tmp_path):
+    """The injected cell carries the builder's absolute paths: staged copies remove it."""
+    from u2ad_core.book import STAGE_DIR, _stage
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('data_dir = "/abs/path"'), nbformat.v4.new_code_cell("x = 1")]
+    nb.cells[0].metadata["tags"] = ["injected-parameters"]
+    src = tmp_path / "exec" / "01_x.ipynb"
+    src.parent.mkdir()
+    nbformat.write(nb, src)
+    _stage([src], tmp_path)
+    out = nbformat.read(tmp_path / STAGE_DIR / "01_x.ipynb", as_version=4)
+    assert "remove-cell" in out.cells[0].metadata["tags"]
+    assert "remove-cell" not in out.cells[1].get("metadata", {}).get("tags", [])

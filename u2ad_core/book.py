@@ -177,8 +177,16 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
+    import nbformat
+
     for nb in executed:
-        shutil.copy2(nb, stage / nb.name)
+        # the injected-parameters cell holds the builder's absolute paths: not shown to readers
+        book_nb = nbformat.read(nb, as_version=4)
+        for cell in book_nb.cells:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if "injected-parameters" in tags and "remove-cell" not in tags:
+                cell.setdefault("metadata", {})["tags"] = [*tags, "remove-cell"]
+        nbformat.write(book_nb, stage / nb.name)
 
 
 def _check_toc(root: Path, executed: Sequence[Path]) -> None:

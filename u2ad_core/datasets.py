@@ -357,7 +357,7 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
                       f"{man['n_anomalies']} pseudo-anomalies -> processed/{pp.name} "
                       f"[{status}, {time.perf_counter() - t0:.1f} s]", flush=True)
     if verbose:
-        print(f"data ready in {time.perf_counter() - t_all:.1f} s ({data_dir})", flush=True)
+        print(f"data ready in {time.perf_counter() - t_all:.1f} s ({data_dir.parent.name}/{data_dir.name})", flush=True)
     return {k: paths[k] for k in ("spine_generic_like", "openneuro_like", "pseudo", "renji_like", "ruijin_like")
             if k in paths}
 
