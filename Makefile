@@ -3,6 +3,8 @@
 #                 papermill (preset $(PRESET), default cpu), build the HTML book -> _build/html
 #   make test   - set up .venv if needed, run the unit tests, then the whole book under the
 #                 smoke preset (-> _build/smoke/_build/html)
+# CI (.ci/run) also runs make paper-ci: the whole book under paper_ci, the paper preset's
+# geometry, model widths and protocol with small sizes (-> _build/paper_ci/_build/html)
 # GPU, paper-sized: make book PRESET=paper DEVICE=cuda
 
 SHELL := bash
@@ -20,11 +22,12 @@ STAMP := $(VENV)/.u2ad-installed
 # pip on some machines prints one harmless line per configured-but-absent local index
 PIPFILTER := grep -v "^WARNING: Location .* is ignored" || true
 
-.PHONY: help venv book test unit smoke-book bench lab clean clean-data
+.PHONY: help venv book test unit smoke-book paper-ci bench lab clean clean-data
 
 help:
 	@echo "make book  [PRESET=cpu|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
 	@echo "make test                                                    unit tests + smoke book"
+	@echo "make paper-ci                                                the paper preset's code paths, small sizes (CI)"
 	@echo "make bench                                                   MC engine benchmark (JSON)"
 	@echo "make lab                                                     JupyterLab on notebooks/"
 
@@ -53,6 +56,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	$(U2AD) book --preset smoke --device cpu --seed $(SEED) --path-output _build/smoke
 
+# the paper preset's code paths on a CPU (about 8 minutes on 2 cores); CI runs it after make test
+paper-ci: $(STAMP)
+	$(U2AD) book --preset paper_ci --device cpu --seed $(SEED) --path-output _build/paper_ci
+
 bench: $(STAMP)
 	$(U2AD) bench mc --preset $(PRESET) --k 10 --json
 
@@ -63,4 +70,4 @@ clean:
 	rm -rf _build book/notebooks .pytest_cache
 
 clean-data:
-	rm -rf data/smoke data/cpu data/paper runs
+	rm -rf data/smoke data/cpu data/paper data/paper_ci runs

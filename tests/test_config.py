@@ -45,3 +45,25 @@ def test_bad_overrides_are_clear():
         get_preset("laptop")
     with pytest.raises(ValueError):
         get_preset("cpu", **{"pretrain.epochs": 2.5})
+
+
+def test_paper_ci_keeps_what_only_paper_does():
+    """``paper_ci`` = ``paper`` + PAPER_CI_OVERRIDES: the paper's model, geometry and protocol
+    switches, with small sizes only."""
+    from dataclasses import replace
+
+    from u2ad_core.config import PAPER_CI_OVERRIDES
+    from u2ad_core.crossover import crossover_grid
+    from u2ad_core.sweep import ablation_grid
+
+    paper, ci = get_preset("paper"), get_preset("paper_ci")
+    assert ci.model == replace(paper.model, depth=2, decoder_depth=1) and ci.model.context_radius is None
+    assert (ci.data.image_size, ci.data.crop, ci.data.pixel_mm) == (paper.data.image_size, "centre", 1.0)
+    assert ci.data.n_sagittal_clinical == paper.data.n_sagittal_clinical
+    assert ci.baselines.s2_methods == paper.baselines.s2_methods and ci.baselines.pseudo_strategy == "S3"
+    assert ci.eval.n_folds == paper.eval.n_folds and ci.masking == paper.masking
+    assert get_preset("paper", **PAPER_CI_OVERRIDES).to_dict() | {"name": "paper_ci"} == ci.to_dict()
+    ag, pg = ablation_grid("paper_ci"), ablation_grid("paper")
+    assert ag.grid_adapt_epochs is None and ag.cv_repeats is None and ag.grid_cohort == pg.grid_cohort
+    assert ci.mc.k in ag.k_values
+    assert crossover_grid("paper_ci").s3_points == "all"

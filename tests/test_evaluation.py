@@ -219,3 +219,19 @@ def test_compare_words_follow_numbers():
     m = "patient_auroc"
     assert E.compare(sg.loc[m, "mean"], sg.loc[m, "std"], sb.loc[m, "mean"], sb.loc[m, "std"]) == "better"
     assert E.compare(sg.loc[m, "mean"], sg.loc[m, "std"], sg.loc[m, "mean"], sg.loc[m, "std"]) == "no clear difference"
+
+
+def test_unscored_lesion_patient_does_not_make_the_threshold_minus_inf():
+    """A lesion patient without a score (no cord pixel) is left out of the threshold choice,
+    never flagged, counted, and named in a warning."""
+    assert E.threshold_at_sensitivity([np.nan, 0.4, 0.8, 0.6], [1, 1, 1, 1], 1.0) == 0.4
+    assert np.isnan(E.threshold_at_sensitivity([np.nan, 0.2], [1, 0], 0.9))
+    df = synthetic_scores(n=40, n_pos=20, seed=4)
+    pos = df.index[df["patient_label"] == 1]
+    df.loc[pos[:3], "patient_score"] = np.nan
+    with pytest.warns(UserWarning, match="3 patient"):
+        cv = E.cross_validate(df, n_folds=5, n_repeats=2, sensitivity=0.9, seed=0)
+    assert np.isfinite(cv.folds["patient_threshold"]).all()
+    assert cv.settings["n_unscored"] == 3 and cv.settings["n_unscored_positive"] == 3
+    assert cv.folds["n_tune_pos_unscored"].max() >= 1
+    assert (cv.folds["patient_specificity"] > 0).any()  # not everyone is flagged

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core.config import MODEL_AUTHORS, ModelConfig
+from u2ad_core.config import MODEL_AUTHORS, MODEL_PAPER, ModelConfig
 from u2ad_core.masking import random_roi_mask
 from u2ad_core.model import EdgeMAE, build_model, count_parameters, get_2d_sincos_pos_embed, sobel
 
@@ -217,3 +217,99 @@ def test_sizes_of_named_configs():
     m = build_model(ModelConfig())
     assert len(m.blocks) == 24 and len(m.decoder_blocks) == 8 and m.grid == (32, 32)
     assert math.isclose(m.cfg.edge_weight, 0.1)
+
+
+# ----------------------------------------------------------------------------- context window
+def _wide_batch(b: int = 3, seed: int = 0, size=(48, 64)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, *size, generator=g)
+    roi = torch.zeros(b, *size, dtype=torch.uint8)
+    for i in range(b):
+        c = 20 + 4 * i
+        roi[i, 8 * i:, c:c + 9] = 1  # different ROI sizes: padded encoder and decoder
+    return x, roi
+
+
+def test_context_window_patches():
+    m = EdgeMAE(tiny_cfg(image_size=(48, 64), context_radius=1))
+    rp = torch.zeros(1, 6, 8, dtype=torch.bool)
+    rp[0, 2, 3] = True
+    keep = m.context_patches(rp.reshape(1, -1)).reshape(6, 8)
+    assert keep.sum() == 9 and keep[1:4, 2:5].all()
+    assert EdgeMAE(tiny_cfg()).context_patches(rp.reshape(1, -1)[:, :24]) is None
+    with pytest.raises(ValueError, match="context_radius"):
+        EdgeMAE(tiny_cfg(context_radius=-1)).context_patches(torch.ones(1, 24, dtype=torch.bool))
+
+
+def test_context_window_covering_the_grid_equals_the_full_model():
+    torch.manual_seed(0)
+    full = EdgeMAE(tiny_cfg(image_size=(48, 64))).eval()
+    win = EdgeMAE(tiny_cfg(image_size=(48, 64), context_radius=8)).eval()
+    win.load_state_dict(full.state_dict())
+    x, roi = _wide_batch()
+    mask = random_roi_mask(full.roi_patches(roi), 0.75, torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a, ea = full.reconstruct(x, roi, mask)
+        b, eb = win.reconstruct(x, roi, mask)
+        la = full(x, roi, mask=mask, reduction="none")[0]
+        lb = win(x, roi, mask=mask, reduction="none")[0]
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ea, eb, atol=1e-5)
+    assert torch.allclose(la, lb, atol=1e-6)
+
+
+def test_context_window_ignores_far_pixels_and_is_batch_independent():
+    torch.manual_seed(0)
+    win = EdgeMAE(tiny_cfg(image_size=(48, 64), context_radius=1)).eval()
+    full = EdgeMAE(tiny_cfg(image_size=(48, 64))).eval()
+    full.load_state_dict(win.state_dict())
+    x, roi = _wide_batch()
+    mask = random_roi_mask(win.roi_patches(roi), 0.75, torch.Generator().manual_seed(2))
+    keep = win.context_patches(win.roi_patches(roi))
+    assert len(set(keep.sum(1).tolist())) > 1  # windows of different sizes: padding is used
+    far = ~win._mask_pixels(keep)  # pixels of patches outside the window
+    y = torch.where(far, torch.rand_like(x), x)
+    inside = roi[:, None] > 0
+    with torch.inference_mode():
+        a, _ = win.reconstruct(x, roi, mask)
+        b, _ = win.reconstruct(y, roi, mask)
+        fa, _ = full.reconstruct(x, roi, mask)
+        fb, _ = full.reconstruct(y, roi, mask)
+        for i in range(3):
+            ai, _ = win.reconstruct(x[i:i + 1], roi[i:i + 1], mask[i:i + 1])
+            assert torch.allclose(ai, a[i:i + 1], atol=1e-5)
+    assert torch.allclose(a[inside], b[inside], atol=1e-6)  # far context does not matter
+    assert not torch.allclose(fa[inside], fb[inside], atol=1e-4)  # ... while the full model sees it
+    raw, _ = win.reconstruct(x, roi, mask, paste=False)
+    assert (raw[far] == 0).all()
+
+
+def test_context_window_trains():
+    torch.manual_seed(0)
+    win = EdgeMAE(tiny_cfg(image_size=(48, 64), context_radius=1))
+    x, roi = _wide_batch()
+    loss, _, _ = win(x, roi, mask_ratio=0.75, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert win.patch_embed.weight.grad.abs().sum() > 0 and win.pixel_head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_full_depth_paper_model_runs_forward_backward_and_mc():
+    """The paper's model itself (24 / 8 blocks, 256 x 256): ``paper_ci`` shrinks its depth, so
+    the full-depth model gets one training step and one MC call here."""
+    from u2ad_core.bench import synthetic_images
+    from u2ad_core.uncertainty import mc_uncertainty
+
+    torch.manual_seed(0)
+    model = build_model(MODEL_PAPER)
+    assert len(model.blocks) == 24 and len(model.decoder_blocks) == 8 and model.num_patches == 1024
+    x, roi = synthetic_images(2, (256, 256), seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss, pred, mask = model(x, roi, mask_ratio=0.75, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and pred.shape == (2, 1, 256, 256)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    res = mc_uncertainty(model, x[:1], roi[:1], k=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.counts, model.roi_patches(roi[:1]).long() * 2)
+    assert (res.eu[0][roi[0] > 0] > 0).any()

@@ -216,6 +216,12 @@ def test_score_dataset_runs_one_batched_mc_and_is_seeded():
     # precomputed maps skip the model
     c = S.score_dataset(None, data, ScoreConfig(k=3), mc=SimpleNamespace(mean=a.recon, eu=a.eu))
     np.testing.assert_allclose(c.maps, a.maps)
+    # the K recorded is the maps' own, not the config's
+    assert a.config["mc_k"] == 3 and c.config["mc_k"] is None
+    d = S.score_dataset(None, data, ScoreConfig(k=3), mc=SimpleNamespace(mean=a.recon, eu=a.eu, k=7))
+    assert d.config["mc_k"] == 7
+    with pytest.raises(ValueError, match="k=7"):
+        S.score_dataset(None, data, ScoreConfig(k=3), mc_k=3, mc=SimpleNamespace(mean=a.recon, eu=a.eu, k=7))
 
 
 def test_patient_span_ignores_the_cut_cord_outside_the_segments():

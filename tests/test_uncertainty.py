@@ -154,7 +154,68 @@ def test_bench_cli_is_registered_and_images_are_deterministic():
 
     args = build_parser().parse_args(["bench", "mc", "--preset", "smoke", "--k", "3", "--json", "--n-images", "2"])
     assert callable(args.func) and args.k == 3 and args.json and args.n_images == 2
+    args = build_parser().parse_args(["bench", "mc", "--preset", "paper", "--set", "model.context_radius=3"])
+    assert args.set == ["model.context_radius=3"]
     a, ra = synthetic_images(3, SIZE, seed=4)
     b, rb = synthetic_images(3, SIZE, seed=4)
     assert torch.equal(a, b) and torch.equal(ra, rb) and a.min() >= 0 and a.max() <= 1
     assert (ra.sum(2) == 9).all()  # a 9-px band in every row
+
+
+def test_counts_come_from_the_executed_passes(trained, data, monkeypatch):
+    """``counts`` is counted from the plan that ran: dropping a pass shows up in it."""
+    import u2ad_core.uncertainty as U
+
+    x, roi = data
+    real_plan = U.mc_plan
+
+    def short_plan(*args, **kwargs):
+        p = real_plan(*args, **kwargs)
+        keep = torch.ones(len(p.image), dtype=torch.bool)
+        keep[0] = False  # drop the first pass
+        return U.MCPlan(image=p.image[keep], masks=p.masks[keep], sample=p.sample[keep], passes=p.passes)
+
+    full = mc_uncertainty(trained, x, roi, k=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(full.counts, trained.roi_patches(roi).long() * 3)
+    monkeypatch.setattr(U, "mc_plan", short_plan)
+    short = mc_uncertainty(trained, x, roi, k=3, generator=torch.Generator().manual_seed(0))
+    assert int((full.counts - short.counts).sum()) > 0
+
+
+def test_reduced_precision_keeps_eu_within_one_percent(trained, data):
+    """Under fp16 autocast (what ``"auto"`` uses on CUDA; run on the CPU here, same code) the
+    heads and the statistics stay float32 and the mean EU over the ROI is within 1 % of the
+    float32 run. bf16 is measurably worse (its rounding adds variance between passes): the
+    reason ``"auto"`` does not use it."""
+    x, roi = data
+    a = mc_uncertainty(trained, x, roi, k=10, generator=torch.Generator().manual_seed(0), autocast="off")
+    inside = roi > 0
+    rel = {}
+    for mode in ("fp16", "bf16"):
+        b = mc_uncertainty(trained, x, roi, k=10, generator=torch.Generator().manual_seed(0), autocast=mode)
+        rel[mode] = float((b.eu[inside].mean() - a.eu[inside].mean()).abs() / a.eu[inside].mean())
+        assert b.eu.dtype == torch.float32 and (b.eu[~inside] == 0).all()
+    assert rel["fp16"] < 0.01, rel
+    assert rel["bf16"] > 2 * rel["fp16"], rel
+    with pytest.raises(ValueError, match="autocast"):
+        mc_uncertainty(trained, x, roi, k=2, autocast="half")
+
+
+def test_mc_with_context_window_only_uses_the_window():
+    torch.manual_seed(0)
+    m = EdgeMAE(ModelConfig(image_size=(48, 64), patch_size=8, embed_dim=32, depth=1, num_heads=4,
+                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, context_radius=1))
+    x, roi = synthetic_images(4, (48, 64), seed=3, band=9)
+    res = mc_uncertainty(m, x, roi, k=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.counts, m.roi_patches(roi).long() * 3)
+    assert (res.eu[roi == 0] == 0).all() and (res.eu[roi > 0] > 0).any()
+
+
+def test_bench_op_split_and_overrides():
+    from u2ad_core.bench import op_split
+
+    m = tiny_model()
+    x, roi = synthetic_images(2, SIZE, seed=1)
+    ops = op_split(lambda: mc_uncertainty(m, x, roi, k=2, generator=torch.Generator().manual_seed(0)))
+    assert set(ops) == {"attention", "linear", "other"} and all(v >= 0 for v in ops.values())
+    assert ops["attention"] > 0 and ops["linear"] > 0

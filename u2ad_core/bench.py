@@ -13,7 +13,18 @@ band 9 px wide; deterministic), measured for both engines of :mod:`u2ad_core.unc
   formula, 4 * B * heads * Lq * Lk * head_dim) divided by the fast engine's time;
 * ``matmul_peak_gflops``: the better of two plain fp32 matmuls measured in the same run, one
   shaped like the model's largest GEMM (all tokens of a forward chunk x D @ D x mlp_ratio*D)
-  and one 1024 x 1024 x 1024; ``fraction_of_peak = achieved_gflops / matmul_peak_gflops``.
+  and one 1024 x 1024 x 1024; ``fraction_of_peak = achieved_gflops / matmul_peak_gflops``;
+* ``op_seconds`` / ``op_fraction``: where the fast engine's time goes, from the torch profiler
+  (one more, untimed run on ``profile_images`` images): the self time of every operator, summed
+  into ``attention`` (scaled-dot-product / multi-head attention kernels, softmax, batched
+  matmuls), ``linear`` (``addmm``, ``mm``, ``linear``, ``matmul``: projections, MLPs, heads)
+  and ``other`` (layer norms, GELU, gathers, copies, the engine's own bookkeeping);
+  ``op_gflop_fraction``: the FLOPs of the same run split the same way; ``op_gflops``: the FLOP
+  rate of attention and of the linear layers (their FLOPs over their profiled self time; the
+  profiler adds a little time, so these are slight underestimates).
+
+``--set model.context_radius=3`` (any dotted preset override) measures a variant, e.g. the
+context window of :class:`~u2ad_core.config.ModelConfig`.
 
 Numbers depend on the machine and on what else runs on it; this is a measurement tool, not
 a test.
@@ -29,7 +40,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["synthetic_images", "bench_mc", "cli_register"]
+__all__ = ["synthetic_images", "bench_mc", "op_split", "cli_register"]
 
 
 def synthetic_images(n: int, size: tuple[int, int], seed: int = 0, band: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +84,7 @@ def _matmul_gflops(m: int, k: int, n: int, device: torch.device, repeats: int = 
     return 2.0 * m * k * n / dt / 1e9
 
 
-def _count_flops(fn) -> int:
+def _count_flops(fn, split: bool = False):
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def cpu_flash_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -85,22 +96,57 @@ def _count_flops(fn) -> int:
         custom[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_flash_flop
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         fn()
-    return int(counter.get_total_flops())
+    total = int(counter.get_total_flops())
+    if not split:
+        return total
+    by = {"attention": 0, "linear": 0, "other": 0}
+    for op, n in counter.get_flop_counts().get("Global", {}).items():
+        name = str(op).lower()
+        key = "attention" if any(a in name for a in _ATTENTION_OPS) else (
+            "linear" if any(f"aten.{b}" in name for b in ("addmm", "mm", "linear", "matmul")) else "other")
+        by[key] += int(n)
+    return total, by
+
+
+_ATTENTION_OPS = ("attention", "softmax", "bmm")
+_LINEAR_OPS = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul")
+
+
+def op_split(fn) -> dict[str, float]:
+    """Self CPU seconds of ``fn()`` per category (attention / linear / other), torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    out = {"attention": 0.0, "linear": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        name = ev.key.lower()
+        t = ev.self_cpu_time_total / 1e6
+        if any(a in name for a in _ATTENTION_OPS):
+            out["attention"] += t
+        elif ev.key in _LINEAR_OPS:
+            out["linear"] += t
+        else:
+            out["other"] += t
+    return out
 
 
 def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = None, device: str = "auto",
-             repeats: int | None = None, batch_size: int | None = None, seed: int = 0) -> dict[str, Any]:
+             repeats: int | None = None, batch_size: int | None = None, seed: int = 0,
+             overrides: dict[str, Any] | None = None, profile_images: int | None = None) -> dict[str, Any]:
     """Run the benchmark and return the result dict (see the module docstring).
 
     Defaults: k = the preset's ``mc.k``; 16 images (4 for ``paper``); repeats 3 (1 for
-    ``paper``); batch size = the preset's ``mc.batch_size``.
+    ``paper``); batch size = the preset's ``mc.batch_size``; ``overrides``: dotted preset
+    overrides (e.g. ``{"model.context_radius": 3}``); ``profile_images``: images in the
+    profiled run (default 4; 1 for ``paper``).
     """
     from .config import get_preset
     from .model import build_model, count_parameters
     from .runtime import resolve_device
-    from .uncertainty import CPU_MAX_TOKENS, mc_uncertainty, mc_uncertainty_reference
+    from .uncertainty import CPU_MAX_TOKENS, _tokens_per_pass, mc_uncertainty, mc_uncertainty_reference
 
-    cfg = get_preset(preset)
+    cfg = get_preset(preset, **(overrides or {}))
     k = int(k if k is not None else cfg.mc.k)
     batch_size = int(batch_size if batch_size is not None else cfg.mc.batch_size)
     n_images = int(n_images if n_images is not None else (4 if preset == "paper" else 16))
@@ -138,10 +184,20 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
         t_ref, c_ref = min(t_ref, dt), min(c_ref, time.process_time() - c0)
     flops = _count_flops(fast)
     achieved = flops / t_fast / 1e9
+    n_prof = int(profile_images if profile_images is not None else (1 if preset == "paper" else 4))
+    n_prof = max(1, min(n_prof, n_images))
+    def prof_run():
+        return mc_uncertainty(model, images[:n_prof], roi[:n_prof], k=k, mask_ratio=ratio, generator=gen(),
+                              batch_size=batch_size, device=dev)
 
+    ops = op_split(prof_run)
+    op_total = sum(ops.values()) or float("nan")
+    _, op_flops = _count_flops(prof_run, split=True)
+
+    per_pass = _tokens_per_pass(model, model.roi_patches(roi))
     if dev.type == "cpu":  # what mc_uncertainty actually runs per forward on CPU
-        batch_size = min(batch_size, max(1, CPU_MAX_TOKENS // (model.num_patches + 1)))
-    tokens = min(batch_size, res_fast.n_passes) * (model.num_patches + 1)
+        batch_size = min(batch_size, max(1, CPU_MAX_TOKENS // per_pass))
+    tokens = min(batch_size, res_fast.n_passes) * per_pass
     d = cfg.model.embed_dim
     peak_gemm = _matmul_gflops(tokens, d, int(d * cfg.model.mlp_ratio), dev)
     peak_square = _matmul_gflops(1024, 1024, 1024, dev)
@@ -149,6 +205,9 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
     roi_patches = model.roi_patches(roi).sum(1).float()
     return {
         "preset": preset,
+        "overrides": dict(overrides or {}),
+        "context_radius": cfg.model.context_radius,
+        "mean_tokens_per_pass": _mean_tokens(model, roi, ratio),
         "device": str(dev),
         "torch_threads": torch.get_num_threads(),
         "k": k,
@@ -177,17 +236,45 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
         "matmul_peak_gflops": peak,
         "fraction_of_peak": achieved / peak,
         "max_abs_mean_difference": float((res_fast.mean - res_ref.mean).abs().max()),
+        "profile_images": n_prof,
+        "op_seconds": ops,
+        "op_fraction": {key: v / op_total for key, v in ops.items()},
+        "op_gflop_fraction": {key: v / max(1, sum(op_flops.values())) for key, v in op_flops.items()},
+        "op_gflops": {key: (op_flops[key] / ops[key] / 1e9 if ops[key] > 0 else float("nan"))
+                      for key in ("attention", "linear")},
         "repeats": repeats,
     }
 
 
+def _mean_tokens(model, roi: torch.Tensor, ratio: float) -> dict[str, float]:
+    """Mean encoder / decoder tokens per MC pass (class token included) for these ROIs."""
+    from .masking import n_masked
+
+    rp = model.roi_patches(roi)
+    keep = model.context_patches(rp)
+    n_keep = (keep.sum(1) if keep is not None else torch.full((rp.shape[0],), model.num_patches)).float()
+    n_hidden = n_masked(rp.sum(1), ratio).clamp(min=1).float()
+    return {"encoder": float((1 + n_keep - n_hidden).mean()), "decoder": float((1 + n_keep).mean())}
+
+
 def _run(args: argparse.Namespace) -> int:
-    out = bench_mc(args.preset, args.k, args.n_images, args.device, args.repeats, args.batch_size)
+    from .sweep import parse_value
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"u2ad bench mc: --set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = parse_value(value)
+    out = bench_mc(args.preset, args.k, args.n_images, args.device, args.repeats, args.batch_size,
+                   overrides=overrides)
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
         width = max(len(k) for k in out)
         for key, value in out.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{a}={b:.3g}" if isinstance(b, float) else f"{a}={b}" for a, b in value.items())
             v = f"{value:.4g}" if isinstance(value, float) else value
             print(f"{key:<{width}}  {v}")
     return 0
@@ -206,5 +293,7 @@ def cli_register(subparsers) -> None:
     mc.add_argument("--repeats", type=int, default=None,
                     help="timings per engine, alternating, best kept (default 3; paper 1)")
     mc.add_argument("--batch-size", type=int, default=None, help="passes per forward (default: preset mc.batch_size)")
+    mc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="dotted preset override, e.g. model.context_radius=3 (repeatable)")
     mc.set_defaults(func=_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -1,4 +1,4 @@
-"""Typed configuration and the three named presets (``smoke``, ``cpu``, ``paper``).
+"""Typed configuration and the named presets (``smoke``, ``cpu``, ``paper``, and ``paper_ci``).
 
 Every number that comes from the paper (Zhang et al., "U2AD", see ``book/references.bib``)
 is a named default here, with the section it comes from. Notebooks never hard-code sizes:
@@ -39,6 +39,7 @@ __all__ = [
     "SignalConfig",
     "Preset",
     "PRESETS",
+    "PAPER_CI_OVERRIDES",
     "MODEL_PAPER",
     "MODEL_AUTHORS",
     "get_preset",
@@ -149,6 +150,12 @@ class ModelConfig:
 
     Paper: patch 8, 24 encoder / 8 decoder ViT blocks. Authors' code: encoder dim 128 with
     16 heads, decoder dim 64 with 8 heads, MLP ratio 4, sigmoid on both heads.
+
+    ``context_radius`` (project option, off = ``None`` in every preset): keep only the patches
+    within this many patches (Chebyshev distance on the patch grid) of an ROI patch; the others
+    never enter the encoder or the decoder. Their reconstruction is never used (the loss and
+    the maps paste the input outside the ROI), so this only removes context far from the cord,
+    and attention cost falls with the square of the token count (``book/how_to_run.md``).
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -163,6 +170,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0  # authors' code
     edge_weight: float = 0.1  # paper 4.3: loss weight lambda = 0.1
     sigmoid_heads: bool = True  # authors' code: sigmoid on the pixel and edge heads
+    context_radius: int | None = None  # project: None = every patch (paper); r = ROI patches +- r
 
 
 MODEL_PAPER = ModelConfig()
@@ -557,7 +565,39 @@ def _paper() -> Preset:
     return Preset(name="paper", data=DataConfig(), model=MODEL_PAPER)
 
 
-PRESETS: dict[str, Any] = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+PAPER_CI_OVERRIDES: dict[str, Any] = {
+    # model: the paper's widths, heads and patch on the paper's 256 x 256 grid (1024 patches), but
+    # 2 / 1 blocks instead of 24 / 8: the same block code runs fewer times (24 / 8 costs ~0.65 s per
+    # MC pass on 2 cores, which made notebook 04 alone take minutes); tests/test_model.py runs the
+    # full-depth paper model once (forward, backward, MC)
+    "model.depth": 2, "model.decoder_depth": 1,
+    # data: the paper's geometry (1 mm, 256 x 256 centre crop, 11 thick clinical slices), few subjects
+    "data.cohorts.spine_generic_like": 4, "data.cohorts.openneuro_like": 2,
+    "data.cohorts.renji_like": 10, "data.cohorts.ruijin_like": 20,
+    "data.slices_pretrain": 2, "data.slices_pseudo": 2, "data.slices_adapt": 1, "data.n_sagittal_healthy": 9,
+    # training: one epoch, both adaptation stages, a map refresh every epoch
+    "pretrain.epochs": 1, "pretrain.checkpoint_every": 1,
+    "adapt.epochs": 2, "adapt.stage2_start": 1, "adapt.refresh_every": 1, "adapt.checkpoint_every": 1,
+    "mc.k": 2, "score.k": 2, "eval.n_repeats": 1,
+    # baselines: every method and strategy of the paper (S2 for all, Figure 6 from S3), tiny sizes
+    "baselines.pretrain_epochs": 1, "baselines.adapt_epochs": 1, "baselines.width": 4,
+    "baselines.infer_batch": 8, "baselines.anoddpm.partial_steps": 2,
+}
+"""``paper_ci``: the ``paper`` preset shrunk by these overrides (CI runs it on CPU: ``make paper-ci``).
+
+It keeps what only ``paper`` does: the 256 x 256 centre crop and the paper's model widths on
+that grid (2 / 1 blocks instead of 24 / 8), full adaptations at every ablation grid point, S2 for every baseline and Figure 6 from
+S3 models, S3 at every crossover point, all cohorts in every control; and shrinks the sizes:
+subjects, slices, epochs, K, CV repeats, baseline widths, grid values
+(``u2ad_core.sweep.ABLATION_GRIDS`` and ``u2ad_core.crossover.CROSSOVER_GRIDS``)."""
+
+
+def _paper_ci() -> Preset:
+    """The paper's code paths in minutes on a CPU (CI): ``paper`` + :data:`PAPER_CI_OVERRIDES`."""
+    return replace(_paper().override(**PAPER_CI_OVERRIDES), name="paper_ci")
+
+
+PRESETS: dict[str, Any] = {"smoke": _smoke, "cpu": _cpu, "paper": _paper, "paper_ci": _paper_ci}
 
 
 def get_preset(name: str = "cpu", **overrides: Any) -> Preset:

@@ -114,6 +114,9 @@ CROSSOVER_GRIDS: dict[str, CrossoverGrid] = {
     "cpu": CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical",),
                          artefacts=(False, True), s3_points=(), inhomogeneity=(4.0,)),
     "paper": CrossoverGrid(),
+    # the paper's protocol (S3 adapted at every point) at one point and one inhomogeneity value
+    "paper_ci": CrossoverGrid(conspicuity=("intense",), coupling=("clinical",), artefacts=(True,),
+                              s3_points="all", inhomogeneity=(4.0,)),
 }
 
 

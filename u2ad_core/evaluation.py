@@ -23,7 +23,9 @@ zero in a fold is NaN for that fold: sensitivity and AUROC in a test fold withou
 F1 = 2TP / (2TP + FP + FN) when there is no positive *and* nothing is flagged (with a false
 alarm it is 0), specificity without negatives. NaN folds are left out of the mean ± std and
 counted (``n_nan`` in :meth:`CVResult.summary`). When the tuning folds hold no positive at all the threshold is
-NaN and every patient metric of that fold is NaN.
+NaN and every patient metric of that fold is NaN. A patient without a score (NaN: a slice
+without cord pixels) is never flagged and is left out of the threshold choice; ``settings``
+counts them (``n_unscored``, ``n_unscored_positive``) and a warning names them.
 
 *Segment level* (:func:`segment_confusion`): each patient contributes its top-scoring
 segment (argmax of ``C2-3`` ... ``C7-T1``; a patient without any segment score contributes
@@ -154,14 +156,18 @@ def patient_table(scores: pd.DataFrame) -> pd.DataFrame:
 def threshold_at_sensitivity(scores: np.ndarray, labels: np.ndarray, sensitivity: float = 0.9) -> float:
     """Highest threshold ``t`` with sensitivity ``>= sensitivity`` for the rule ``score >= t``.
 
-    ``t`` = the ``ceil(sensitivity * P)``-th highest score among the P positives (NaN scores
-    of positives count as misses). Returns NaN when there is no positive.
+    ``t`` = the ``ceil(sensitivity * P)``-th highest score among the P positives that have a
+    score. A positive without one (NaN or infinite: e.g. a slice without cord pixels) cannot be
+    reached by any threshold, so it is left out of the choice (otherwise ``t`` would become
+    -inf and flag every patient); it still counts as a miss wherever the threshold is applied,
+    and :func:`cross_validate` counts such patients. Returns NaN when no positive has a score.
     """
     if not 0.0 < sensitivity <= 1.0:
         raise ValueError(f"sensitivity must be in (0, 1], got {sensitivity!r}")
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
-    pos = np.sort(np.nan_to_num(scores[labels == 1], nan=-np.inf))[::-1]
+    pos = scores[labels == 1]
+    pos = np.sort(pos[np.isfinite(pos)])[::-1]
     if len(pos) == 0:
         return float("nan")
     m = max(1, math.ceil(sensitivity * len(pos) - 1e-9))
@@ -354,13 +360,15 @@ def cross_validate(
     s = pt["score"].to_numpy(dtype=np.float64)
     ts = pt["top_score"].to_numpy(dtype=np.float64)
     hit = pt["top_is_lesion"].to_numpy(dtype=bool)
+    unscored = ~np.isfinite(s)  # no patient score (e.g. no cord pixel): never flagged, flagged here
     rows = []
     for r in range(int(n_repeats)):
         folds = stratified_folds(y, n_folds, seed + r)
         for f, te in enumerate(folds):
             tr = np.setdiff1d(np.arange(len(y)), te)
             row: dict[str, Any] = {"repeat": r, "fold": f, "n_test": len(te),
-                                   "n_test_pos": int(y[te].sum()), "n_tune_pos": int(y[tr].sum())}
+                                   "n_test_pos": int(y[te].sum()), "n_tune_pos": int(y[tr].sum()),
+                                   "n_tune_pos_unscored": int((unscored[tr] & (y[tr] == 1)).sum())}
             thr = threshold_at_sensitivity(s[tr], y[tr], sensitivity)
             row["patient_threshold"] = thr
             pred = np.nan_to_num(s[te], nan=-np.inf) >= thr
@@ -386,7 +394,14 @@ def cross_validate(
     settings = {"n_folds": n_folds, "n_repeats": n_repeats, "sensitivity": sensitivity,
                 "seed": seed, "segment_rule": segment_rule, "n_patients": int(len(y)),
                 "n_positive": int(y.sum()),
-                "n_test_folds_without_positive": int((folds_df["n_test_pos"] == 0).sum())}
+                "n_test_folds_without_positive": int((folds_df["n_test_pos"] == 0).sum()),
+                "n_unscored": int(unscored.sum()), "n_unscored_positive": int((unscored & (y == 1)).sum()),
+                "unscored_subjects": pt["subject"][unscored].astype(str).tolist()}
+    if unscored.any():
+        warnings.warn(f"cross_validate: {int(unscored.sum())} patient(s) without a score "
+                      f"({int((unscored & (y == 1)).sum())} with lesions): "
+                      f"{', '.join(settings['unscored_subjects'][:5])}; they are never flagged and are "
+                      "left out of the patient-threshold choice", stacklevel=2)
     return CVResult(folds=folds_df, patients=pt, settings=settings)
 
 

@@ -23,6 +23,13 @@ encoder / decoder widths, ``V`` the largest number of visible patches in the bat
   exact, grad-safe 0 when none has). The authors divide by all pixels of the masked patches
   instead of by the ROI pixels among them: the same minimiser, a different scale.
 
+Context window (``cfg.context_radius = r``, off by default): only the patches within ``r``
+patches of an ROI patch (:meth:`EdgeMAE.context_patches`, ``K`` of them, ``Kmax`` the most in
+the batch) enter the network; the encoder sees the visible ones among them, the decoder all
+``1 + Kmax`` of them (padded per image, with a key-padding mask). Outputs of the other patches
+are 0 before pasting, and pasting replaces them by the input (they hold no ROI pixel), so the
+loss, the reconstructions and the MC maps keep their meaning; only far context is lost.
+
 The edge target is :func:`sobel`: the Sobel gradient magnitude divided by its maximum
 possible value for images in [0, 1] (4 * sqrt(2)), so that it lies in [0, 1] like the
 sigmoid edge head.
@@ -230,6 +237,22 @@ class EdgeMAE(nn.Module):
         p = self.patch_size
         return r.reshape(b, H // p, p, W // p, p).any(dim=4).any(dim=2).reshape(b, -1)
 
+    def context_patches(self, roi_patches: torch.Tensor) -> torch.Tensor | None:
+        """bool (B, L) ROI patches -> bool (B, L) patches the network sees, or None (all).
+
+        With ``cfg.context_radius = r``: the ROI patches dilated by a (2r+1) x (2r+1) square on
+        the patch grid; None when the option is off (every patch is used).
+        """
+        r = self.cfg.context_radius
+        if r is None:
+            return None
+        if int(r) < 0:
+            raise ValueError(f"EdgeMAE: context_radius must be None or >= 0, got {r}")
+        b = roi_patches.shape[0]
+        g = roi_patches.reshape(b, 1, *self.grid).float()
+        k = 2 * int(r) + 1
+        return (F.max_pool2d(g, k, stride=1, padding=int(r)) > 0).reshape(b, -1)
+
     def _mask_pixels(self, mask: torch.Tensor) -> torch.Tensor:
         """bool (B, L) -> bool (B, 1, H, W)."""
         b = mask.shape[0]
@@ -239,21 +262,26 @@ class EdgeMAE(nn.Module):
         return m.reshape(b, 1, h * p, w * p)
 
     # ------------------------------------------------------------------ network
-    def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor,
+                        keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode the visible patches.
 
-        imgs: (B, C, H, W); mask: bool (B, L), True = masked.
-        Returns ``latent`` (B, 1 + V, D) (class token first, visible tokens in patch order,
+        imgs: (B, C, H, W); mask: bool (B, L), True = masked; keep: bool (B, L) patches inside
+        the context window (:meth:`context_patches`) or None (all).
+        Returns ``latent`` (B, 1 + V, D) (class token first, visible kept tokens in patch order,
         then padding) and ``key_padding`` bool (B, 1 + V) (True = padding) or None.
         """
-        x = self.patch_embed(self.patchify(imgs)) + self.pos_embed[:, 1:]
-        b, L, d = x.shape
-        visible = ~mask
+        hidden = mask if keep is None else (mask | ~keep)
+        b, L = hidden.shape
+        visible = ~hidden
         n_vis = visible.sum(1)
         v = int(n_vis.max()) if b else 0
         # visible patches first, in patch order (stable sort of the 0/1 mask)
-        ids_keep = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :v]
-        x = torch.gather(x, 1, ids_keep[..., None].expand(b, v, d))
+        ids_keep = torch.argsort(hidden.to(torch.uint8), dim=1, stable=True)[:, :v]
+        xp = self.patchify(imgs)  # (B, L, p*p*C)
+        patches = torch.gather(xp, 1, ids_keep[..., None].expand(b, v, xp.shape[-1]))
+        x = self.patch_embed(patches) + self.pos_embed[0, 1:][ids_keep]
+        d = x.shape[-1]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, 1, d)
         x = torch.cat([cls, x], dim=1)
         pad = torch.arange(v, device=x.device)[None] >= n_vis[:, None]
@@ -266,34 +294,67 @@ class EdgeMAE(nn.Module):
                 x = blk(x, src_key_padding_mask=key_padding)
         return self.norm(x), key_padding
 
-    def forward_decoder(self, latent: torch.Tensor, mask: torch.Tensor,
-                        with_edge: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_decoder(self, latent: torch.Tensor, mask: torch.Tensor, with_edge: bool = True,
+                        keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decode to patches.
 
-        latent: (B, 1 + V, D) from :meth:`forward_encoder`; mask: bool (B, L).
-        Returns ``(pixels, edges)``, each (B, L, p*p*C) (sigmoid if ``cfg.sigmoid_heads``);
-        ``edges`` is None when ``with_edge`` is False.
+        latent: (B, 1 + V, D) from :meth:`forward_encoder`; mask: bool (B, L); keep: the same
+        context window as given to the encoder, or None (all patches).
+        Returns ``(pixels, edges)``, each (B, L, p*p*C) (sigmoid if ``cfg.sigmoid_heads``; 0 at
+        patches outside the window); ``edges`` is None when ``with_edge`` is False.
         """
         y = self.decoder_embed(latent)
         b, _, dd = y.shape
         L = mask.shape[1]
+        hidden = mask if keep is None else (mask | ~keep)
         tokens = y[:, 1:]
         if tokens.shape[1] > 0:
-            rank = (torch.cumsum((~mask).to(torch.int64), dim=1) - 1).clamp(min=0)  # (B, L)
+            rank = (torch.cumsum((~hidden).to(torch.int64), dim=1) - 1).clamp(min=0)  # (B, L)
             placed = torch.gather(tokens, 1, rank[..., None].expand(b, L, dd))
-            full = torch.where(mask[..., None], self.mask_token.to(y.dtype), placed)
+            full = torch.where(hidden[..., None], self.mask_token.to(y.dtype), placed)
         else:
             full = self.mask_token.to(y.dtype).expand(b, L, dd)
-        x = torch.cat([y[:, :1], full], dim=1) + self.decoder_pos_embed
+        full = full + self.decoder_pos_embed[:, 1:]
+        key_padding = None
+        if keep is not None:  # only the window's tokens, kept patches first (patch order), padded
+            n_keep = keep.sum(1)
+            kmax = int(n_keep.max()) if b else 0
+            ids = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :kmax]  # (B, Kmax)
+            full = torch.gather(full, 1, ids[..., None].expand(b, kmax, dd))
+            pad = torch.arange(kmax, device=y.device)[None] >= n_keep[:, None]
+            if bool(pad.any()):
+                key_padding = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=y.device), pad], dim=1)
+        x = torch.cat([y[:, :1] + self.decoder_pos_embed[:, :1], full], dim=1)
+        if key_padding is not None:
+            x = x.masked_fill(key_padding[..., None], 0.0)
         with _attention_path(x):
             for blk in self.decoder_blocks:
-                x = blk(x)
+                x = blk(x, src_key_padding_mask=key_padding)
         x = x[:, 1:]
-        pix = self.pixel_head(self.pixel_norm(x))
-        edge = self.edge_head(self.edge_norm(x)) if with_edge else None
-        if self.cfg.sigmoid_heads:
-            pix = torch.sigmoid(pix)
-            edge = torch.sigmoid(edge) if edge is not None else None
+        pix, edge = self._heads(x, with_edge)
+        if keep is not None:  # back onto the full grid; patches outside the window stay 0
+            back = torch.zeros(b, L, pix.shape[-1], dtype=pix.dtype, device=pix.device)
+            sel = ids[..., None].expand(-1, -1, pix.shape[-1])
+            valid = (~pad)[..., None] if kmax else None
+            pix = back.scatter(1, sel, pix * valid) if kmax else back
+            if edge is not None:
+                edge = torch.zeros_like(back).scatter(1, sel, edge * valid) if kmax else torch.zeros_like(back)
+        return pix, edge
+
+    def _heads(self, x: torch.Tensor, with_edge: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pixel and edge heads on decoder tokens (B, T, Dd) -> (B, T, p*p*C) each.
+
+        Computed in float32 even under autocast: the MC statistics are differences between
+        reconstructions (EU ~ 1e-5 to 1e-4), and bf16 outputs (8-bit mantissa, steps of ~0.002
+        near 0.5) would add a rounding floor of the same order.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            pix = self.pixel_head(self.pixel_norm(x))
+            edge = self.edge_head(self.edge_norm(x)) if with_edge else None
+            if self.cfg.sigmoid_heads:
+                pix = torch.sigmoid(pix)
+                edge = torch.sigmoid(edge) if edge is not None else None
         return pix, edge
 
     def _check_inputs(self, imgs: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,8 +384,9 @@ class EdgeMAE(nn.Module):
         """
         imgs, roi_px = self._check_inputs(imgs, roi)
         mask = self._check_mask(mask, imgs.shape[0], imgs.device)
-        latent, _ = self.forward_encoder(imgs, mask)
-        pix, edge = self.forward_decoder(latent, mask, with_edge=with_edge)
+        keep = self.context_patches(self.roi_patches(roi_px))
+        latent, _ = self.forward_encoder(imgs, mask, keep)
+        pix, edge = self.forward_decoder(latent, mask, with_edge=with_edge, keep=keep)
         pred = self.unpatchify(pix, self.in_chans)
         if paste:
             pred = torch.where(roi_px, pred.to(imgs.dtype), imgs)  # paste in the input's precision
@@ -362,8 +424,9 @@ class EdgeMAE(nn.Module):
             ratio = 0.75 if mask_ratio is None else float(mask_ratio)
             mask = random_roi_mask(self.roi_patches(roi_px), ratio, generator)
         mask = self._check_mask(mask, b, imgs.device)
-        latent, _ = self.forward_encoder(imgs, mask)
-        pix, edge = self.forward_decoder(latent, mask)
+        keep = self.context_patches(self.roi_patches(roi_px))
+        latent, _ = self.forward_encoder(imgs, mask, keep)
+        pix, edge = self.forward_decoder(latent, mask, keep=keep)
         pred = self.unpatchify(pix, self.in_chans)
         edge = self.unpatchify(edge, self.in_chans)
         with torch.no_grad():

@@ -445,13 +445,22 @@ def score_dataset(
     ``score_cfg.k``; randomness from a ``torch.Generator`` seeded with ``seed``), then
     :func:`score_maps`. For detection pass ``data.middle()`` (the middle sagittal slice).
     ``mc``: precomputed maps for these N slices (any object with ``mean`` and ``eu``
-    ``(N, H, W)``, e.g. :func:`u2ad_core.train.mc_maps` rows); then ``model`` is not run.
+    ``(N, H, W)``, e.g. :func:`u2ad_core.train.mc_maps` rows); then ``model`` is not run, and
+    ``config["mc_k"]`` records the maps' own ``k`` (an attribute of :class:`~u2ad_core.uncertainty.MCResult`
+    and :class:`~u2ad_core.train.Maps`), or ``mc_k`` when they carry none, or None (unknown);
+    a ``mc_k`` that contradicts the maps' ``k`` is an error.
     """
     images = np.asarray(data.images, dtype=np.float32)
     if images.ndim != 3 or len(images) == 0:
         raise ValueError(f"data.images must be a non-empty (N, H, W) array, got {images.shape}")
     cord = np.asarray(data.cord)
-    k = int(mc_k if mc_k is not None else score_cfg.k)
+    if mc is not None:
+        k_maps = getattr(mc, "k", None)
+        if k_maps is not None and mc_k is not None and int(k_maps) != int(mc_k):
+            raise ValueError(f"score_dataset: mc_k={mc_k} but the maps given were computed with k={k_maps}")
+        k = int(k_maps) if k_maps is not None else (int(mc_k) if mc_k is not None else None)
+    else:
+        k = int(mc_k if mc_k is not None else score_cfg.k)
     if mc is None:
         from .runtime import make_generator
         from .uncertainty import mc_uncertainty

@@ -161,8 +161,12 @@ ABLATION_GRIDS: dict[str, AblationGrid] = {
         downsample=(2, 4), cv_repeats=None,
     ),
     "paper": AblationGrid(),
+    # the paper's protocol (full adaptation per point, the preset's CV repeats) on few values
+    "paper_ci": AblationGrid(k_values=(2, 3), taus=(1.0,), mask_ratios=(0.75,), noise_sigmas=(0.0, 0.1),
+                             downsample=(2,)),
 }
-"""Grids per preset name. ``paper`` is the paper's full grid; the CPU grids are reduced."""
+"""Grids per preset name. ``paper`` is the paper's full grid; the CPU grids are reduced;
+``paper_ci`` keeps the paper's protocol with one or two values per axis."""
 
 
 def ablation_grid(preset_name: str) -> AblationGrid:

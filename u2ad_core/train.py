@@ -490,12 +490,14 @@ def _save_mc(path: Path, mean: torch.Tensor, eu: torch.Tensor, au: torch.Tensor)
 
 @dataclass
 class Maps:
-    """Cached Monte-Carlo maps: ``mean``, ``eu``, ``au`` (N, H, W) float32 CPU tensors."""
+    """Cached Monte-Carlo maps: ``mean``, ``eu``, ``au`` (N, H, W) float32 CPU tensors; ``k``
+    the reconstructions per ROI patch they were computed with."""
 
     mean: torch.Tensor
     eu: torch.Tensor
     au: torch.Tensor
     cached: bool = False
+    k: int | None = None
 
 
 def mc_maps(run_path: str | Path, data: Any, preset: Preset, device: str = "auto",
@@ -515,14 +517,15 @@ def mc_maps(run_path: str | Path, data: Any, preset: Preset, device: str = "auto
     f = run_path / "mc" / f"{key}.npz"
     if f.is_file():
         with np.load(f) as z:
-            return Maps(torch.from_numpy(z["mean"]), torch.from_numpy(z["eu"]), torch.from_numpy(z["au"]), cached=True)
+            return Maps(torch.from_numpy(z["mean"]), torch.from_numpy(z["eu"]), torch.from_numpy(z["au"]), cached=True,
+                        k=int(preset.mc.k))
     dev = resolve_device(device)
     if model is None:
         model, _ = load_checkpoint(run_path, dev)
     images, roi = _tensors(data, _model_cfg_of(model, preset), source)
     res = _run_mc(model, images, roi, preset.mc, preset.masking.mask_ratio,
                   _mc_seed(seed, _EVAL_STREAM), dev, show=show_progress)
-    maps = Maps(res.mean.float().cpu(), res.eu.float().cpu(), res.au.float().cpu())
+    maps = Maps(res.mean.float().cpu(), res.eu.float().cpu(), res.au.float().cpu(), k=int(res.k))
     _save_mc(f, maps.mean, maps.eu, maps.au)
     return maps
 

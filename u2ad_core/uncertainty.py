@@ -17,9 +17,10 @@ Two engines give the same estimator:
   permutation, and those surplus masked slots are *discarded* from the statistics, so
   ``counts`` is exactly K for every ROI patch. All passes of all images are flattened into
   one batch axis (image x pass) and run in chunks of ``batch_size`` under
-  ``torch.inference_mode()`` (autocast bf16/fp16 on CUDA only); sums and sums of squares of
-  ``pred - x`` (shifted by the input to avoid cancellation) are accumulated on the device with
-  ``index_add_``; there is no Python loop over images (only over chunks of passes, and over
+  ``torch.inference_mode()`` (autocast fp16 on CUDA only, or as asked by ``autocast``: see
+  :data:`AUTOCAST`; the model's output heads and everything after them stay float32); sums and sums of squares
+  of ``pred - x`` (shifted by the input to avoid cancellation) are accumulated in float32 on
+  the device with ``index_add_``; there is no Python loop over images (only over chunks of passes, and over
   groups of ``image_group`` images to bound memory). On CPU the ``nn.MultiheadAttention``
   "fast path" is switched off during inference (measured slower for these small heads).
 * :func:`mc_uncertainty_reference`: the paper's Algorithm 1 as written, one image and one
@@ -44,6 +45,7 @@ import torch
 from .masking import _uniform, n_masked, random_roi_mask
 
 __all__ = [
+    "AUTOCAST",
     "MCResult",
     "MCPlan",
     "mc_plan",
@@ -57,8 +59,8 @@ __all__ = [
 class MCResult:
     """Monte-Carlo maps for N images of size H x W (float32 CPU tensors).
 
-    mean, eu, au: (N, H, W); counts: int64 (N, L) masked reconstructions kept per patch
-    (K for ROI patches, 0 elsewhere); n_passes: forward passes run (all images);
+    mean, eu, au: (N, H, W); counts: int64 (N, L) masked reconstructions kept per patch, as
+    counted from the passes that ran (K for ROI patches, 0 elsewhere); n_passes: forward passes run (all images);
     samples: (K, N, H, W) the kept reconstructions (sample j of a patch = its j-th kept
     reconstruction) or None; k, ddof as used.
     """
@@ -112,15 +114,29 @@ def _model_device(model: torch.nn.Module, device: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+AUTOCAST = ("auto", "off", "bf16", "fp16")
+"""``autocast`` choices of the engines: ``"auto"`` = fp16 on CUDA, none elsewhere; ``"off"``;
+``"bf16"`` / ``"fp16"`` on any device (on CPU: for tests).
+
+Why fp16 and not bf16 for Monte-Carlo inference: EU is the variance *between* reconstructions
+(about 6e-7 per cord pixel for the ``cpu`` model on the phantom). Rounding in the transformer
+blocks differs from pass to pass (different masks, different inputs), so it adds its own
+variance: measured on the ``cpu`` model (24 phantom slices, K = 10), bf16 (8-bit mantissa)
+raised the mean EU by 6.9 %, fp16 (11-bit) by 0.12 %. Inference needs no gradient range, so fp16
+is safe here; training keeps bf16 (``train.py``)."""
+
+
+def _autocast(device: torch.device, mode: str = "auto"):
+    if mode not in AUTOCAST:
+        raise ValueError(f"uncertainty: autocast must be one of {AUTOCAST}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @contextlib.contextmanager
-def _inference(model: torch.nn.Module, device: torch.device):
+def _inference(model: torch.nn.Module, device: torch.device, autocast: str = "auto"):
     """inference_mode + eval mode + autocast (CUDA); on CPU the MHA "fast path" is switched
     off (measured slower for these small heads on CPU) and restored afterwards."""
     mha = getattr(torch.backends, "mha", None)
@@ -128,7 +144,7 @@ def _inference(model: torch.nn.Module, device: torch.device):
     try:
         if mha is not None and device.type == "cpu":
             mha.set_fastpath_enabled(False)
-        with torch.inference_mode(), _eval_mode(model), _autocast(device):
+        with torch.inference_mode(), _eval_mode(model), _autocast(device, autocast):
             yield
     finally:
         if mha is not None:
@@ -233,6 +249,7 @@ def mc_uncertainty(
     keep_samples: bool = False,
     progress: bool = False,
     image_group: int = 1024,
+    autocast: str = "auto",
 ) -> MCResult:
     """Fast Monte-Carlo EU / AU maps (see the module docstring).
 
@@ -241,7 +258,8 @@ def mc_uncertainty(
     (None: torch's default generator); ddof: 1 unbiased (paper) or 0 (authors' code);
     batch_size: passes (image x pass) per forward (on CPU at most ``CPU_MAX_TOKENS`` tokens); device: None = the model's device;
     image_group: images whose plan and accumulators live on the device at once (memory
-    bound only; results do not depend on it except through the random stream).
+    bound only; results do not depend on it except through the random stream);
+    autocast: :data:`AUTOCAST` (default ``"auto"``: fp16 on CUDA only).
     Returns :class:`MCResult` with float32 CPU tensors.
     """
     _check_k(k, ddof)
@@ -252,10 +270,10 @@ def mc_uncertainty(
     if int(batch_size) < 1:
         raise ValueError(f"mc_uncertainty: batch_size must be >= 1, got {batch_size}")
     dev = _model_device(model, device)
-    if dev.type == "cpu":  # large batches only add memory traffic on CPU (see CPU_MAX_TOKENS)
-        batch_size = min(int(batch_size), max(1, CPU_MAX_TOKENS // (model.num_patches + 1)))
     N = x.shape[0]
     roi_p = model.roi_patches(r.cpu())
+    if dev.type == "cpu":  # large batches only add memory traffic on CPU (see CPU_MAX_TOKENS)
+        batch_size = min(int(batch_size), max(1, CPU_MAX_TOKENS // _tokens_per_pass(model, roi_p)))
     bar = None
     if progress:
         from .runtime import progress as _progress
@@ -263,13 +281,14 @@ def mc_uncertainty(
         n = roi_p.sum(1)
         m = n_masked(n, mask_ratio).clamp(min=1)
         bar = _progress(total=int(torch.where(n > 0, (k * n + m - 1) // m, 0).sum()), desc="MC passes")
-    means, eus, samples, n_passes = [], [], [], 0
+    means, eus, samples, counts, n_passes = [], [], [], [], 0
     try:
         for g0 in range(0, N, max(1, int(image_group))):
             sl = slice(g0, g0 + image_group)
-            mean, eu, smp, P = _mc_group(model, x[sl], r[sl], roi_p[sl], k, mask_ratio, generator, ddof,
-                                         int(batch_size), dev, keep_samples, bar)
+            mean, eu, smp, cnt, P = _mc_group(model, x[sl], r[sl], roi_p[sl], k, mask_ratio, generator, ddof,
+                                              int(batch_size), dev, keep_samples, bar, autocast)
             means.append(mean)
+            counts.append(cnt)
             eus.append(eu)
             samples.append(smp)
             n_passes += P
@@ -279,9 +298,10 @@ def mc_uncertainty(
     mean = torch.cat(means) if means else x[:, 0].clone()
     eu = torch.cat(eus) if eus else torch.zeros_like(x[:, 0])
     au = (x[:, 0] - mean).abs()
-    counts = roi_p.long() * k
+    counts_t = torch.cat(counts) if counts else torch.zeros_like(roi_p, dtype=torch.long)
     samples_t = torch.cat(samples, dim=1) if keep_samples and samples else None
-    return MCResult(mean=mean, eu=eu, au=au, counts=counts, n_passes=n_passes, samples=samples_t, k=k, ddof=ddof)
+    return MCResult(mean=mean, eu=eu, au=au, counts=counts_t, n_passes=n_passes, samples=samples_t, k=k,
+                    ddof=ddof)
 
 
 # On CPU a forward of more than a few thousand tokens runs no faster per token (the paper
@@ -290,8 +310,18 @@ def mc_uncertainty(
 CPU_MAX_TOKENS = 4096
 
 
-def _mc_group(model, x, r, roi_p, k, mask_ratio, generator, ddof, batch_size, dev, keep_samples, bar):
-    """The fast engine on one group of images: (mean (n,H,W), eu (n,H,W), samples or None, passes)."""
+def _tokens_per_pass(model, roi_p: torch.Tensor) -> int:
+    """Largest decoder sequence of one pass: 1 + L, or 1 + the largest context window."""
+    keep = model.context_patches(roi_p) if hasattr(model, "context_patches") else None
+    if keep is None or keep.shape[0] == 0:
+        return int(model.num_patches) + 1
+    return int(keep.sum(1).max()) + 1
+
+
+def _mc_group(model, x, r, roi_p, k, mask_ratio, generator, ddof, batch_size, dev, keep_samples, bar,
+              autocast="auto"):
+    """The fast engine on one group of images:
+    (mean (n,H,W), eu (n,H,W), samples or None, counts int64 (n, L) from the executed passes, passes)."""
     N, _, H, W = x.shape
     L = model.num_patches
     plan = mc_plan(roi_p, k, mask_ratio, generator)
@@ -305,7 +335,8 @@ def _mc_group(model, x, r, roi_p, k, mask_ratio, generator, ddof, batch_size, de
     image_d = plan.image.to(dev)
     masks_d = plan.masks.to(dev)
     sample_d = plan.sample.to(dev)
-    with _inference(model, dev):
+    counts = torch.zeros(N, L, dtype=torch.long, device=dev)
+    with _inference(model, dev, autocast):
         for s0 in range(0, P, batch_size):
             sl = slice(s0, min(P, s0 + batch_size))
             idx = image_d[sl]
@@ -315,6 +346,7 @@ def _mc_group(model, x, r, roi_p, k, mask_ratio, generator, ddof, batch_size, de
             d = torch.where((smp >= 0)[..., None], d, torch.zeros_like(d))  # surplus/visible: 0
             sum1.index_add_(0, idx, d)
             sum2.index_add_(0, idx, d * d)
+            counts.index_add_(0, idx, (smp >= 0).long())
             if samples_p is not None:
                 bi, li = torch.nonzero(smp >= 0, as_tuple=True)
                 samples_p[smp[bi, li], idx[bi], li] = d[bi, li] + x_p[idx[bi], li]
@@ -327,7 +359,7 @@ def _mc_group(model, x, r, roi_p, k, mask_ratio, generator, ddof, batch_size, de
     samples = None
     if samples_p is not None:
         samples = model.unpatchify(samples_p.reshape(k * N, L, -1), 1).reshape(k, N, H, W).float().cpu()
-    return mean, eu, samples, P
+    return mean, eu, samples, counts.cpu(), P
 
 
 # --------------------------------------------------------------------------------------
