@@ -1,6 +1,7 @@
 """The book harness: notebook hygiene, the toc, and `u2ad book` failing loudly."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,38 @@ def test_staging_hides_the_injected_parameters(tmp_path):
     out = nbformat.read(tmp_path / STAGE_DIR / "01_x.ipynb", as_version=4)
     assert "remove-cell" in out.cells[0].metadata["tags"]
     assert "remove-cell" not in out.cells[1].get("metadata", {}).get("tags", [])
+
+
+@pytest.mark.slow
+def test_math_is_served_from_the_book_and_renders_offline(tmp_path):
+    """A one-page book with the project's Sphinx settings: MathJax comes from ``_static`` (no
+    CDN), the file is there, and (when Debian's chromium is installed) the formula is typeset
+    with every network request refused."""
+    import shutil
+
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "sphinx-mathjax-offline" in cfg["sphinx"]["extra_extensions"]
+    book = tmp_path / "book"
+    book.mkdir()
+    mini = {"title": "t", "only_build_toc_files": True, "execute": {"execute_notebooks": "off"},
+            "parse": cfg["parse"], "sphinx": {"extra_extensions": cfg["sphinx"]["extra_extensions"]}}
+    (book / "_config.yml").write_text(yaml.safe_dump(mini))
+    (book / "_toc.yml").write_text("format: jb-book\nroot: index\n")
+    (book / "index.md").write_text("# Math\n\n$$\\mu = \\frac{1}{K}\\sum_k \\hat{x}_k$$\n")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    out = subprocess.run([str(jb), "build", "-W", str(book)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    html = (book / "_build" / "html" / "index.html").read_text()
+    srcs = re.findall(r'<script[^>]*src="([^"]*(?:mathjax|tex-)[^"]*)"', html, flags=re.I)
+    assert srcs and all(not s.startswith(("http:", "https:", "//")) for s in srcs), srcs
+    assert all((book / "_build" / "html" / s).is_file() for s in srcs)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt install chromium): the typesetting check in a browser is skipped")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+                          "--virtual-time-budget=8000", "--dump-dom",
+                          (book / "_build" / "html" / "index.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert "mjx-container" in dom.stdout, dom.stderr[-1000:]
