@@ -107,6 +107,10 @@ def test_ablation_grids_are_typed_and_paper_grid_is_table4():
 
         assert get_preset(name).mc.k in g.k_values  # the preset's own K is a grid point
         assert set(g.downsample) == {2, 4} or name == "paper_ci"
+        assert "renji_like" in g.table3_cohorts and set(g.control_cohorts) <= set(g.table3_cohorts)
+    for name in ("paper", "paper_ci", "smoke"):  # Table 3 and its controls on both clinical cohorts
+        assert S.ABLATION_GRIDS[name].table3_cohorts == S.ABLATION_GRIDS[name].control_cohorts == (
+            "renji_like", "ruijin_like")
 
 
 # --------------------------------------------------------------------------------------
@@ -181,6 +185,50 @@ def test_failing_point_is_reported_and_others_land(cluster, tmp_path):
                         verbose=False)
     assert again.skipped == res.ran and [p.point_id for p in again.failed] == [f.point_id]
     assert not math.isnan(again.seconds)
+
+
+def _fake_execute(behaviours, calls):
+    """execute_notebook stand-in: pops one behaviour per call (an exception to raise, or rows to write)."""
+    def fake(src, out, parameters, cwd, kernel_name="python3"):
+        calls.append(out)
+        what = behaviours.pop(0)
+        if isinstance(what, BaseException):
+            raise what
+        R.write_results(Path(cwd) / "run", what, name="pt")  # SWEEP_ENV is set by run_point
+        return 0.1
+    return fake
+
+
+def test_run_point_restarts_a_kernel_that_died_while_starting(tmp_path, monkeypatch, capsys):
+    from u2ad_core import book
+
+    calls = []
+    monkeypatch.setattr(book, "execute_notebook", _fake_execute(
+        [RuntimeError("Kernel died before replying to kernel_info"), [{"y": 4}]], calls))
+    task = {"notebook": str(FIXTURE), "point_dir": str(tmp_path / "p"), "parameters": {}, "cwd": str(tmp_path),
+            "point_id": "p0"}
+    out = S.run_point(task)
+    assert out["status"] == "ok" and out["attempts"] == 2 and len(calls) == 2
+    assert out["results"] == {"pt": [{"y": 4}]} and "error" not in out
+    assert "did not start" in capsys.readouterr().err
+    # it gives up after start_attempts, reporting the last error
+    calls.clear()
+    monkeypatch.setattr(book, "execute_notebook", _fake_execute(
+        [RuntimeError("zmq.error.ZMQError: Address already in use")] * 2, calls))
+    out = S.run_point(task)
+    assert out["status"] == "failed" and out["attempts"] == 2 and "Address already in use" in out["error"]
+
+
+def test_run_point_never_reruns_a_failing_cell_or_a_kernel_that_died_later(tmp_path, monkeypatch):
+    from u2ad_core import book
+
+    task = {"notebook": str(FIXTURE), "point_dir": str(tmp_path / "p"), "parameters": {}, "cwd": str(tmp_path),
+            "point_id": "p0"}
+    for exc in (book.NotebookFailed(FIXTURE, 4, 3, "ValueError", "boom", None), MemoryError("killed")):
+        calls = []
+        monkeypatch.setattr(book, "execute_notebook", _fake_execute([exc, [{"y": 1}]], calls))
+        out = S.run_point(task)
+        assert out["status"] == "failed" and out["attempts"] == 1 and len(calls) == 1
 
 
 def test_cli_registered_and_rejects_unknown_parameter(tmp_path, capsys):

@@ -132,6 +132,9 @@ THREAD_ENV = {
 class AblationGrid:
     """The sensitivity / robustness grids of notebook 08 (paper 4.8, Table 4, Figure 7).
 
+    ``table3_cohorts``: the cohorts of Table 3 (paper: both); ``control_cohorts``: those that
+    also get the project's coverage-only and EU-mean rows (each one adaptation).
+
     ``grid_adapt_epochs``: adaptation epochs of every tau / mask-ratio grid point; ``None``
     keeps ``preset.adapt.epochs`` (the paper's protocol: each grid point is a full
     adaptation). The CPU presets shrink it (the notebook says so) and then also rerun the
@@ -147,6 +150,9 @@ class AblationGrid:
     noise_sigmas: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.2, 0.4)  # paper 4.8.2 / Fig. 7a
     downsample: tuple[int, ...] = (2, 4)  # paper 4.8.2 / Figure 7b: 2x and 4x
     cv_repeats: int | None = None  # None = preset.eval.n_repeats (paper Appendix F: 20)
+    # Table 3 (paper: both clinical cohorts) and the project's coverage / EU-mean controls
+    table3_cohorts: tuple[str, ...] = ("renji_like", "ruijin_like")
+    control_cohorts: tuple[str, ...] = ("renji_like", "ruijin_like")
 
 
 ABLATION_GRIDS: dict[str, AblationGrid] = {
@@ -159,6 +165,9 @@ ABLATION_GRIDS: dict[str, AblationGrid] = {
         k_values=(3, 5, 10, 15, 20), taus=(0.1, 1.0, 10.0), mask_ratios=(0.75, 0.95),
         grid_adapt_epochs=2, grid_stage2_start=1, noise_sigmas=(0.0, 0.05, 0.1, 0.2),
         downsample=(2, 4), cv_repeats=None,
+        # Table 3 on renji_like only: its models are trained by notebooks 04, 05 and 07 already;
+        # ruijin_like would need two more adaptations (~2 minutes of the book's 25)
+        table3_cohorts=("renji_like",), control_cohorts=("renji_like",),
     ),
     "paper": AblationGrid(),
     # the paper's protocol (full adaptation per point, the preset's CV repeats) on few values
@@ -313,40 +322,63 @@ def _environment(env: Mapping[str, str]) -> Iterator[None]:
                     os.environ[k] = v
 
 
-def run_point(task: Mapping[str, Any]) -> dict[str, Any]:
+KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Address already in use",
+                       "Kernel didn't respond in")
+"""Messages of a kernel that never started (seen: two Dask workers starting kernels at once, one
+binding a ZMQ port the other had just picked). :func:`run_point` retries such a point once."""
+
+
+def _kernel_start_failed(exc: BaseException) -> bool:
+    """True when ``exc`` says the kernel died or hung while starting, before any cell ran."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(m in text for m in KERNEL_START_ERRORS)
+
+
+def run_point(task: Mapping[str, Any], start_attempts: int = 2) -> dict[str, Any]:
     """Execute one grid point (a Dask task); never raises for a failing notebook.
 
     task: ``notebook`` (source path), ``point_dir``, ``parameters`` (injected), ``cwd``,
     ``env`` (extra environment), ``point_id``. Returns a dict with ``status`` ``"ok"`` or
-    ``"failed"``, ``seconds``, ``results`` ({name: rows}) or ``error`` / ``cell`` /
-    ``executed``, and ``worker`` (host:pid).
+    ``"failed"``, ``seconds``, ``attempts``, ``results`` ({name: rows}) or ``error`` / ``cell`` /
+    ``executed``, and ``worker`` (host:pid). A kernel that dies while starting
+    (:data:`KERNEL_START_ERRORS`) is started again, up to ``start_attempts`` times in all; a
+    notebook that raises in a cell is never rerun.
     """
     from .book import NotebookFailed, execute_notebook
 
     point_dir = Path(task["point_dir"])
     point_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(point_dir / "results", ignore_errors=True)  # stale rows of a failed attempt
-    (point_dir / "failed.json").unlink(missing_ok=True)
     executed = point_dir / "executed.ipynb"
     env = {**THREAD_ENV, "U2AD_HEADLESS": "1", SWEEP_ENV: str(point_dir), **(task.get("env") or {})}
     out: dict[str, Any] = {"point_id": task["point_id"], "executed": str(executed),
                            "worker": f"{socket.gethostname()}:{os.getpid()}"}
     t0 = time.perf_counter()
-    try:
-        with _environment(env):
-            execute_notebook(Path(task["notebook"]), executed, dict(task["parameters"]), cwd=Path(task["cwd"]))
-    except NotebookFailed as exc:
-        out.update(status="failed", error=str(exc), cell=exc.cell_number,
-                   ename=exc.ename, evalue=str(exc.evalue))
-    except Exception as exc:  # kernel died, papermill could not start, ...
-        out.update(status="failed", error=f"{type(exc).__name__}: {exc} (notebook {task['notebook']})",
-                   cell=None, ename=type(exc).__name__, evalue=str(exc))
-    else:
-        found = find_results(point_dir / "results")
-        out.update(status="ok", results={name: read_results(p) for name, p in found.items()})
-        if not found:
-            out["warning"] = (f"{task['notebook']} wrote no results file (call "
-                              "u2ad_core.results.write_results); the point adds no row")
+    for attempt in range(1, max(1, int(start_attempts)) + 1):
+        shutil.rmtree(point_dir / "results", ignore_errors=True)  # stale rows of a failed attempt
+        (point_dir / "failed.json").unlink(missing_ok=True)
+        out["attempts"] = attempt
+        try:
+            with _environment(env):
+                execute_notebook(Path(task["notebook"]), executed, dict(task["parameters"]), cwd=Path(task["cwd"]))
+        except NotebookFailed as exc:
+            out.update(status="failed", error=str(exc), cell=exc.cell_number,
+                       ename=exc.ename, evalue=str(exc.evalue))
+        except Exception as exc:  # kernel died, papermill could not start, ...
+            out.update(status="failed", error=f"{type(exc).__name__}: {exc} (notebook {task['notebook']})",
+                       cell=None, ename=type(exc).__name__, evalue=str(exc))
+            if _kernel_start_failed(exc) and attempt < start_attempts:
+                print(f"sweep: point {task['point_id']}: the kernel did not start ({type(exc).__name__}: "
+                      f"{str(exc)[:120]}); starting it again", file=sys.stderr, flush=True)
+                continue
+        else:
+            for k in ("error", "cell", "ename", "evalue"):
+                out.pop(k, None)
+            found = find_results(point_dir / "results")
+            out.update(status="ok", results={name: read_results(p) for name, p in found.items()})
+            if not found:
+                out["warning"] = (f"{task['notebook']} wrote no results file (call "
+                                  "u2ad_core.results.write_results); the point adds no row")
+        break
     out["seconds"] = time.perf_counter() - t0
     return out
 
