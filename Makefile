@@ -51,10 +51,13 @@ unit: $(STAMP)
 smoke-book: $(STAMP)
 	$(U2AD) book --preset smoke --device cpu --seed $(SEED) --path-output _build/smoke
 
-# pytest exits non-zero (5) when it collects no test, which fails this target too.
+# pytest exits non-zero (5) when it collects no test, which fails this target too. The smoke book
+# executes every notebook (--force: no executed copy is reused) and its pages are then checked:
+# images, internal links, no machine path or traceback (and, with chromium installed, in a browser).
 test: $(STAMP)
 	$(PY) -m pytest -q
-	$(U2AD) book --preset smoke --device cpu --seed $(SEED) --path-output _build/smoke
+	$(U2AD) book --preset smoke --device cpu --seed $(SEED) --path-output _build/smoke --force
+	$(U2AD) sitecheck _build/smoke/_build/html --browser
 
 # the paper preset's code paths on a CPU (about 8 minutes on 2 cores); CI runs it after make test
 paper-ci: $(STAMP)

@@ -42,6 +42,23 @@ def test_notebook_has_exactly_one_parameters_cell(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_boilerplate_is_out_of_the_reading_view(path):
+    """CONTRIBUTING.md, reading view: the parameters and setup cells are not shown on the page;
+    a captioned figure cell has a caption, a name and alt text."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.get("tags", [])
+        if "parameters" in tags or "ctx = setup(" in cell.source:
+            assert "remove-cell" in tags, f"{path.name}: {cell.source.splitlines()[0]!r} is not tagged remove-cell"
+        fig = cell.metadata.get("mystnb", {}).get("figure")
+        if fig is not None:
+            assert fig.get("caption") and str(fig.get("name", "")).startswith("fig-"), f"{path.name}: {fig}"
+            assert cell.metadata["mystnb"].get("image", {}).get("alt"), f"{path.name}: {fig['name']} has no alt text"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_ends_with_summary_and_exercises(path):
     text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
     assert "## Summary" in text and "## Exercises" in text, path.name
@@ -116,20 +133,81 @@ def test_book_stops_at_failing_notebook_and_names_it(tmp_path):
     assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
 
 
-def test_staging_hides_the_injected_parameters(tmp_path):
-    """The injected cell carries the builder's absolute paths: staged copies remove it."""
+def test_staging_drops_the_injected_parameters(tmp_path):
+    """The injected cell carries the builder's absolute paths and would override a downloaded
+    copy's parameters cell: staged copies (page and download) do not have it."""
     from u2ad_core.book import STAGE_DIR, _stage
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell('data_dir = "/abs/path"'), nbformat.v4.new_code_cell("x = 1")]
-    nb.cells[0].metadata["tags"] = ["injected-parameters"]
+    nb.cells = [nbformat.v4.new_code_cell('data_dir = "data"'), nbformat.v4.new_code_cell('data_dir = "/abs/path"'),
+                nbformat.v4.new_code_cell("x = 1")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
     src = tmp_path / "exec" / "01_x.ipynb"
     src.parent.mkdir()
     nbformat.write(nb, src)
     _stage([src], tmp_path)
     out = nbformat.read(tmp_path / STAGE_DIR / "01_x.ipynb", as_version=4)
-    assert "remove-cell" in out.cells[0].metadata["tags"]
-    assert "remove-cell" not in out.cells[1].get("metadata", {}).get("tags", [])
+    assert [c.source for c in out.cells] == ['data_dir = "data"', "x = 1"]
+    assert "/abs/path" not in (tmp_path / STAGE_DIR / "01_x.ipynb").read_text()
+
+
+def test_build_key_follows_source_earlier_code_and_parameters(tmp_path):
+    from u2ad_core.book import build_key
+
+    def nb(path, md, code):
+        n = nbformat.v4.new_notebook()
+        n.cells = [nbformat.v4.new_markdown_cell(md), nbformat.v4.new_code_cell(code)]
+        nbformat.write(n, path)
+        return path
+
+    a, b = nb(tmp_path / "01_a.ipynb", "# A", "x = 1"), nb(tmp_path / "02_b.ipynb", "# B", "y = 2")
+    params = {"preset": "smoke", "seed": 0}
+    key = lambda **kw: build_key(b, [a], "h", kw.get("params", params), "pkg", {"torch": "2"})  # noqa: E731
+    k0 = key()
+    assert k0 == key() and len(k0) == 16
+    assert key(params={"preset": "smoke", "seed": 1}) != k0
+    assert build_key(b, [a], "other preset", params, "pkg", {"torch": "2"}) != k0
+    assert build_key(b, [a], "h", params, "pkg2", {"torch": "2"}) != k0  # package code changed
+    nb(a, "# A, reworded", "x = 1")  # prose of an earlier notebook: later notebooks stay current
+    assert key() == k0
+    nb(a, "# A", "x = 10")  # code of an earlier notebook: they are executed again
+    k1 = key()
+    assert k1 != k0
+    nb(b, "# B, reworded", "y = 2")  # its own prose: executed again
+    assert key() != k1
+
+
+@pytest.mark.slow
+def test_second_build_reuses_current_copies_and_force_executes(tmp_path):
+    args = ("book", "--preset", "smoke", "--device", "cpu", "--no-data", "--notebooks", "tests/fixtures/ok.ipynb",
+            "--executed-dir", str(tmp_path))
+    first = _u2ad(*args)
+    assert first.returncode == 0 and "ok (" in first.stdout, first.stdout + first.stderr
+    meta = nbformat.read(tmp_path / "ok.ipynb", as_version=4).metadata["u2ad"]
+    again = _u2ad(*args)
+    assert again.returncode == 0 and "unchanged, not executed" in again.stdout, again.stdout
+    assert nbformat.read(tmp_path / "ok.ipynb", as_version=4).metadata["u2ad"] == meta  # not rewritten
+    other = _u2ad(*args, "--seed", "1")  # other parameters: executed
+    assert "ok (" in other.stdout and "unchanged" not in other.stdout
+    forced = _u2ad(*args, "--seed", "1", "--force")
+    assert "ok (" in forced.stdout and "unchanged" not in forced.stdout
+
+
+def test_run_times_table_comes_from_the_run_headers(tmp_path):
+    from u2ad_core.book import RUN_TIMES, write_run_times
+
+    paths = []
+    for stem, secs in (("01_a", 12.0), ("02_b", 300.0)):
+        n = nbformat.v4.new_notebook()
+        n.cells = [nbformat.v4.new_markdown_cell(f"# {stem} title\n\ntext")]
+        n.metadata["u2ad"] = {"preset": "cpu", "device": "cpu", "elapsed_s": secs, "executed_at": "today"}
+        paths.append(tmp_path / f"{stem}.ipynb")
+        nbformat.write(n, paths[-1])
+    text = write_run_times(tmp_path, paths).read_text()
+    assert (tmp_path / RUN_TIMES).is_file()
+    assert "[01_a title](../notebooks/01_a.ipynb) | cpu | cpu | 12 s" in text
+    assert "| 5.0 min |" in text and "**5.2 min**" in text
 
 
 @pytest.mark.slow

@@ -9,8 +9,16 @@
    ``preset``, ``device``, ``seed``, ``data_dir``, ``run_dir``; each executed copy gets a run
    header (preset, seed, device, package versions, elapsed time) as a markdown cell and in
    its metadata under ``u2ad``;
-3. the executed copies are staged into ``book/notebooks/`` (what ``_toc.yml`` lists) and
+3. the executed copies are staged into ``book/notebooks/`` (what ``_toc.yml`` lists, without
+   papermill's injected-parameters cell, so that a downloaded notebook runs with the defaults
+   its parameters cell shows), ``book/generated/run_times.md`` gets the table of run times, and
    ``jupyter-book build -W`` (warnings are errors) writes ``<path-output>/_build/html``.
+
+Rebuilds are cheap: a notebook is not executed again when its executed copy carries the same
+*build key* (:func:`build_key`: the notebook's source, the code cells of the notebooks before
+it, the preset hash, the parameters, the package's code and the tracked package versions);
+``--force`` executes every notebook. A prose-only edit re-executes that notebook alone; a code
+edit re-executes it and every later notebook (they may read its results).
 
 The first failing notebook stops the build with a non-zero exit that names the notebook
 and the failing cell; its partly executed copy is kept in the build area for inspection.
@@ -20,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -33,10 +43,12 @@ from .config import get_preset
 from .notebook import repo_root
 from .runtime import atomic_path, package_versions, resolve_device
 
-__all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "cli_register"]
+__all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "build_key",
+           "write_run_times", "cli_register"]
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 STAGE_DIR = Path("book") / "notebooks"
+RUN_TIMES = Path("book") / "generated" / "run_times.md"  # included by book/course_plan.md
 # ipykernel >= 7 warns on every start that local TCP is unencrypted; keep its errors only
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
@@ -65,6 +77,7 @@ class NotebookFailed(RuntimeError):
 @dataclass
 class BookResult:
     executed: list[Path] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)  # notebook stems whose executed copy was current
     seconds: dict[str, float] = field(default_factory=dict)
     html_index: Path | None = None
 
@@ -92,6 +105,78 @@ def find_notebooks(root: Path, selection: Sequence[str] | None = None) -> list[P
             raise FileNotFoundError(f"no notebook in {nb_dir} matches {item!r}")
         chosen.extend(matches)
     return chosen
+
+
+def _code_cells(nb_path: Path) -> list[str]:
+    """The sources of a notebook's code cells (what can change what later notebooks read)."""
+    cells = json.loads(Path(nb_path).read_text(encoding="utf-8")).get("cells", [])
+    return ["".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code"]
+
+
+def _package_digest() -> str:
+    """sha256 over the package's own source files (any code change re-executes the book)."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def build_key(src: Path, earlier: Sequence[Path], preset_hash: str, params: dict[str, Any],
+              package_digest: str | None = None, versions: dict[str, str] | None = None) -> str:
+    """The key under which an executed copy of ``src`` is current (16 hex digits).
+
+    Covers the whole source notebook (prose, code, tags), the code cells of the notebooks
+    executed before it (``earlier``: they write runs and results files it may read), the preset
+    hash, the injected parameters, the package's source and the tracked package versions.
+    """
+    payload = {
+        "source": Path(src).read_bytes().decode("utf-8", "replace"),
+        "earlier": [[Path(e).name, _code_cells(e)] for e in earlier],
+        "preset_hash": preset_hash, "params": params,
+        "package": package_digest or _package_digest(), "versions": versions or package_versions(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _current_copy(out: Path, key: str) -> dict[str, Any] | None:
+    """The ``u2ad`` metadata of ``out`` when it is a complete executed copy built under ``key``."""
+    if not out.is_file():
+        return None
+    try:
+        meta = json.loads(out.read_text(encoding="utf-8")).get("metadata", {}).get("u2ad", {})
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("build_key") == key else None
+
+
+def write_run_times(root: Path, executed: Sequence[Path]) -> Path:
+    """``book/generated/run_times.md``: one row per executed copy (its title, preset, device and
+    the seconds its own run took, from the run header), written atomically."""
+    import nbformat
+
+    rows = []
+    for nb_path in executed:
+        nb = nbformat.read(nb_path, as_version=4)
+        meta = nb.metadata.get("u2ad", {})
+        title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
+                      if c.cell_type == "markdown" and c.source.startswith("#")), nb_path.stem)
+        rows.append((nb_path.stem, title, meta.get("preset", "?"), meta.get("device", "?"),
+                     float(meta.get("elapsed_s", float("nan"))), meta.get("executed_at", "?")))
+    total = sum(r[4] for r in rows)
+    lines = ["| chapter | preset | device | run time | executed |", "|---|---|---|---|---|"]
+    for stem, title, preset, device, secs, when in rows:
+        mins = f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.1f} min"
+        lines.append(f"| [{title}](../notebooks/{stem}.ipynb) | {preset} | {device} | {mins} | {when} |")
+    lines.append(f"| **all chapters** | | | **{total / 60:.1f} min** | |")
+    text = ("Run times of the build that made this page (each chapter executed once by `u2ad book`, "
+            "on the device shown; the data generation and the HTML build come on top):\n\n" + "\n".join(lines) + "\n")
+    out = root / RUN_TIMES
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, suffix=".md") as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return out
 
 
 def _run_header(preset: str, seed: int, device: str, seconds: float, preset_hash: str) -> tuple[str, dict[str, Any]]:
@@ -180,12 +265,11 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
     import nbformat
 
     for nb in executed:
-        # the injected-parameters cell holds the builder's absolute paths: not shown to readers
+        # the injected-parameters cell holds the builder's absolute paths and would override the
+        # parameters cell of a downloaded copy: readers get neither
         book_nb = nbformat.read(nb, as_version=4)
-        for cell in book_nb.cells:
-            tags = cell.get("metadata", {}).get("tags", [])
-            if "injected-parameters" in tags and "remove-cell" not in tags:
-                cell.setdefault("metadata", {})["tags"] = [*tags, "remove-cell"]
+        book_nb.cells = [c for c in book_nb.cells
+                         if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
         nbformat.write(book_nb, stage / nb.name)
 
 
@@ -245,6 +329,7 @@ def build_book(
     html: bool = True,
     overrides: dict[str, Any] | None = None,
     root: Path | None = None,
+    force: bool = False,
 ) -> BookResult:
     """Execute the notebooks (all, or a selection) and build the HTML book. See module doc."""
     root = Path(root or repo_root()).resolve()
@@ -274,15 +359,25 @@ def build_book(
 
     params = {"preset": preset, "device": dev, "seed": int(seed), "data_dir": str(data_dir),
               "run_dir": str(run_dir), "overrides": dict(overrides or {})}
+    digest, versions, preset_hash = _package_digest(), package_versions(), cfg.hash()
     for i, src in enumerate(nbs, 1):
         out = executed_dir / src.name
         print(f"[{i}/{len(nbs)}] {src.name} ...", end=" ", flush=True)
+        key = build_key(src, nbs[: i - 1], preset_hash, params, digest, versions)
+        meta = None if force else _current_copy(out, key)
+        if meta is not None:
+            result.executed.append(out)
+            result.reused.append(src.stem)
+            print(f"unchanged, not executed (its run took {float(meta.get('elapsed_s', 0)):.1f} s on "
+                  f"{meta.get('executed_at', '?')})", flush=True)
+            continue
         try:
             secs = execute_notebook(src, out, params, cwd=src.parent)
         except NotebookFailed:
             print("FAILED", flush=True)
             raise
-        text, meta = _run_header(preset, int(seed), dev, secs, cfg.hash())
+        text, meta = _run_header(preset, int(seed), dev, secs, preset_hash)
+        meta["build_key"] = key
         _add_header(out, text, meta)
         result.executed.append(out)
         result.seconds[src.stem] = secs
@@ -292,6 +387,7 @@ def build_book(
     if html:
         _check_toc(root, result.executed)
         _stage(result.executed, root)
+        write_run_times(root, result.executed)
         t0 = time.perf_counter()
         po = None
         if path_output is not None:
@@ -321,7 +417,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
             preset=args.preset, device=args.device, seed=args.seed, notebooks=args.notebooks,
             data_dir=args.data_dir, run_dir=args.run_dir, executed_dir=args.executed_dir,
             path_output=args.path_output, prepare_data=not args.no_data, html=not (args.no_html or args.notebooks),
-            overrides=overrides,
+            overrides=overrides, force=args.force,
         )
     except NotebookFailed as exc:
         print(f"u2ad book: {exc}", file=sys.stderr)
@@ -350,4 +446,6 @@ def cli_register(sub: argparse._SubParsersAction) -> None:
                    "so the book lands in _build/html)")
     p.add_argument("--no-data", action="store_true", help="skip the data preparation step")
     p.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    p.add_argument("--force", action="store_true", help="execute every notebook, even those whose executed copy "
+                   "is current (same source, earlier code, preset, parameters and package)")
     p.set_defaults(func=_cmd_book)

@@ -5,7 +5,7 @@ notebooks compose figures freely. Image arrays are ``(H, W)`` with rows = superi
 (top = cranial), as in the dataset files.
 
 - :func:`show_slice`: a slice with optional cord / lesion contours, an anomaly-map overlay
-  and segment boundaries (labelled at the right edge).
+  (with its colour bar) and segment boundaries (labelled at the right edge).
 - :func:`plot_curve`: an anomaly curve with segment bands, lesion segments shaded, an
   optional threshold; ``vertical=True`` draws it beside a slice (rows on the y axis).
 - :func:`show_case`: slice + map + curve for one row of a :class:`~u2ad_core.scoring.ScoreResult`.
@@ -33,7 +33,7 @@ def grid(n: int, ncols: int = 4, size: tuple[float, float] = (2.2, 3.6), **kw):
 
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), dpi=100,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), dpi=120,
                              squeeze=False, **kw)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
@@ -84,22 +84,26 @@ def show_slice(
     """Draw a slice with overlays; returns the axes.
 
     cord / lesion: ``(H, W)`` masks drawn as contours (cyan / red); anomaly: ``(H, W)`` map
-    shown with the ``hot`` colormap where > 0 (``vmax`` fixes its scale); segments: ``(H, W)``
-    segment map or point_seg ``(H,)``: boundaries drawn as short ticks with names;
-    centreline: ``(H,)`` column per row (dotted line).
+    shown with the ``hot`` colormap where > 0 (``vmax`` fixes its scale), with a colour bar
+    beside the axes; segments: ``(H, W)`` segment map or point_seg ``(H,)``: boundaries drawn
+    as short ticks with names; centreline: ``(H,)`` column per row (dotted line).
     """
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(2.4, 4.0), dpi=100)
+        _, ax = plt.subplots(figsize=(2.4, 4.0), dpi=120)
     image = np.asarray(image, dtype=np.float32)
     h, w = image.shape
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if anomaly is not None:
         a = np.asarray(anomaly, dtype=np.float32)
         top = float(vmax) if vmax else (float(a.max()) if a.max() > 0 else 1.0)
-        ax.imshow(np.ma.masked_less_equal(a, 0), cmap="hot", vmin=0, vmax=top, alpha=0.8,
-                  interpolation="nearest")
+        im = ax.imshow(np.ma.masked_less_equal(a, 0), cmap="hot", vmin=0, vmax=top, alpha=0.8,
+                       interpolation="nearest")
+        # segment names are written just right of the slice: leave them room before the colour bar
+        labels_right = label_segments and (point_seg is not None or segments is not None)
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.25 if labels_right else 0.02)
+        cb.ax.tick_params(labelsize=8)
     if cord is not None and np.any(cord):
         ax.contour(np.asarray(cord) > 0, levels=[0.5], colors=CORD_COLOUR, linewidths=0.6)
     if lesion is not None and np.any(lesion):
@@ -112,7 +116,7 @@ def show_slice(
         for name, a, b in segment_bounds(point_seg):
             ax.plot([w - 5, w - 1], [a - 0.5, a - 0.5], color="yellow", lw=0.8)
             if label_segments:
-                ax.text(w + 1, (a + b) / 2, name, va="center", ha="left", fontsize=6, clip_on=False)
+                ax.text(w + 1, (a + b) / 2, name, va="center", ha="left", fontsize=8, clip_on=False)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -140,7 +144,7 @@ def plot_curve(
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 2.2) if not vertical else (1.8, 4.0), dpi=100)
+        _, ax = plt.subplots(figsize=(5, 2.2) if not vertical else (1.8, 4.0), dpi=120)
     curve = np.asarray(curve, dtype=np.float64)
     rows = np.arange(len(curve))
     lesions = parse_segments(lesion_segments) if isinstance(lesion_segments, str) else tuple(lesion_segments)
@@ -149,7 +153,7 @@ def plot_curve(
         for k, (name, a, b) in enumerate(segment_bounds(point_seg)):
             col = LESION_COLOUR if name in lesions else SEGMENT_COLOURS[k % 2]
             span(a - 0.5, b + 0.5, color=col, alpha=0.25 if name in lesions else 1.0, lw=0)
-            txt = dict(fontsize=6, color=LESION_COLOUR if name in lesions else "0.3")
+            txt = dict(fontsize=8, color=LESION_COLOUR if name in lesions else "0.3")
             if vertical:
                 ax.text(1.02, (a + b) / 2, name, transform=ax.get_yaxis_transform(), va="center", **txt)
             else:
@@ -159,16 +163,16 @@ def plot_curve(
     if vertical:
         ax.plot(curve, rows, color=colour, lw=1.0, label=label)
         ax.set_ylim(len(curve) - 0.5, -0.5)
-        ax.set_xlabel("anomaly", fontsize=7)
+        ax.set_xlabel("anomaly", fontsize=8)
         if threshold is not None:
             ax.axvline(threshold, ls="--", color="tab:blue", lw=0.8)
     else:
         ax.plot(rows, curve, color=colour, lw=1.0, label=label)
-        ax.set_xlabel("position along the cord (row)", fontsize=7)
-        ax.set_ylabel("AnoCurve", fontsize=7)
+        ax.set_xlabel("position along the cord (row)", fontsize=8)
+        ax.set_ylabel("AnoCurve", fontsize=8)
         if threshold is not None:
             ax.axhline(threshold, ls="--", color="tab:blue", lw=0.8)
-    ax.tick_params(labelsize=6)
+    ax.tick_params(labelsize=8)
     if title:
         ax.set_title(title, fontsize=8)
     return ax
@@ -181,7 +185,7 @@ def show_case(result, data, i: int, axes=None, vmax: float | None = None, title:
     import matplotlib.pyplot as plt
 
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(5.4, 3.6), dpi=100, gridspec_kw={"width_ratios": [1, 1, 0.8]})
+        _, axes = plt.subplots(1, 3, figsize=(6.0, 3.6), dpi=120, gridspec_kw={"width_ratios": [1, 1, 0.8]})
     row = result.table.iloc[i]
     lesion = np.asarray(data.lesion[i]) if getattr(data, "lesion", None) is not None else None
     show_slice(data.images[i], axes[0], cord=result.roi[i], lesion=lesion,
@@ -200,7 +204,7 @@ def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(8, 3.4), dpi=100)
+        _, axes = plt.subplots(1, 2, figsize=(8, 3.4), dpi=120)
     prevalence = None
     for name, (y, s) in items.items():
         y = np.asarray(y).astype(int)
@@ -217,5 +221,5 @@ def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
     axes[0].set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (patients)")
     axes[1].set(xlabel="recall", ylabel="precision", title="precision-recall (patients)")
     for ax in axes:
-        ax.legend(fontsize=6, loc="lower right" if ax is axes[0] else "upper right")
+        ax.legend(fontsize=8, loc="lower right" if ax is axes[0] else "upper right")
     return axes
