@@ -194,6 +194,74 @@ def test_second_build_reuses_current_copies_and_force_executes(tmp_path):
     assert "ok (" in forced.stdout and "unchanged" not in forced.stdout
 
 
+EXERCISES_MD = """## Exercises
+
+1. Square it.
+
+   ````{dropdown} Hint
+   Use `**`.
+   ```python
+   print("a hint's code is not a solution")
+   ```
+   ````
+
+   ````{dropdown} Solution
+   Square `x`:
+   ```python
+   y = x ** 2
+   assert y == 4
+   ```
+   and print it:
+   ```python
+   print("solution", y)
+   ```
+   ````
+2. Fail.
+
+   :::{dropdown} Solution
+   ```python
+   raise ValueError("this solution rotted")
+   ```
+   :::
+"""
+
+
+def test_solution_blocks_are_found_in_dropdowns_only():
+    from u2ad_core.book import solution_blocks
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(EXERCISES_MD)]
+    assert solution_blocks(nb) == ["y = x ** 2\nassert y == 4", 'print("solution", y)',
+                                   'raise ValueError("this solution rotted")']
+
+
+@pytest.mark.slow
+def test_smoke_build_executes_solutions_and_a_rotten_one_fails(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(EXERCISES_MD.split("2. Fail")[0])]
+    good = tmp_path / "01_good.ipynb"
+    nbformat.write(nb, good)
+    out = _u2ad("book", "--preset", "smoke", "--device", "cpu", "--no-data", "--notebooks", str(good),
+                "--executed-dir", str(tmp_path / "exec"))
+    assert out.returncode == 0 and "2 exercise solution(s) checked" in out.stdout, out.stdout + out.stderr
+    executed = nbformat.read(tmp_path / "exec" / "01_good.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "solution 4" in printed
+    # without solutions (the cpu default) they do not run
+    out = _u2ad("book", "--preset", "smoke", "--device", "cpu", "--no-data", "--notebooks", str(good),
+                "--executed-dir", str(tmp_path / "exec2"), "--no-solutions")
+    assert out.returncode == 0 and "solution" not in out.stdout
+    nb.cells[1] = nbformat.v4.new_markdown_cell(EXERCISES_MD)
+    bad = tmp_path / "02_bad.ipynb"
+    nbformat.write(nb, bad)
+    out = _u2ad("book", "--preset", "smoke", "--device", "cpu", "--no-data", "--notebooks", str(bad),
+                "--executed-dir", str(tmp_path / "exec3"))
+    assert out.returncode != 0 and "solution check 3 of 3 (02_bad.ipynb)" in out.stderr, out.stderr
+    assert "this solution rotted" in out.stderr
+
+
 def test_run_times_table_comes_from_the_run_headers(tmp_path):
     from u2ad_core.book import RUN_TIMES, write_run_times
 

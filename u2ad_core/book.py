@@ -14,6 +14,12 @@
    its parameters cell shows), ``book/generated/run_times.md`` gets the table of run times, and
    ``jupyter-book build -W`` (warnings are errors) writes ``<path-output>/_build/html``.
 
+Exercise solutions cannot rot: the code of every solution (a fenced ``python`` block inside a
+``{dropdown} Solution`` block of a markdown cell, see :func:`solution_blocks`) is appended to
+the notebook as hidden cells and executed when the book is built with solutions (the default
+for the ``smoke`` preset, which ``make test`` builds; ``--solutions`` / ``--no-solutions``).
+The page shows the solutions as collapsible blocks either way.
+
 Rebuilds are cheap: a notebook is not executed again when its executed copy carries the same
 *build key* (:func:`build_key`: the notebook's source, the code cells of the notebooks before
 it, the preset hash, the parameters, the package's code and the tracked package versions);
@@ -31,6 +37,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +51,7 @@ from .notebook import repo_root
 from .runtime import atomic_path, package_versions, resolve_device
 
 __all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "build_key",
-           "write_run_times", "cli_register"]
+           "solution_blocks", "with_solutions", "write_run_times", "cli_register"]
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 STAGE_DIR = Path("book") / "notebooks"
@@ -105,6 +112,61 @@ def find_notebooks(root: Path, selection: Sequence[str] | None = None) -> list[P
             raise FileNotFoundError(f"no notebook in {nb_dir} matches {item!r}")
         chosen.extend(matches)
     return chosen
+
+
+_SOLUTION_OPEN = re.compile(r"^\s*(`{3,}|:{3,})\{dropdown\}\s*Solution")
+_PY_OPEN = re.compile(r"^\s*(`{3,})(python|ipython3?)\s*$")
+SOLUTION_TAG = "u2ad-solution-check"
+
+
+def solution_blocks(nb: Any) -> list[str]:
+    """The code of the exercise solutions of a notebook (nbformat node), in page order.
+
+    A solution is a ``{dropdown} Solution`` block (backtick or colon fence) in a markdown cell;
+    every fenced ``python`` block inside it is code that runs after the notebook's own cells.
+    """
+    import textwrap
+
+    blocks: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        fence, code, code_fence = None, None, None
+        for line in cell.source.splitlines():
+            if fence is None:
+                m = _SOLUTION_OPEN.match(line)
+                if m:
+                    fence = m.group(1)
+                continue
+            if code is not None:
+                if line.strip() == code_fence:
+                    blocks.append(textwrap.dedent("\n".join(code)).strip("\n"))
+                    code, code_fence = None, None
+                else:
+                    code.append(line)
+                continue
+            m = _PY_OPEN.match(line)
+            if m:
+                code, code_fence = [], m.group(1)
+            elif line.strip() == fence:
+                fence = None
+    return blocks
+
+
+def with_solutions(src: Path, out: Path) -> int:
+    """Write ``src`` plus one hidden code cell per solution block to ``out``; return their number."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    blocks = solution_blocks(nb)
+    for i, code in enumerate(blocks, 1):
+        cell = nbformat.v4.new_code_cell(f"# solution check {i} of {len(blocks)} ({src.name})\n{code}")
+        cell.metadata["tags"] = ["remove-cell", SOLUTION_TAG]
+        nb.cells.append(cell)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, suffix=".ipynb") as tmp:
+        nbformat.write(nb, str(tmp))
+    return len(blocks)
 
 
 def _code_cells(nb_path: Path) -> list[str]:
@@ -266,10 +328,11 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
 
     for nb in executed:
         # the injected-parameters cell holds the builder's absolute paths and would override the
-        # parameters cell of a downloaded copy: readers get neither
+        # parameters cell of a downloaded copy: readers get neither; the solution checks are
+        # shown on the page as the exercises' dropdowns already
         book_nb = nbformat.read(nb, as_version=4)
-        book_nb.cells = [c for c in book_nb.cells
-                         if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+        book_nb.cells = [c for c in book_nb.cells if not {"injected-parameters", SOLUTION_TAG}
+                         & set(c.get("metadata", {}).get("tags", []))]
         nbformat.write(book_nb, stage / nb.name)
 
 
@@ -330,6 +393,7 @@ def build_book(
     overrides: dict[str, Any] | None = None,
     root: Path | None = None,
     force: bool = False,
+    solutions: bool | None = None,
 ) -> BookResult:
     """Execute the notebooks (all, or a selection) and build the HTML book. See module doc."""
     root = Path(root or repo_root()).resolve()
@@ -359,11 +423,12 @@ def build_book(
 
     params = {"preset": preset, "device": dev, "seed": int(seed), "data_dir": str(data_dir),
               "run_dir": str(run_dir), "overrides": dict(overrides or {})}
+    solutions = (preset == "smoke") if solutions is None else bool(solutions)
     digest, versions, preset_hash = _package_digest(), package_versions(), cfg.hash()
     for i, src in enumerate(nbs, 1):
         out = executed_dir / src.name
         print(f"[{i}/{len(nbs)}] {src.name} ...", end=" ", flush=True)
-        key = build_key(src, nbs[: i - 1], preset_hash, params, digest, versions)
+        key = build_key(src, nbs[: i - 1], preset_hash, {**params, "solutions": solutions}, digest, versions)
         meta = None if force else _current_copy(out, key)
         if meta is not None:
             result.executed.append(out)
@@ -371,8 +436,12 @@ def build_book(
             print(f"unchanged, not executed (its run took {float(meta.get('elapsed_s', 0)):.1f} s on "
                   f"{meta.get('executed_at', '?')})", flush=True)
             continue
+        run_src, n_sol = src, 0
+        if solutions:
+            run_src = executed_dir / "_with_solutions" / src.name
+            n_sol = with_solutions(src, run_src)
         try:
-            secs = execute_notebook(src, out, params, cwd=src.parent)
+            secs = execute_notebook(run_src, out, params, cwd=src.parent)
         except NotebookFailed:
             print("FAILED", flush=True)
             raise
@@ -381,7 +450,7 @@ def build_book(
         _add_header(out, text, meta)
         result.executed.append(out)
         result.seconds[src.stem] = secs
-        print(f"ok ({secs:.1f} s)", flush=True)
+        print(f"ok ({secs:.1f} s" + (f", {n_sol} exercise solution(s) checked)" if n_sol else ")"), flush=True)
     result.seconds["notebooks_total"] = sum(v for k, v in result.seconds.items() if k[:2].isdigit())
 
     if html:
@@ -417,7 +486,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
             preset=args.preset, device=args.device, seed=args.seed, notebooks=args.notebooks,
             data_dir=args.data_dir, run_dir=args.run_dir, executed_dir=args.executed_dir,
             path_output=args.path_output, prepare_data=not args.no_data, html=not (args.no_html or args.notebooks),
-            overrides=overrides, force=args.force,
+            overrides=overrides, force=args.force, solutions=args.solutions,
         )
     except NotebookFailed as exc:
         print(f"u2ad book: {exc}", file=sys.stderr)
@@ -446,6 +515,8 @@ def cli_register(sub: argparse._SubParsersAction) -> None:
                    "so the book lands in _build/html)")
     p.add_argument("--no-data", action="store_true", help="skip the data preparation step")
     p.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    p.add_argument("--solutions", action=argparse.BooleanOptionalAction, default=None,
+                   help="execute the exercise solutions after each notebook (default: only for the smoke preset)")
     p.add_argument("--force", action="store_true", help="execute every notebook, even those whose executed copy "
                    "is current (same source, earlier code, preset, parameters and package)")
     p.set_defaults(func=_cmd_book)
