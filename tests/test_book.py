@@ -262,6 +262,64 @@ def test_smoke_build_executes_solutions_and_a_rotten_one_fails(tmp_path):
     assert "this solution rotted" in out.stderr
 
 
+def test_launch_links_follow_the_one_repository_setting(tmp_path):
+    from u2ad_core.book import STAGE_DIR, _stage, launch_links
+
+    box = launch_links("https://github.com/owner/u2ad-book", "main", "04_x.ipynb")
+    assert "https://mybinder.org/v2/gh/owner/u2ad-book/main?urlpath=lab/tree/notebooks/04_x.ipynb" in box
+    assert "https://colab.research.google.com/github/owner/u2ad-book/blob/main/notebooks/04_x.ipynb" in box
+    assert launch_links("", "main", "04_x.ipynb") is None  # not set: no links (this offline build)
+    assert launch_links("https://gitlab.com/o/r", "main", "04_x.ipynb") is None
+    # staging puts the box under the run header when _config.yml names a GitHub repository
+    (tmp_path / "_config.yml").write_text('title: t\nrepository:\n  url: "https://github.com/o/r"\n  branch: dev\n')
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_markdown_cell("header"),
+                nbformat.v4.new_code_cell("x = 1")]
+    nb.cells[1].metadata["tags"] = ["u2ad-run-header"]
+    src = tmp_path / "exec" / "04_x.ipynb"
+    src.parent.mkdir()
+    nbformat.write(nb, src)
+    _stage([src], tmp_path)
+    staged = nbformat.read(tmp_path / STAGE_DIR / "04_x.ipynb", as_version=4)
+    assert "u2ad-launch" in staged.cells[2].metadata["tags"] and "o/r/dev?urlpath" in staged.cells[2].source
+
+
+def test_set_repository_writes_config_and_every_colab_cell(tmp_path):
+    import shutil
+
+    from u2ad_core.book import repository, set_repository
+
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    (tmp_path / "notebooks").mkdir()
+    for nb in NOTEBOOKS[:2]:
+        shutil.copy(nb, tmp_path / "notebooks" / nb.name)
+    assert repository(tmp_path) == repository(ROOT)
+    changed = set_repository(tmp_path, "https://github.com/o/r.git", "dev")
+    assert len(changed) == 3
+    assert repository(tmp_path) == ("https://github.com/o/r.git"[:-4], "dev")
+    assert yaml.safe_load((tmp_path / "_config.yml").read_text())["launch_buttons"]["thebe"] is False  # rest kept
+    for nb in NOTEBOOKS[:2]:
+        text = (tmp_path / "notebooks" / nb.name).read_text()
+        assert 'REPOSITORY, BRANCH = \\"https://github.com/o/r.git\\", \\"dev\\"' in text
+    assert set_repository(tmp_path, "https://github.com/o/r.git", "dev") == []  # idempotent
+    with pytest.raises(ValueError, match="https://"):
+        set_repository(tmp_path, "git@github.com:o/r.git")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_is_first_hidden_and_agrees_with_config(path):
+    """One setting: the Colab cell's REPOSITORY is _config.yml's repository.url (u2ad book
+    --set-repository writes both); the cell does nothing outside Colab and is not on the page."""
+    from u2ad_core.book import COLAB_MARK, repository
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].source.startswith(COLAB_MARK) and "remove-cell" in code[0].metadata.get("tags", [])
+    assert "parameters" in code[1].metadata.get("tags", [])
+    url, branch = repository(ROOT)
+    assert f'REPOSITORY, BRANCH = "{url}", "{branch}"' in code[0].source
+
+
 def test_run_times_table_comes_from_the_run_headers(tmp_path):
     from u2ad_core.book import RUN_TIMES, write_run_times
 

@@ -51,7 +51,8 @@ from .notebook import repo_root
 from .runtime import atomic_path, package_versions, resolve_device
 
 __all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "build_key",
-           "solution_blocks", "with_solutions", "write_run_times", "cli_register"]
+           "solution_blocks", "with_solutions", "write_run_times", "repository", "launch_links", "set_repository",
+           "COLAB_CELL", "cli_register"]
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 STAGE_DIR = Path("book") / "notebooks"
@@ -326,6 +327,8 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
     stage.mkdir(parents=True)
     import nbformat
 
+    url, branch = repository(root) if (root / "_config.yml").is_file() else ("", "main")
+
     for nb in executed:
         # the injected-parameters cell holds the builder's absolute paths and would override the
         # parameters cell of a downloaded copy: readers get neither; the solution checks are
@@ -333,7 +336,103 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
         book_nb = nbformat.read(nb, as_version=4)
         book_nb.cells = [c for c in book_nb.cells if not {"injected-parameters", SOLUTION_TAG}
                          & set(c.get("metadata", {}).get("tags", []))]
+        links = launch_links(url, branch, nb.name)
+        if links is not None:  # under the run header (or the title)
+            at = next((i + 1 for i, c in enumerate(book_nb.cells)
+                       if "u2ad-run-header" in c.get("metadata", {}).get("tags", [])), 1)
+            cell = nbformat.v4.new_markdown_cell(links)
+            cell.metadata["tags"] = ["u2ad-launch"]
+            book_nb.cells.insert(at, cell)
         nbformat.write(book_nb, stage / nb.name)
+
+
+# --------------------------------------------------------------------------------------
+# Running a chapter elsewhere: Binder and Colab, from one setting (_config.yml repository.url)
+# --------------------------------------------------------------------------------------
+COLAB_MARK = "# Google Colab only"
+COLAB_CELL = f"""{COLAB_MARK}: install this project first (elsewhere this cell does nothing). REPOSITORY
+# is written by `u2ad book --set-repository URL`, together with repository.url in _config.yml.
+import os
+import subprocess
+import sys
+
+REPOSITORY, BRANCH = "", "main"
+if "google.colab" in sys.modules:
+    if not REPOSITORY:
+        raise RuntimeError("this notebook does not know its repository: clone it and run `make lab` instead")
+    if not os.path.isdir("/content/u2ad"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", BRANCH, REPOSITORY, "/content/u2ad"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/u2ad"], check=True)
+    sys.path.insert(0, "/content/u2ad")  # the running kernel does not see a fresh editable install
+    os.chdir("/content/u2ad/notebooks")"""
+"""The first code cell of every numbered notebook (tagged ``remove-cell``)."""
+_REPO_LINE = re.compile(r'^REPOSITORY, BRANCH = "[^"]*", "[^"]*"$', re.M)
+_GITHUB = re.compile(r"https://github\.com/([\w.-]+)/([\w.-]+)")
+
+
+def repository(root: Path) -> tuple[str, str]:
+    """``(url, branch)`` of ``repository`` in ``root/_config.yml`` (url "" when unset)."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(root) / "_config.yml").read_text(encoding="utf-8")) or {}
+    repo = cfg.get("repository") or {}
+    url = str(repo.get("url") or "").strip().rstrip("/")
+    return (url[:-4] if url.endswith(".git") else url), str(repo.get("branch") or "main")
+
+
+def launch_links(url: str, branch: str, notebook: str) -> str | None:
+    """A "Run this chapter yourself" admonition for ``notebooks/<notebook>`` of a GitHub
+    repository (Binder from ``environment.yml``, Colab with the install cell); None otherwise."""
+    m = _GITHUB.fullmatch(url or "")
+    if m is None:
+        return None
+    owner, repo = m.groups()
+    binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{branch}?urlpath=lab/tree/notebooks/{notebook}"
+    colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{branch}/notebooks/{notebook}"
+    return ("```{admonition} Run this chapter yourself\n:class: seealso\n"
+            f"[Open in Binder]({binder}) (the environment is built from `environment.yml`; the first start "
+            f"takes minutes) · [Open in Colab]({colab}) (its first cell installs the project) · or download "
+            "this page as a notebook (the download button at the top) and run it in a clone of the repository "
+            "(`make lab`).\n```")
+
+
+def set_repository(root: Path, url: str, branch: str | None = None) -> list[Path]:
+    """Write ``url`` (and ``branch``) into ``_config.yml`` and every numbered notebook's Colab
+    cell; return the files changed. ``url`` must be empty or an ``https://`` URL."""
+    import nbformat
+
+    root = Path(root)
+    url = url.strip().rstrip("/")
+    if url and not url.startswith("https://"):
+        raise ValueError(f"repository URL must start with https:// (got {url!r})")
+    if '"' in url:
+        raise ValueError(f"repository URL must not contain quotes (got {url!r})")
+    old_url, old_branch = repository(root)
+    branch = branch or old_branch
+    cfg_path = root / "_config.yml"
+    text = cfg_path.read_text(encoding="utf-8")
+    block = re.compile(r"^repository:\n(?:[ \t]+.*\n)*", re.M)
+    m = block.search(text)
+    if m is None:
+        raise ValueError(f"{cfg_path} has no repository: block")
+    new_block = f'repository:\n  url: "{url}"\n  branch: {branch}\n'
+    changed = []
+    if m.group(0) != new_block:
+        with atomic_path(cfg_path, suffix=".yml") as tmp:
+            Path(tmp).write_text(text[:m.start()] + new_block + text[m.end():], encoding="utf-8")
+        changed.append(cfg_path)
+    for nb_path in find_notebooks(root):
+        nb = nbformat.read(nb_path, as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(COLAB_MARK)]
+        if len(cells) != 1:
+            raise ValueError(f"{nb_path} must have exactly one Colab install cell (starting {COLAB_MARK!r})")
+        new = _REPO_LINE.sub(f'REPOSITORY, BRANCH = "{url}", "{branch}"', cells[0].source)
+        if new != cells[0].source:
+            cells[0].source = new
+            with atomic_path(nb_path, suffix=".ipynb") as tmp:
+                nbformat.write(nb, str(tmp))
+            changed.append(nb_path)
+    return changed
 
 
 def _check_toc(root: Path, executed: Sequence[Path]) -> None:
@@ -472,6 +571,15 @@ def build_book(
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
+    if args.set_repository is not None:
+        try:
+            changed = set_repository(repo_root(), args.set_repository, args.branch)
+        except ValueError as exc:
+            print(f"u2ad book: {exc}", file=sys.stderr)
+            return 2
+        print(f"u2ad book: repository {args.set_repository or '(none)'} written to "
+              f"{len(changed)} file(s); commit them, then build the book", flush=True)
+        return 0
     overrides = {}
     for item in args.set or []:
         key, _, value = item.partition("=")
@@ -515,6 +623,10 @@ def cli_register(sub: argparse._SubParsersAction) -> None:
                    "so the book lands in _build/html)")
     p.add_argument("--no-data", action="store_true", help="skip the data preparation step")
     p.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    p.add_argument("--set-repository", metavar="URL", default=None,
+                   help="write the repository URL (https://github.com/OWNER/REPO) into _config.yml and every "
+                   "notebook's Colab cell, then exit: the book's Binder and Colab links follow it")
+    p.add_argument("--branch", default=None, help="branch for --set-repository (default: keep _config.yml's)")
     p.add_argument("--solutions", action=argparse.BooleanOptionalAction, default=None,
                    help="execute the exercise solutions after each notebook (default: only for the smoke preset)")
     p.add_argument("--force", action="store_true", help="execute every notebook, even those whose executed copy "
