@@ -133,21 +133,31 @@ def test_book_stops_at_failing_notebook_and_names_it(tmp_path):
     assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
 
 
-def test_staging_drops_the_injected_parameters(tmp_path):
-    """The injected cell carries the builder's absolute paths and would override a downloaded
-    copy's parameters cell: staged copies (page and download) do not have it."""
+def _staged(root, name, cells, tags):
+    """Write an executed notebook with ``cells`` (``tags``: {index: [tag, ...]}) under
+    ``root/exec``, stage it into ``root`` like the builder does and read the staged copy."""
     from u2ad_core.book import STAGE_DIR, _stage
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell('data_dir = "data"'), nbformat.v4.new_code_cell('data_dir = "/abs/path"'),
-                nbformat.v4.new_code_cell("x = 1")]
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    nb.cells[1].metadata["tags"] = ["injected-parameters"]
-    src = tmp_path / "exec" / "01_x.ipynb"
-    src.parent.mkdir()
+    nb.cells = cells
+    for i, t in tags.items():
+        nb.cells[i].metadata["tags"] = t
+    src = root / "exec" / name
+    src.parent.mkdir(exist_ok=True)
     nbformat.write(nb, src)
-    _stage([src], tmp_path)
-    out = nbformat.read(tmp_path / STAGE_DIR / "01_x.ipynb", as_version=4)
+    _stage([src], root)
+    return nbformat.read(root / STAGE_DIR / name, as_version=4)
+
+
+def test_staging_drops_the_injected_parameters(tmp_path):
+    """The injected cell carries the builder's absolute paths and would override a downloaded
+    copy's parameters cell: staged copies (page and download) do not have it."""
+    from u2ad_core.book import STAGE_DIR
+
+    out = _staged(tmp_path, "01_x.ipynb", [nbformat.v4.new_code_cell('data_dir = "data"'),
+                                           nbformat.v4.new_code_cell('data_dir = "/abs/path"'),
+                                           nbformat.v4.new_code_cell("x = 1")],
+                  {0: ["parameters"], 1: ["injected-parameters"]})
     assert [c.source for c in out.cells] == ['data_dir = "data"', "x = 1"]
     assert "/abs/path" not in (tmp_path / STAGE_DIR / "01_x.ipynb").read_text()
 
@@ -263,7 +273,7 @@ def test_smoke_build_executes_solutions_and_a_rotten_one_fails(tmp_path):
 
 
 def test_launch_links_follow_the_one_repository_setting(tmp_path):
-    from u2ad_core.book import STAGE_DIR, _stage, launch_links
+    from u2ad_core.book import launch_links
 
     box = launch_links("https://github.com/owner/u2ad-book", "main", "04_x.ipynb")
     assert "https://mybinder.org/v2/gh/owner/u2ad-book/main?urlpath=lab/tree/notebooks/04_x.ipynb" in box
@@ -272,15 +282,9 @@ def test_launch_links_follow_the_one_repository_setting(tmp_path):
     assert launch_links("https://gitlab.com/o/r", "main", "04_x.ipynb") is None
     # staging puts the box under the run header when _config.yml names a GitHub repository
     (tmp_path / "_config.yml").write_text('title: t\nrepository:\n  url: "https://github.com/o/r"\n  branch: dev\n')
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_markdown_cell("header"),
-                nbformat.v4.new_code_cell("x = 1")]
-    nb.cells[1].metadata["tags"] = ["u2ad-run-header"]
-    src = tmp_path / "exec" / "04_x.ipynb"
-    src.parent.mkdir()
-    nbformat.write(nb, src)
-    _stage([src], tmp_path)
-    staged = nbformat.read(tmp_path / STAGE_DIR / "04_x.ipynb", as_version=4)
+    staged = _staged(tmp_path, "04_x.ipynb", [nbformat.v4.new_markdown_cell("# T"),
+                                              nbformat.v4.new_markdown_cell("header"),
+                                              nbformat.v4.new_code_cell("x = 1")], {1: ["u2ad-run-header"]})
     assert "u2ad-launch" in staged.cells[2].metadata["tags"] and "o/r/dev?urlpath" in staged.cells[2].source
 
 
