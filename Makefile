@@ -44,6 +44,7 @@ venv: $(STAMP)
 
 book: $(STAMP)
 	$(U2AD) book --preset $(PRESET) --device $(DEVICE) --seed $(SEED)
+	$(U2AD) sitecheck _build/html
 
 unit: $(STAMP)
 	$(PY) -m pytest -q

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Preset, get_preset
+from .figstyle import use_book_figures
 from .runtime import package_versions, resolve_device, seed_everything
 
 __all__ = ["RunContext", "setup", "repo_root", "unpack_context"]
@@ -93,6 +94,8 @@ def setup(
     Relative ``data_dir`` / ``run_dir`` are taken relative to the project root, so the same
     notebook works when opened from ``notebooks/`` in JupyterLab and when papermill runs it.
     Data and runs are kept per preset: ``data_dir/<preset>/`` and ``run_dir/<preset>/``.
+    Inside a notebook kernel, figures follow the book's standard (:mod:`u2ad_core.figstyle`: dpi
+    120, 9-pt text, each PNG records its smallest font so the built book can be checked).
     """
     cfg = get_preset(preset, **(overrides or {}))
     cfg = cfg.override(seed=int(seed))
@@ -105,6 +108,7 @@ def setup(
         run_dir=_resolve(run_dir, root) / cfg.name,
     )
     seed_everything(ctx.seed)
+    use_book_figures()
     ctx.data_dir.mkdir(parents=True, exist_ok=True)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     if show:

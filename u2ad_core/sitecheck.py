@@ -6,17 +6,24 @@ Static checks (no browser, always run by ``make test`` on the smoke book):
 - every internal link resolves: the target file exists and, for ``page.html#anchor``, the page
   has that ``id``;
 - no machine path (``/tmp/``, ``/home/``, ``/work/``, ``/root/``, ``/Users/``, ``C:\\``) and no
-  Python traceback in the visible text of a page.
+  Python traceback in the visible text of a page;
+- every figure of a notebook page is legible: its PNG records its smallest font and dpi
+  (:mod:`u2ad_core.figstyle`), the dpi is at least 120 and the smallest text renders at 8 pt or
+  more when the image is shown at most :data:`~u2ad_core.figstyle.PAGE_IMAGE_PX` pixels wide.
 
 With ``--browser`` every page is also opened in headless Chromium (Debian's ``chromium``) with
-every network request refused, and its rendered DOM checked: math typeset by MathJax (no raw
-``\\(`` or ``\\[`` left in the visible text) and the same path / traceback checks. Without
-Chromium the browser checks are skipped with a message (the static ones still run).
+every network request refused, in a frame 1280 pixels wide, and its rendered DOM checked: math
+typeset by MathJax (no raw ``\\(`` or ``\\[`` left in the visible text), the same path / traceback
+checks, and every recorded figure's smallest text measured at the width the browser really shows
+the image. Without Chromium the browser checks are skipped with a message (the static ones still
+run).
 """
 
 from __future__ import annotations
 
 import argparse
+import html as htmllib
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +32,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from . import figstyle
 
 __all__ = ["Page", "parse_page", "check_site", "browser_check", "find_browser", "cli_register"]
 
@@ -114,6 +123,7 @@ def check_site(root: str | Path) -> tuple[list[str], int]:
     for path, page in pages.items():
         rel = str(path.relative_to(root.resolve()))
         for src in page.images:
+            problems += _font_problems(rel, src, path, page)
             u = urlsplit(src)
             if u.scheme == "data" or u.scheme in ("http", "https") or src.startswith("//"):
                 if u.scheme != "data":
@@ -142,6 +152,45 @@ def check_site(root: str | Path) -> tuple[list[str], int]:
     return problems, len(pages)
 
 
+def _is_notebook_page(path: Path) -> bool:
+    return "notebooks" in path.parts
+
+
+def _record(path: Path, src: str) -> dict | None:
+    f = (path.parent / unquote(urlsplit(src).path)).resolve()
+    if f.suffix.lower() != ".png" or not f.is_file():
+        return None
+    try:
+        return figstyle.read_record(f)
+    except ValueError:
+        return None
+
+
+def _font_problems(rel: str, src: str, path: Path, page: Page, shown_px: float | None = None) -> list[str]:
+    """The legibility rule for one image (static: shown at most PAGE_IMAGE_PX wide; browser: as measured)."""
+    if urlsplit(src).scheme or not _is_notebook_page(path):
+        return []
+    rec = _record(path, src)
+    if rec is None:
+        return []
+    name = Path(urlsplit(src).path).name[:12]
+    if rec["dpi"] is None:
+        return [f"{rel}: figure {name}...: no font record (draw it in a notebook that calls "
+                "u2ad_core.notebook.setup, which installs u2ad_core.figstyle)"]
+    out = []
+    if rec["dpi"] < figstyle.BOOK_DPI:
+        out.append(f"{rel}: figure {name}...: {rec['dpi']:g} dpi (at least {figstyle.BOOK_DPI})")
+    if rec["min_font_pt"] is not None:
+        pt = figstyle.rendered_pt(rec["min_font_pt"], rec["dpi"], rec["width_px"], shown_px)
+        if pt < figstyle.MIN_RENDERED_PT - 0.05:
+            shown = min(rec["width_px"], figstyle.PAGE_IMAGE_PX) if shown_px is None else shown_px
+            out.append(f"{rel}: figure {name}...: its {rec['min_font_pt']:g}-pt text renders at {pt:.1f} pt "
+                       f"({rec['width_px']} px shown {shown:.0f} px wide); make it at most "
+                       f"{figstyle.max_width_in(rec['min_font_pt'], rec['dpi']):.1f} in wide as saved, "
+                       "or its smallest text larger")
+    return out
+
+
 def _decode_problem(f: Path) -> str | None:
     if not f.is_file():
         return "file missing"
@@ -163,34 +212,89 @@ def find_browser() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+_FRAME = """<!doctype html><html><body style="margin:0">
+<iframe id="f" src="{src}" style="width:{width}px;height:900px;border:0"></iframe>
+<pre id="out">pending</pre>
+<script>
+document.getElementById("f").addEventListener("load", function () {{
+  setTimeout(function () {{
+    var out = document.getElementById("out");
+    try {{
+      var d = document.getElementById("f").contentDocument;
+      var imgs = [];
+      d.querySelectorAll("img").forEach(function (im) {{
+        imgs.push({{src: im.getAttribute("src"), natural: im.naturalWidth, shown: im.getBoundingClientRect().width}});
+      }});
+      out.textContent = JSON.stringify({{html: d.documentElement.outerHTML, imgs: imgs}});
+    }} catch (e) {{ out.textContent = "ERROR " + e; }}
+  }}, 4000);
+}});
+</script></body></html>
+"""
+
+
+def render_page(path: Path, browser: str, width: int = 1280, timeout: float = 120.0) -> tuple[str, list[dict]]:
+    """Render ``path`` in headless Chromium inside a frame ``width`` CSS pixels wide, network refused.
+
+    Returns the rendered DOM and, per ``<img>``, its ``src``, natural width and shown width (CSS px).
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="u2ad-sitecheck-") as tmp:
+        frame = Path(tmp) / "frame.html"
+        frame.write_text(_FRAME.format(src=path.resolve().as_uri(), width=width), encoding="utf-8")
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+             "--allow-file-access-from-files", f"--window-size={width + 40},1000",
+             "--virtual-time-budget=12000", "--dump-dom", frame.as_uri()],
+            capture_output=True, text=True, timeout=timeout)
+    m = re.search(r'<pre id="out">(.*?)</pre>', proc.stdout, re.S)
+    if proc.returncode != 0 or m is None or not m.group(1).startswith("{"):
+        detail = m.group(1)[:200] if m else proc.stderr.strip()[-300:]
+        raise RuntimeError(f"chromium could not render the page (exit {proc.returncode}): {detail}")
+    got = json.loads(htmllib.unescape(m.group(1)))
+    return got["html"], got["imgs"]
+
+
 def browser_check(root: str | Path, browser: str, timeout: float = 120.0) -> tuple[list[str], int]:
-    """Open every page in headless Chromium (network refused); check the rendered DOM."""
+    """Open every page in headless Chromium (network refused, 1280 px wide); check the rendered DOM
+    and the rendered size of every recorded figure's smallest text."""
     root = Path(root)
     problems: list[str] = []
     pages = _pages(root)
     for path in pages:
         rel = str(path.relative_to(root))
         static = parse_page(path)
-        proc = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
-             "--virtual-time-budget=8000", "--dump-dom", path.resolve().as_uri()],
-            capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or "<html" not in proc.stdout:
-            problems.append(f"{rel}: chromium could not render the page (exit {proc.returncode}): "
-                            f"{proc.stderr.strip()[-300:]}")
+        try:
+            html, imgs = render_page(path, browser, timeout=timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            problems.append(f"{rel}: {exc}")
             continue
-        dom = parse_page(path, proc.stdout)
-        if static.has_math and "mjx-container" not in proc.stdout:
+        dom = parse_page(path, html)
+        if static.has_math and "mjx-container" not in html:
             problems.append(f"{rel}: the page has math but MathJax typeset none of it")
         m = RAW_MATH.search(dom.text)
         if m:
             problems.append(f"{rel}: raw math left in the visible text: "
                             f"...{dom.text[max(0, m.start() - 30):m.end() + 30].strip()}...")
         problems += _text_problems(rel, dom.text)
+        for im in imgs:
+            if im.get("src") and im.get("natural") and im.get("shown"):  # 0: inside a closed dropdown
+                problems += _font_problems(rel, im["src"], path, static, shown_px=float(im["shown"]))
     return problems, len(pages)
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    if str(args.html).endswith(".ipynb"):
+        if not Path(args.html).is_file():
+            print(f"u2ad sitecheck: no notebook {args.html}", file=sys.stderr)
+            return 2
+        problems, n = figstyle.notebook_problems(args.html)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        print(f"u2ad sitecheck: {n} figure(s) of {Path(args.html).name}: "
+              f"{len(problems)} problem(s)" if problems else f"u2ad sitecheck: {n} figure(s): ok", flush=True)
+        return 1 if problems else 0
     try:
         problems, n = check_site(args.html)
     except FileNotFoundError as exc:
@@ -206,7 +310,7 @@ def _cmd(args: argparse.Namespace) -> int:
             more, nb = browser_check(args.html, browser)
             problems += more
             print(f"u2ad sitecheck: {nb} pages rendered in {Path(browser).name} (network refused): math "
-                  "typeset, no raw math, paths or tracebacks", flush=True)
+                  "typeset, no raw math, paths or tracebacks, figure text >= 8 pt at 1280 px", flush=True)
     for p in problems:
         print(f"  {p}", file=sys.stderr)
     if problems:
@@ -219,7 +323,8 @@ def _cmd(args: argparse.Namespace) -> int:
 def cli_register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sitecheck", help="check a built book: images, links, paths, math (in a browser)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("html", nargs="?", default="_build/html", help="the built book (default: _build/html)")
+    p.add_argument("html", nargs="?", default="_build/html", help="the built book (default: _build/html), or an executed notebook "
+                   "(.ipynb: only its figures are checked)")
     p.add_argument("--browser", action="store_true", help="also render every page in headless chromium")
     p.set_defaults(func=_cmd)
 

@@ -204,7 +204,7 @@ def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(8, 3.4), dpi=120)
+        _, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), dpi=120, layout="constrained")
     prevalence = None
     for name, (y, s) in items.items():
         y = np.asarray(y).astype(int)

@@ -1,0 +1,113 @@
+"""The book's figure standard (u2ad_core.figstyle) and the sitecheck rule built on it: a figure's
+smallest text must render at 8 pt or more at the width the book shows it."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from u2ad_core import figstyle as FS  # noqa: E402
+from u2ad_core import sitecheck as SC  # noqa: E402
+
+
+def _fig(width_in: float, small_pt: float):
+    fig, ax = plt.subplots(figsize=(width_in, 2.5), dpi=FS.BOOK_DPI)
+    ax.plot([0, 1], [0, 1])
+    ax.tick_params(labelsize=10)
+    ax.set_title("title", fontsize=11)
+    ax.text(0.5, 0.5, "note", fontsize=small_pt)
+    ax.text(0.5, 0.2, "   ", fontsize=4)            # blank: not text a reader sees
+    ax.text(0.5, 0.3, "hidden", fontsize=5, visible=False)
+    return fig
+
+
+def test_min_font_is_the_smallest_visible_text():
+    fig = _fig(4, 7.5)
+    FS.figure_png(fig)
+    assert FS.min_font_pt(fig) == 7.5
+    plt.close(fig)
+
+
+def test_record_round_trips_through_the_png():
+    fig = _fig(4, 8.5)
+    png = FS.figure_png(fig)
+    rec = FS.read_record(png)
+    assert rec["dpi"] == FS.BOOK_DPI and rec["min_font_pt"] == 8.5
+    assert 300 < rec["width_px"] <= 4 * FS.BOOK_DPI
+    from PIL import Image
+    import io
+
+    Image.open(io.BytesIO(png)).load()  # still a valid PNG
+    plt.close(fig)
+
+
+def test_rendered_size_arithmetic():
+    # shown at natural size: 120 dpi / 96 CSS px per inch = 1.25 x
+    assert FS.rendered_pt(8, 120, 600) == pytest.approx(10.0)
+    # scaled to the 660-px column
+    assert FS.rendered_pt(8, 120, 1320) == pytest.approx(5.0)
+    assert FS.rendered_pt(8, 120, 1320, shown_px=1320) == pytest.approx(10.0)
+    w = FS.max_width_in(8, 120)
+    assert FS.rendered_pt(8, 120, int(w * 120)) == pytest.approx(FS.MIN_RENDERED_PT, rel=1e-2)
+    assert FS.max_width_in(9) > FS.max_width_in(8)
+
+
+def test_read_record_of_a_plain_png(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (30, 10)).save(tmp_path / "a.png")
+    assert FS.read_record(tmp_path / "a.png") == {"width_px": 30, "dpi": None, "min_font_pt": None}
+    with pytest.raises(ValueError, match="not a PNG"):
+        FS.read_record(b"GIF89a")
+
+
+def _book(tmp_path, pngs: dict[str, bytes]):
+    root = tmp_path / "html"
+    (root / "_images").mkdir(parents=True)
+    (root / "book" / "notebooks").mkdir(parents=True)
+    imgs = ""
+    for name, data in pngs.items():
+        (root / "_images" / name).write_bytes(data)
+        imgs += f'<img src="../../_images/{name}">'
+    (root / "index.html").write_text("<html><body>index</body></html>")
+    (root / "book" / "notebooks" / "01.html").write_text(f"<html><body>{imgs}</body></html>")
+    return root
+
+
+def test_sitecheck_flags_small_rendered_text(tmp_path):
+    wide, narrow = _fig(11, 8), _fig(5, 8)
+    root = _book(tmp_path, {"wide.png": FS.figure_png(wide), "narrow.png": FS.figure_png(narrow)})
+    problems, _ = SC.check_site(root)
+    assert len(problems) == 1 and "wide.png" in problems[0] and "renders at" in problems[0], problems
+    assert "in wide" in problems[0]
+    plt.close("all")
+
+
+def test_sitecheck_flags_figures_without_a_record(tmp_path):
+    import io
+
+    fig = _fig(4, 9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    problems, _ = SC.check_site(_book(tmp_path, {"plain.png": buf.getvalue()}))
+    assert len(problems) == 1 and "no font record" in problems[0]
+    low = FS.add_png_text(buf.getvalue(), {FS.KEY_FONT: "9", FS.KEY_DPI: "72"})
+    problems, _ = SC.check_site(_book(tmp_path / "b", {"low.png": low}))
+    assert "72 dpi (at least 120)" in problems[0] and "renders at 6.8 pt" in problems[1], problems  # 9 * 72 / 96
+    plt.close(fig)
+
+
+@pytest.mark.slow
+def test_browser_measures_the_shown_width(tmp_path):
+    browser = SC.find_browser()
+    if browser is None:
+        pytest.skip("chromium is not installed (apt install chromium): the browser check is skipped")
+    fig = _fig(4, 8)
+    png = FS.figure_png(fig)
+    root = _book(tmp_path, {"a.png": png})
+    page = root / "book" / "notebooks" / "01.html"
+    page.write_text('<html><body><img src="../../_images/a.png" style="width:150px"></body></html>')
+    problems, n = SC.browser_check(root, browser)
+    assert n == 2 and len(problems) == 1 and "shown 150 px wide" in problems[0], problems
+    plt.close(fig)
