@@ -31,8 +31,10 @@ Strategy S2 (train on the clinical cohort only) uses the adaptation procedure an
 configuration (``preset.adapt``: same epochs, schedule and U2AD masking) from a random
 initialisation, as the paper trains S2 "from scratch" for its 200 adaptation epochs.
 
-Run directory ``run_dir / f"{name}-{hash}"`` (the hash covers the model, training and masking
-configuration, the masking variant, the data arrays, the initial weights and the seed)::
+Run directory ``run_dir / f"{name}-{hash}"``, kept by the run store (:mod:`u2ad_core.runstore`:
+hashing, atomic checkpoints, history, reuse and resume); the hash covers the model, training
+and masking configuration, the masking variant, the data arrays, the initial weights and the
+seed::
 
     config.json      what was run (the hashed specification)
     checkpoint.pt    last checkpoint: weights, optimiser, generator, current EU/AU maps,
@@ -55,12 +57,8 @@ weights, and a resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import io
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,7 +79,8 @@ from .config import (
     get_preset,
     to_dict,
 )
-from .runtime import atomic_path, atomic_write_json, atomic_write_text, make_generator, progress, resolve_device
+from .runstore import init_weights, load_state, open_run
+from .runtime import atomic_path, make_generator, progress, resolve_device
 
 __all__ = [
     "MASKINGS",
@@ -380,15 +379,6 @@ class TrainResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
 def read_history(run_path: str | Path):
     """``metrics.csv`` of a run as a pandas DataFrame (numeric columns as floats)."""
     import pandas as pd
@@ -397,18 +387,6 @@ def read_history(run_path: str | Path):
     if not p.is_file():
         raise FileNotFoundError(f"no metrics.csv in {run_path}; was the run started?")
     return pd.read_csv(p)
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
-
-
-def _torch_load(path: Path, device: str = "cpu") -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # pragma: no cover - corrupt or foreign file
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
@@ -427,7 +405,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     dev = resolve_device(device)
-    state = _torch_load(p, "cpu")
+    state = load_state(p)
     if "model" not in state or "model_cfg" not in state:
         raise ValueError(f"{p} is not a u2ad_core checkpoint (no 'model' / 'model_cfg')")
     model_cfg = _model_cfg_from_dict(state["model_cfg"])
@@ -555,26 +533,6 @@ def _spec(kind: str, preset: Preset, train_cfg: TrainConfig, masking: str | None
     return spec
 
 
-def _init_identity(init: Any) -> tuple[dict[str, Any] | None, Path | None]:
-    """(identity for the hash, checkpoint path) of an adaptation's initial weights."""
-    if init is None or (isinstance(init, str) and init.lower() in {"", "none", "scratch", "random"}):
-        return None, None
-    p = Path(init)
-    if p.is_dir():
-        p = p / "model.pt" if (p / "model.pt").is_file() else p / "checkpoint.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"init checkpoint not found: {init} (pass a run directory or its model.pt)")
-    state = _torch_load(p, "cpu")
-    run_hash = state.get("run_hash")
-    if run_hash is None:  # a foreign checkpoint: hash its weights
-        h = hashlib.sha256()
-        for k, v in sorted(state.get("model", {}).items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().numpy().tobytes())
-        run_hash = h.hexdigest()[:16]
-    return {"run_hash": run_hash, "epoch": state.get("epoch")}, p
-
-
 def _train(
     kind: str,
     preset: Preset,
@@ -600,30 +558,29 @@ def _train(
     images, roi = _tensors(data, model_cfg, source)
     n = len(images)
     d_hash = _data_hash(data)
-    init_id, init_path = _init_identity(init) if kind == "adapt" else (None, None)
+    init_w = init_weights(init) if kind == "adapt" else None
+    init_path = init_w.path if init_w is not None else None
+    init_id = {"run_hash": init_w.run_hash, "epoch": init_w.epoch} if init_w is not None else None
     spec = _spec(kind, preset, cfg, masking, d_hash, init_id, seed)
-    run_hash = config_hash(spec)
-    run_path = Path(run_dir) / f"{name}-{run_hash}"
+    run = open_run(run_dir, name, spec)
+    run_hash, run_path = run.run_hash, run.path
     dev = resolve_device(device)
 
     # ---- a finished run with this configuration: reuse it
-    if reuse and (run_path / "done.json").is_file() and (run_path / "model.pt").is_file():
+    if reuse and run.done:
         model, info = load_checkpoint(run_path, dev)
-        hist = _read_rows(run_path)
-        return TrainResult(model, run_path, hist, reused=True, info=info)
-
-    run_path.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_path / "checkpoint.pt"
-    atomic_write_json(run_path / "config.json", {"name": name, "run_hash": run_hash, "source": source,
-                                                 "spec": spec})
+        return TrainResult(model, run_path, run.read_metrics(), reused=True, info=info)
 
     # ---- model, optimiser, generator
     model = _build_model(model_cfg, seed)
-    if init_path is not None:
-        init_state = _torch_load(init_path, "cpu")
-        if to_dict(_model_cfg_from_dict(init_state["model_cfg"])) != to_dict(model_cfg):
+    if init_w is not None:
+        saved_cfg = (init_w.saved or {}).get("model_cfg")
+        if saved_cfg is None:
+            raise ValueError(f"init {init!r} carries no model configuration; pass a pretraining run directory "
+                             "or its model.pt")
+        if to_dict(_model_cfg_from_dict(saved_cfg)) != to_dict(model_cfg):
             raise ValueError(f"init checkpoint {init_path} has a different model configuration than the preset")
-        model.load_state_dict(init_state["model"])
+        model.load_state_dict(init_w.state)
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     autocast_ctx, amp_dtype = _autocast(dev, cfg.amp)
@@ -639,11 +596,9 @@ def _train(
     tracked_idx = list(tracked) if tracked is not None else (
         choose_tracked(data, getattr(cfg, "n_tracked", 0)) if kind == "adapt" else [])
 
-    # ---- resume
-    if resume and ckpt_path.is_file():
-        state = _torch_load(ckpt_path, "cpu")
-        if state.get("run_hash") != run_hash:
-            raise RuntimeError(f"{ckpt_path} belongs to run {state.get('run_hash')}, not {run_hash}")
+    # ---- resume from the checkpoint, or start afresh (dropping an earlier attempt's maps)
+    state = run.start(resume, config={"name": name, "source": source}, stale=("maps", "mc"))
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -653,19 +608,15 @@ def _train(
         history = list(state["history"])
         maps = state.get("maps")
         wall_before = float(state.get("wall_s", 0.0))
-    else:
-        for stale in ("maps", "mc"):
-            shutil.rmtree(run_path / stale, ignore_errors=True)
-        (run_path / "done.json").unlink(missing_ok=True)
 
     def checkpoint(epoch_done: int) -> None:
-        _save({
-            "format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec,
+        run.save_checkpoint({
+            "format": FORMAT_VERSION, "kind": kind, "spec": spec,
             "epoch": epoch_done, "model": model.state_dict(), "model_cfg": to_dict(model_cfg),
             "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "generator": g.get_state(), "maps": maps, "history": history,
             "wall_s": wall_before + time.perf_counter() - t_start,
-        }, ckpt_path)
+        })
 
     def refresh(epoch: int, stage: str) -> dict[str, Any]:
         """MC maps over the training set with the current weights; metrics; tracked maps."""
@@ -756,7 +707,7 @@ def _train(
                 seen += len(idx)
             row.update(lr=lr, loss=loss_sum / max(seen, 1), seconds=round(time.perf_counter() - t0, 3))
             history.append(row)
-            _write_csv(run_path / "metrics.csv", history)
+            run.write_metrics(history, CSV_COLUMNS)
             done = epoch + 1
             if done % max(1, int(cfg.checkpoint_every)) == 0 or done == epochs:
                 checkpoint(done)
@@ -771,18 +722,16 @@ def _train(
         row = {"epoch": epochs, "stage": "final"}
         row.update(refresh(epochs, "final"))
         history.append(row)
-        _write_csv(run_path / "metrics.csv", history)
+        run.write_metrics(history, CSV_COLUMNS)
         checkpoint(epochs)
 
     model.eval()
     wall = wall_before + time.perf_counter() - t_start
-    _save({"format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec, "epoch": epochs,
-           "model": model.state_dict(), "model_cfg": to_dict(model_cfg)}, run_path / "model.pt")
     last = history[-1] if history else {}
-    atomic_write_json(run_path / "done.json", {
-        "name": name, "run_hash": run_hash, "kind": kind, "epochs": epochs, "device": dev,
-        "wall_s": round(wall, 2), "final": {k: last.get(k) for k in CSV_COLUMNS if k in last},
-    })
+    run.finish({"format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec, "epoch": epochs,
+                "model": model.state_dict(), "model_cfg": to_dict(model_cfg)},
+               {"name": name, "kind": kind, "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
+                "final": {k: last.get(k) for k in CSV_COLUMNS if k in last}})
     info = {"kind": kind, "epoch": epochs, "run_hash": run_hash, "spec": spec, "model_cfg": model_cfg,
             "path": run_path / "model.pt", "run_path": run_path, "wall_s": wall}
     return TrainResult(model, run_path, history, reused=False, info=info)
@@ -793,27 +742,6 @@ def _patch_scores(eu: torch.Tensor, roi: torch.Tensor, patch: int, cfg: MaskingC
     from .masking import EUGuidedMasking
 
     return EUGuidedMasking(cfg).scores(eu, roi, patch)
-
-
-def _read_rows(run_path: Path) -> list[dict[str, Any]]:
-    p = run_path / "metrics.csv"
-    if not p.is_file():
-        return []
-    rows = []
-    with open(p, newline="") as fh:
-        for r in csv.DictReader(fh):
-            out: dict[str, Any] = {}
-            for k, v in r.items():
-                if v == "":
-                    out[k] = None
-                elif k == "stage":
-                    out[k] = v
-                elif k == "epoch":
-                    out[k] = int(v)
-                else:
-                    out[k] = float(v)
-            rows.append(out)
-    return rows
 
 
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ the method's own score for the signal methods. :func:`score_anomaly_maps` then a
 same post-processing, curve and scores as U2AD (:mod:`u2ad_core.scoring`), and
 :func:`evaluate_maps` the same cross-validation (:mod:`u2ad_core.evaluation`).
 
-Training runs are cached like :mod:`u2ad_core.train` does for U2AD: a run lives in
+Training runs are cached by the run store (:mod:`u2ad_core.runstore`), as U2AD's are: a run lives in
 ``run_dir / "baselines" / f"{name}-{hash}"`` where the hash covers the method and its
 configuration, the shared sizes, the number of epochs, the augmentation, the data arrays,
 the initial weights and the seed::
@@ -42,10 +42,7 @@ weights.
 
 from __future__ import annotations
 
-import csv
 import functools
-import hashlib
-import io
 import math
 import time
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -55,9 +52,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..config import BaselineConfig, Preset, config_hash, get_preset, to_dict
+from ..config import BaselineConfig, Preset, get_preset, to_dict
 from ..datasets import data_hash
-from ..runtime import atomic_path, atomic_write_json, atomic_write_text, make_generator, progress, resolve_device
+from ..runstore import init_weights, load_state, open_run
+from ..runtime import make_generator, progress, resolve_device
 
 __all__ = [
     "Method",
@@ -229,29 +227,14 @@ class BaselineRun:
 
 
 def _init_identity(init: Any) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
-    """(identity for the hash, state dict) of the initial weights (``None``: random init)."""
-    if init is None:
-        return None, None
+    """(identity for the hash, state dict) of the initial weights (``None``: random init).
+
+    init: ``None``, a :class:`BaselineRun`, a finished run directory / its ``model.pt``, or a
+    model (:func:`u2ad_core.runstore.init_weights`)."""
     if isinstance(init, BaselineRun):
         init = init.run_path if init.run_path is not None else init.model
-    if isinstance(init, torch.nn.Module):
-        state = {k: v.detach().cpu() for k, v in init.state_dict().items()}
-        rh = getattr(init, "run_hash", None)
-        if rh is None:
-            h = hashlib.sha256()
-            for k, v in sorted(state.items()):
-                h.update(k.encode())
-                h.update(v.numpy().tobytes())
-            rh = h.hexdigest()[:16]
-        return {"run_hash": rh}, state
-    p = Path(init)
-    if p.is_dir():
-        p = p / "model.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"init weights not found: {init} (pass a baseline run directory, its model.pt, "
-                                "a BaselineRun or a model)")
-    saved = torch.load(p, map_location="cpu", weights_only=True)
-    return {"run_hash": saved.get("run_hash")}, saved["model"]
+    w = init_weights(init, files=("model.pt",))
+    return (None, None) if w is None else ({"run_hash": w.run_hash}, w.state)
 
 
 def _spec(method: Method, preset: Preset, stage: str, epochs: int, d_hash: str, image_size,
@@ -276,18 +259,6 @@ def _spec(method: Method, preset: Preset, stage: str, epochs: int, d_hash: str, 
     return spec
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _build(method: Method, cfg: BaselineConfig, image_size, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -295,11 +266,6 @@ def _build(method: Method, cfg: BaselineConfig, image_size, seed: int) -> torch.
     model.baseline_method = method.name
     model.baseline_cfg = cfg
     return model
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
 
 
 def load_run(path: str | Path, device: str = "cpu"):
@@ -311,7 +277,7 @@ def load_run(path: str | Path, device: str = "cpu"):
         p = p / "model.pt"
     if not p.is_file():
         raise FileNotFoundError(f"baseline model not found: {p}")
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    state = load_state(p)
     if state.get("format") != FORMAT_VERSION or "method" not in state:
         raise ValueError(f"{p} is not a u2ad_core baseline model (format {state.get('format')!r})")
     method = get_method(state["method"])
@@ -363,18 +329,15 @@ def fit_run(
     image_size = images_np.shape[1:]
     init_id, init_state = _init_identity(init)
     spec = _spec(m, preset, stage, epochs, data_hash(data), image_size, init_id, seed)
-    run_hash = config_hash(spec)
-    run_path = Path(run_dir) / "baselines" / f"{name or f'{m.name}-{stage}'}-{run_hash}"
+    run = open_run(Path(run_dir) / "baselines", name or f"{m.name}-{stage}", spec)
+    run_hash, run_path = run.run_hash, run.path
     dev = resolve_device(device)
 
-    if reuse and (run_path / "done.json").is_file() and (run_path / "model.pt").is_file():
-        model = load_run(run_path, dev)
-        return BaselineRun(model, run_path, _read_csv(run_path / "metrics.csv"), reused=True)
+    if reuse and run.done:
+        history = [{k: v for k, v in r.items() if v is not None} for r in run.read_metrics(text=())]
+        return BaselineRun(load_run(run_path, dev), run_path, history, reused=True)
 
     t_start = time.perf_counter()
-    run_path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_path / "config.json", {"run_hash": run_hash, "source": source, "spec": spec,
-                                                 "baselines": to_dict(cfg)})
     model = _build(m, cfg, image_size, seed)
     if init_state is not None:
         try:
@@ -387,16 +350,13 @@ def fit_run(
     history: list[dict[str, Any]] = []
     start = 0
     wall_before = 0.0
-    ckpt = run_path / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("run_hash") == run_hash:
-            model.load_state_dict(state["model"])
-            for k, o in opts.items():
-                o.load_state_dict(state["optimizers"][k])
-            g.set_state(state["generator"])
-            start, history, wall_before = int(state["epoch"]), list(state["history"]), float(state["wall_s"])
-    (run_path / "done.json").unlink(missing_ok=True)
+    state = run.start(resume, config={"source": source, "baselines": to_dict(cfg)})
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for k, o in opts.items():
+            o.load_state_dict(state["optimizers"][k])
+        g.set_state(state["generator"])
+        start, history, wall_before = int(state["epoch"]), list(state["history"]), float(state["wall_s"])
 
     from ..train import augment  # paper 4.3 augmentation, the same as U2AD's
 
@@ -430,12 +390,13 @@ def fit_run(
             row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3),
                    **{k: v / counts[k] for k, v in sums.items()}}
             history.append(row)
-            _write_csv(run_path / "metrics.csv", history)
+            run.write_metrics(history)
             done = epoch + 1
             if done % max(1, int(cfg.checkpoint_every)) == 0 and done < epochs:
-                _save({"run_hash": run_hash, "epoch": done, "model": model.state_dict(),
-                       "optimizers": {k: o.state_dict() for k, o in opts.items()}, "generator": g.get_state(),
-                       "history": history, "wall_s": wall_before + time.perf_counter() - t_start}, ckpt)
+                run.save_checkpoint({"epoch": done, "model": model.state_dict(),
+                                     "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                                     "generator": g.get_state(), "history": history,
+                                     "wall_s": wall_before + time.perf_counter() - t_start})
             bar.update(1)
     finally:
         bar.close()
@@ -443,22 +404,12 @@ def fit_run(
     model.run_hash = run_hash
     model.run_path = run_path
     wall = wall_before + time.perf_counter() - t_start
-    _save({"format": FORMAT_VERSION, "method": m.name, "run_hash": run_hash, "spec": spec,
-           "baselines": to_dict(cfg), "image_size": list(image_size),
-           "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, run_path / "model.pt")
-    ckpt.unlink(missing_ok=True)
-    atomic_write_json(run_path / "done.json", {"method": m.name, "run_hash": run_hash, "stage": stage,
-                                               "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
-                                               "final": history[-1] if history else {}})
+    run.finish({"format": FORMAT_VERSION, "method": m.name, "run_hash": run_hash, "spec": spec,
+                "baselines": to_dict(cfg), "image_size": list(image_size),
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+               {"method": m.name, "stage": stage, "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
+                "final": history[-1] if history else {}}, keep_checkpoint=False)
     return BaselineRun(model, run_path, history, reused=False, wall_s=wall)
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in r.items() if v != ""}
-                for r in csv.DictReader(fh)]
 
 
 def fit(method: str | Method, preset: Preset | str, train_data: Any, device: str = "auto",
