@@ -22,12 +22,13 @@ STAMP := $(VENV)/.u2ad-installed
 # pip on some machines prints one harmless line per configured-but-absent local index
 PIPFILTER := grep -v "^WARNING: Location .* is ignored" || true
 
-.PHONY: help venv book test unit smoke-book paper-ci bench lab clean clean-data
+.PHONY: help venv book test unit smoke-book paper-ci budget bench lab clean clean-data
 
 help:
 	@echo "make book  [PRESET=cpu|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
 	@echo "make test                                                    unit tests + smoke book"
 	@echo "make paper-ci                                                the paper preset's code paths, small sizes (CI)"
+	@echo "make budget [PRESET=cpu]                                     training-budget sweep (epochs x 0.5, 1, 2, 4; ~75 min on 2 cores)"
 	@echo "make bench                                                   MC engine benchmark (JSON)"
 	@echo "make lab                                                     JupyterLab on notebooks/"
 
@@ -65,6 +66,11 @@ test: $(STAMP)
 # the paper preset's code paths on a CPU (about 8 minutes on 2 cores); CI runs it after make test
 paper-ci: $(STAMP)
 	$(U2AD) book --preset paper_ci --device cpu --seed $(SEED) --path-output _build/paper_ci
+
+# The training-budget sweep (chapter 12 reads it under cpu): every epoch count x 0.5, 1, 2, 4,
+# on Dask, into runs/$(PRESET)/sweeps/budget/ (results.csv); finished points are reused.
+budget: $(STAMP)
+	$(U2AD) budget --preset $(PRESET) --device $(DEVICE) --seed $(SEED)
 
 bench: $(STAMP)
 	$(U2AD) bench mc --preset $(PRESET) --k 10 --json

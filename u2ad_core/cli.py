@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "u2ad_core.train",  # pretrain, adapt
     "u2ad_core.infer",  # infer
     "u2ad_core.sweep",  # sweep
+    "u2ad_core.budget",  # budget
     "u2ad_core.fetch",  # data fetch
     "u2ad_core.sitecheck",  # sitecheck
 )
