@@ -37,6 +37,7 @@ __all__ = [
     "FAnoGANConfig",
     "AnoDDPMConfig",
     "SignalConfig",
+    "CDDPMConfig",
     "Preset",
     "PRESETS",
     "PAPER_CI_OVERRIDES",
@@ -356,6 +357,29 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class CDDPMConfig:
+    """cDDPM (Behrendt et al. 2025): a diffusion U-Net that predicts the clean image ``x0`` in
+    one step, conditioned on an encoding of the clean input; simplex noise; an ensemble of
+    noise levels at inference; median-filtered residual (:mod:`u2ad_core.baselines.cddpm`).
+
+    Widths are the method's own (not ``baselines.width``); the paper preset has the authors'
+    U-Net width and conditioning size, the CPU presets shrink them (``_baselines_small``).
+    """
+
+    timesteps: int = 1000  # Behrendt 2025 code (cond_DDPM.py): T = 1000
+    schedule: str = "cosine"  # Behrendt 2025 code: GaussianDiffusion's default cosine schedule ("linear": Ho 2020)
+    noise_levels: tuple[int, ...] = (250, 500, 750)  # Behrendt 2025 code: step_ensemble; (500,) = one level
+    octaves: int = 6  # Behrendt 2025 code (gen_noise = AnoDDPM's simplex noise): 6 octaves
+    persistence: float = 0.8  # Behrendt 2025 code: amplitude x 0.8 per octave
+    frequency: float = 64.0  # Behrendt 2025 code: base period 64 px (scaled with the image height)
+    unet_width: int = 128  # Behrendt 2025 code: unet_dim 128
+    encoder_width: int = 64  # project: stem width of the conv encoder (the authors': ResNet-50, stem 64)
+    cond_dim: int = 512  # Behrendt 2025 code: cond_dim = 4 x unet_dim
+    median_kernel: int = 5  # Behrendt 2025 code: median filter of the residual, kernel 5 (0 or 1: off)
+    lr: float = 1e-4  # Behrendt 2025 code: Adam lr 1e-4, L1 loss on x0
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """The baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B).
 
@@ -381,6 +405,7 @@ class BaselineConfig:
     fanogan: FAnoGANConfig = field(default_factory=FAnoGANConfig)
     anoddpm: AnoDDPMConfig = field(default_factory=AnoDDPMConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    cddpm: CDDPMConfig = field(default_factory=CDDPMConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -485,7 +510,8 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
                      ddpm: tuple[int, int], s2: tuple[str, ...]) -> BaselineConfig:
     """Baselines shrunk for a CPU: tiny nets, few epochs, S2 only for ``s2``, Figure 6 from
     the pretrained (S1) models, AnoDDPM with T and the partial steps scaled down together
-    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps))."""
+    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps)), cDDPM at ``width`` with a
+    ``latent``-sized conditioning vector (its T stays 1000: one U-Net pass per noise level)."""
     b = BaselineConfig()
     return replace(
         b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
@@ -494,6 +520,7 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
         vaegan=replace(b.vaegan, latent_dim=latent),
         fanogan=replace(b.fanogan, latent_dim=latent, lr=2e-4),
         anoddpm=replace(b.anoddpm, timesteps=ddpm[0], partial_steps=ddpm[1], lr=1e-3),
+        cddpm=replace(b.cddpm, unet_width=width, encoder_width=width, cond_dim=latent, lr=1e-3),
     )
 
 
@@ -582,6 +609,7 @@ PAPER_CI_OVERRIDES: dict[str, Any] = {
     # baselines: every method and strategy of the paper (S2 for all, Figure 6 from S3), tiny sizes
     "baselines.pretrain_epochs": 1, "baselines.adapt_epochs": 1, "baselines.width": 4,
     "baselines.infer_batch": 8, "baselines.anoddpm.partial_steps": 2,
+    "baselines.cddpm.unet_width": 4, "baselines.cddpm.encoder_width": 4, "baselines.cddpm.cond_dim": 16,
 }
 """``paper_ci``: the ``paper`` preset shrunk by these overrides (CI runs it on CPU: ``make paper-ci``).
 

@@ -12,11 +12,16 @@ name            module      method
 ``vaegan``      vaegan      VAE-GAN (Larsen et al. 2016)
 ``fanogan``     fanogan     f-AnoGAN: WGAN-GP + izi-f encoder (Schlegl et al. 2019)
 ``anoddpm``     anoddpm     DDPM with simplex-like noise, partial diffusion (Wyatt et al. 2022)
+``cddpm``       cddpm       DDPM guided by an encoding of the input (Behrendt et al. 2025)
 ``zscore``      signal      Z-scoring of cord intensities (paper B.3)
 ``slic``        signal      SLIC superpixels, z-scored (paper B.3)
 ``dbscan``      signal      DBSCAN on cord intensities (paper B.3)
 ``morphology``  morphology  cord + CSF width only, no intensity: how much is anatomy (project)
 ==============  ==========  ==================================================================
+
+Methods after the paper (issue 17; :data:`NEW_METHODS`, e.g. ``cddpm``) are registered like
+the others (``fit``, ``anomaly_maps``, ``strategy_model``) but are not in :data:`UAD_METHODS`,
+so the paper's Tables 1-2 (notebook 09) and the crossover keep the paper's baselines.
 
 Usage::
 
@@ -32,23 +37,26 @@ from __future__ import annotations
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
                      strategy_model, table_from_rows)
-from . import anoddpm, dae, fanogan, morphology, signal, vae, vaegan
+from . import anoddpm, cddpm, dae, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
-    "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "STRATEGIES", "Method", "SignalModel",
-    "BaselineRun",
+    "BASELINES", "UAD_METHODS", "NEW_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "STRATEGIES", "Method",
+    "SignalModel", "BaselineRun",
     "get_method", "fit", "fit_run", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
 ]
 
 BASELINES: dict[str, Method] = {
-    m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD,
+    m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD, cddpm.METHOD,
                         signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD)
 }
-"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal,
-then the morphology-only reference)."""
+"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then the methods
+added after the paper, then signal, then the morphology-only reference)."""
 
-UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "uad")
+NEW_METHODS: tuple[str, ...] = ("cddpm",)
+"""UAD methods added after the paper (issue 17): registered, but not in :data:`UAD_METHODS`."""
+UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "uad" and k not in NEW_METHODS)
+"""The paper's UAD baselines (Tables 1-2), in the paper's order."""
 SIGNAL_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
                                         if m.kind == "signal" and "images" in m.inputs)
 """Signal analysis of the cord intensities (paper Table 2, Appendix B.3)."""

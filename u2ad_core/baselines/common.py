@@ -106,7 +106,11 @@ class Method:
       ``x`` ``(B, 1, H, W)`` in [0, 1] and ``roi`` ``(B, 1, H, W)`` float {0, 1} on the model's
       device, ``generator`` a CPU ``torch.Generator``;
       ``reconstruct(model, x, roi, generator, cfg) -> (B, 1, H, W)`` the whole-image
-      reconstruction (eval mode, no grad).
+      reconstruction (eval mode, no grad);
+      optionally ``map_filter(maps, roi, sub_cfg) -> (N, H, W)``: the method's own filtering
+      of its residual map ``|x - recon|`` (``(N, H, W)`` float32, 0 outside ``roi``, bool),
+      e.g. cDDPM's median filter; :func:`anomaly_maps` applies it and zeroes the result
+      outside the ROI again. ``None`` (the default): the map is the plain residual.
     Signal methods (``kind="signal"``) give ``maps(*arrays, signal_cfg) -> (N, H, W)`` where
     ``arrays`` are the ``(N, H, W)`` fields named by ``inputs`` in that order (default
     ``("images", "cord")``; the morphology baseline reads ``("cord", "csf")``, never the images);
@@ -126,6 +130,7 @@ class Method:
     reconstruct: Callable[..., torch.Tensor] | None = None
     maps: Callable[..., np.ndarray] | None = None
     inputs: tuple[str, ...] = ("images", "cord")
+    map_filter: Callable[..., np.ndarray] | None = None
 
     def __post_init__(self):
         if self.kind not in ("uad", "signal"):
@@ -453,7 +458,8 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
 
     UAD methods: ``recon`` ``(N, H, W)`` = the model's reconstruction inside the cord, the
     original image outside (paper Appendix B.1); ``maps`` = ``|x - recon|`` inside the cord,
-    0 outside. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
+    0 outside, then the method's ``map_filter`` if it has one (cDDPM: median filter in the
+    cord), with the configuration the model was trained with. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
     ``None`` for the paper's settings): ``recon`` is ``None`` and ``maps`` is the method's
     score map, computed from the fields its ``Method.inputs`` names (a missing ``csf`` raises
     a ``ValueError``), 0 outside the cord.
@@ -478,7 +484,11 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
         return None, np.where(cord, maps, 0.0).astype(np.float32)
     full = reconstruct(m, model, images, cord, device, seed, batch_size, show_progress)
     recon = np.where(cord, full, images).astype(np.float32)
-    return recon, anomaly_map(images, recon, cord)
+    maps = anomaly_map(images, recon, cord)
+    if m.map_filter is not None:
+        cfg = getattr(model, "baseline_cfg", None) or BaselineConfig()
+        maps = np.where(cord, m.map_filter(maps, cord, m.sub_config(cfg)), 0.0).astype(np.float32)
+    return recon, maps
 
 
 # --------------------------------------------------------------------------------------
