@@ -380,6 +380,41 @@ class CDDPMConfig:
 
 
 @dataclass(frozen=True)
+class BrainomalyRefinerConfig:
+    """Brainomaly-Diff's diffusion refiner (vashprog/Brainomaly-Diff, ``diffusion_model.py``,
+    ``diffusion_utils.py``, ``solver.py``): a DDPM on the generator's outputs whose reverse
+    chain refines them at inference (``brainomaly_diff``)."""
+
+    timesteps: int = 50  # Brainomaly-Diff solver.py: DiffusionRefiner(timesteps=50)
+    steps: int = 50  # Brainomaly-Diff: all 50 reverse steps at inference (here from the noised image)
+    beta_start: float = 1e-4  # Brainomaly-Diff diffusion_utils.py: linspace(1e-4, 0.02, T) at T = 50
+    beta_end: float = 0.02  # Brainomaly-Diff (another T: both x 50 / T, the same end noise; project)
+    width: int = 64  # Brainomaly-Diff diffusion_model.py: DiffusionUNet base_dim 64
+    levels: int = 1  # Brainomaly-Diff: one stride-2 level, self-attention at H/2 x W/2
+    target: str = "translated"  # Brainomaly-Diff: trained on G's outputs; "healthy": on the healthy batch (project)
+    lr: float = 1e-4  # Brainomaly-Diff solver.py: Adam lr 1e-4
+
+
+@dataclass(frozen=True)
+class BrainomalyConfig:
+    """Brainomaly (Siddiquee et al., WACV 2024; code mahfuzmohammad/Brainomaly, ``main.py``
+    defaults, which ``train.sh`` keeps): a generator outputs an additive map M, x_hat =
+    tanh(x + M); a PatchGAN critic (WGAN-GP) compares translated target images with healthy
+    ones; identity L1 on healthy images. ``refiner``: Brainomaly-Diff's refiner on top."""
+
+    g_width: int = 64  # Brainomaly main.py: g_conv_dim 64
+    g_blocks: int = 6  # Brainomaly main.py: g_repeat_num 6 residual blocks
+    d_width: int = 64  # Brainomaly main.py: d_conv_dim 64
+    d_levels: int = 6  # Brainomaly main.py: d_repeat_num 6 stride-2 convs (PatchGAN)
+    lambda_id: float = 1.0  # Brainomaly main.py: lambda_id 1
+    gp_weight: float = 10.0  # Brainomaly main.py: lambda_gp 10
+    n_critic: int = 2  # Brainomaly main.py: n_critic 2 (critic every iteration, generator every 2nd)
+    lr: float = 1e-4  # Brainomaly main.py: g_lr = d_lr = 1e-4 (its decay is in effect none: see module)
+    betas: tuple[float, float] = (0.5, 0.999)  # Brainomaly main.py: beta1 0.5, beta2 0.999
+    refiner: BrainomalyRefinerConfig = field(default_factory=BrainomalyRefinerConfig)
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """The baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B).
 
@@ -406,6 +441,7 @@ class BaselineConfig:
     anoddpm: AnoDDPMConfig = field(default_factory=AnoDDPMConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
     cddpm: CDDPMConfig = field(default_factory=CDDPMConfig)
+    brainomaly: BrainomalyConfig = field(default_factory=BrainomalyConfig)  # + Brainomaly-Diff's refiner
 
 
 # --------------------------------------------------------------------------------------
@@ -511,7 +547,9 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
     """Baselines shrunk for a CPU: tiny nets, few epochs, S2 only for ``s2``, Figure 6 from
     the pretrained (S1) models, AnoDDPM with T and the partial steps scaled down together
     (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps)), cDDPM at ``width`` with a
-    ``latent``-sized conditioning vector (its T stays 1000: one U-Net pass per noise level)."""
+    ``latent``-sized conditioning vector (its T stays 1000: one U-Net pass per noise level),
+    Brainomaly with 2 residual blocks and a 4-level critic, its refiner with a 10-step chain (the
+    seed's 50, at the same noise level) and attention at H/4 x W/4."""
     b = BaselineConfig()
     return replace(
         b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
@@ -521,6 +559,9 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
         fanogan=replace(b.fanogan, latent_dim=latent, lr=2e-4),
         anoddpm=replace(b.anoddpm, timesteps=ddpm[0], partial_steps=ddpm[1], lr=1e-3),
         cddpm=replace(b.cddpm, unet_width=width, encoder_width=width, cond_dim=latent, lr=1e-3),
+        brainomaly=replace(b.brainomaly, g_width=width, g_blocks=2, d_width=2 * width, d_levels=4, lr=2e-4,
+                           refiner=replace(b.brainomaly.refiner, timesteps=10, steps=10, width=width, levels=2,
+                                           lr=1e-3)),
     )
 
 
@@ -610,6 +651,8 @@ PAPER_CI_OVERRIDES: dict[str, Any] = {
     "baselines.pretrain_epochs": 1, "baselines.adapt_epochs": 1, "baselines.width": 4,
     "baselines.infer_batch": 8, "baselines.anoddpm.partial_steps": 2,
     "baselines.cddpm.unet_width": 4, "baselines.cddpm.encoder_width": 4, "baselines.cddpm.cond_dim": 16,
+    "baselines.brainomaly.g_width": 4, "baselines.brainomaly.d_width": 4, "baselines.brainomaly.refiner.width": 8,
+    "baselines.brainomaly.refiner.steps": 2,
 }
 """``paper_ci``: the ``paper`` preset shrunk by these overrides (CI runs it on CPU: ``make paper-ci``).
 

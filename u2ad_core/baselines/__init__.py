@@ -19,9 +19,19 @@ name            module      method
 ``morphology``  morphology  cord + CSF width only, no intensity: how much is anatomy (project)
 ==============  ==========  ==================================================================
 
-Methods after the paper (issue 17; :data:`NEW_METHODS`, e.g. ``cddpm``) are registered like
-the others (``fit``, ``anomaly_maps``, ``strategy_model``) but are not in :data:`UAD_METHODS`,
-so the paper's Tables 1-2 (notebook 09) and the crossover keep the paper's baselines.
+Methods beyond the paper (issue 17; ``Method.beyond_paper``, so in ``BASELINES`` and
+``NEW_METHODS`` but not in ``UAD_METHODS``, the paper's set that notebook 09 trains):
+
+===================  ==========  =============================================================
+name                 module      method
+===================  ==========  =============================================================
+``cddpm``            cddpm       conditioned DDPM: x0 from noised input + encoding of the clean
+                                 input, ensemble of noise levels (Behrendt et al. 2025)
+``brainomaly``       brainomaly  Brainomaly: additive-map GAN trained on (healthy, cohort)
+                                 pairs, transductive (Siddiquee et al. 2024)
+``brainomaly_diff``  brainomaly  Brainomaly + Brainomaly-Diff's diffusion refiner, conditioned
+                                 on the time step, trained on a finished Brainomaly run
+===================  ==========  =============================================================
 
 Usage::
 
@@ -37,29 +47,32 @@ from __future__ import annotations
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
                      strategy_model, table_from_rows)
-from . import anoddpm, cddpm, dae, fanogan, morphology, signal, vae, vaegan
+from . import anoddpm, brainomaly, cddpm, dae, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
-    "BASELINES", "UAD_METHODS", "NEW_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "STRATEGIES", "Method",
-    "SignalModel", "BaselineRun",
+    "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "NEW_METHODS", "STRATEGIES", "Method",
+    "SignalModel",
+    "BaselineRun",
     "get_method", "fit", "fit_run", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
 ]
 
 BASELINES: dict[str, Method] = {
-    m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD, cddpm.METHOD,
-                        signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD)
+    m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD,
+                        signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD,
+                        cddpm.METHOD, brainomaly.METHOD, brainomaly.DIFF_METHOD)
 }
-"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then the methods
-added after the paper, then signal, then the morphology-only reference)."""
+"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal,
+then the morphology-only reference, then the methods beyond the paper)."""
 
-NEW_METHODS: tuple[str, ...] = ("cddpm",)
-"""UAD methods added after the paper (issue 17): registered, but not in :data:`UAD_METHODS`."""
-UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "uad" and k not in NEW_METHODS)
-"""The paper's UAD baselines (Tables 1-2), in the paper's order."""
+UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
+                                     if m.kind == "uad" and not m.beyond_paper)
+"""The paper's UAD baselines (Table 1)."""
 SIGNAL_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
-                                        if m.kind == "signal" and "images" in m.inputs)
+                                        if m.kind == "signal" and "images" in m.inputs and not m.beyond_paper)
 """Signal analysis of the cord intensities (paper Table 2, Appendix B.3)."""
 ANATOMY_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
                                          if m.kind == "signal" and "images" not in m.inputs)
 """Kind "signal" too (no training), but reading only masks: ``("morphology",)``."""
+NEW_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.beyond_paper)
+"""Methods added beyond the paper's baselines (issue 17), in registration order."""

@@ -245,5 +245,5 @@ def _map_filter(maps: np.ndarray, roi: np.ndarray, cfg: CDDPMConfig) -> np.ndarr
 METHOD = Method(
     name="cddpm", label="cDDPM", kind="uad", reference="Behrendt et al. 2025",
     sub_config=lambda b: b.cddpm, build=_build, optimizers=_optimizers,
-    train_step=_train_step, reconstruct=_reconstruct, map_filter=_map_filter,
+    train_step=_train_step, reconstruct=_reconstruct, map_filter=_map_filter, beyond_paper=True,
 )
