@@ -12,7 +12,8 @@ follow their original papers and code); they are set per preset in
   map too (critic / discriminator features for f-AnoGAN's izi-f and VAE-GAN's feature loss).
 - :class:`ConvDecoder`: ``(B, z) -> (B, 1, H, W)``: upsample + conv per level (the last one,
   at full resolution, straight to one channel), sigmoid (images are in [0, 1]).
-- :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)``, optionally
+- :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)`` (or ``in_ch`` ->
+  ``out_ch`` channels), optionally
   conditioned on a diffusion time step (sinusoidal embedding added in every block). Kept
   light for a CPU: two convs per level on the way down, one on the way up, and at full
   resolution a single 3 x 3 conv in and a 1 x 1 conv out (spatial context at full
@@ -135,16 +136,18 @@ class _Block(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net: ``(B, 1, H, W)`` (+ optional time steps ``(B,)``) -> ``(B, 1, H, W)``.
+    """A small U-Net: ``(B, in_ch, H, W)`` (+ optional time steps ``(B,)``) -> ``(B, out_ch, H, W)``.
 
     ``levels`` stride-2 poolings, channels from :func:`channels`, skip connections by
     concatenation, nearest upsampling. ``time_dim > 0`` makes it a diffusion denoiser (the
     sinusoidal step embedding goes through a small MLP and is added in every block).
-    ``out_act``: ``"sigmoid"`` (an image in [0, 1]) or ``"none"`` (predicted noise).
+    ``out_act``: ``"sigmoid"`` (an image in [0, 1]) or ``"none"`` (predicted noise, logits).
+    ``in_ch`` / ``out_ch``: channels of the input and output (default one each: an image;
+    DAL maps an edge image to ``K`` class logits).
     """
 
     def __init__(self, image_size: tuple[int, int], width: int = 32, levels: int = 4,
-                 time_dim: int = 0, out_act: str = "sigmoid"):
+                 time_dim: int = 0, out_act: str = "sigmoid", in_ch: int = 1, out_ch: int = 1):
         super().__init__()
         check_image_size(image_size, levels, type(self).__name__)
         if out_act not in ("sigmoid", "none"):
@@ -154,13 +157,13 @@ class UNet(nn.Module):
         t_dim = 4 * width if time_dim else 0
         self.t_mlp = (nn.Sequential(nn.Linear(time_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
                       if time_dim else None)
-        self.inc = _Block(1, ch[0], t_dim, single=True)
+        self.inc = _Block(in_ch, ch[0], t_dim, single=True)
         self.down = nn.ModuleList(_Block(ch[i], ch[i + 1], t_dim) for i in range(levels))
         self.up = nn.ModuleList(_Block(ch[i + 1] + ch[i], ch[i], t_dim, single=True, kernel=1 if i == 0 else 3)
                                 for i in reversed(range(levels)))
         self.pool = nn.AvgPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
-        self.out = nn.Conv2d(ch[0], 1, 1)
+        self.out = nn.Conv2d(ch[0], out_ch, 1)
         self.out_act = out_act
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
