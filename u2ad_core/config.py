@@ -37,6 +37,7 @@ __all__ = [
     "FAnoGANConfig",
     "AnoDDPMConfig",
     "SignalConfig",
+    "DALConfig",
     "Preset",
     "PRESETS",
     "PAPER_CI_OVERRIDES",
@@ -356,6 +357,24 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class DALConfig:
+    """DAL lite (Yang et al. 2025, "Unsupervised Anomaly Detection in Brain MRI via Disentangled
+    Anatomy Learning"; code not released): one-hot anatomy + per-class imaging statistics,
+    anatomy restored from its edges, recoupled into a pseudo-healthy image
+    (:mod:`u2ad_core.baselines.dal`, whose docstring lists every inferred choice). Nothing
+    below is given by the paper's abstract, the only description available: all "project:"."""
+
+    n_classes: int = 4  # project: anatomy classes K (cord, CSF, bone/disc, the rest)
+    temperature: float = 1.0  # project: softmax temperature of the straight-through one-hot
+    prior_weight: float = 1.0  # project: weight of the cord-prior term (class 0 = cord mask)
+    restore_weight: float = 1.0  # project: weight of the edge-to-anatomy cross-entropy
+    phi_weight: float = 1.0  # project: weight of the L1 of the pseudo-healthy image (restored path)
+    prior_count: float = 16.0  # project: pseudo-pixels pulling an empty class to its learnt mean
+    alternate: bool = False  # project: True = steps alternate between the two modules (cheaper steps)
+    lr: float = 1e-4  # project: Adam lr
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """The baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B).
 
@@ -381,6 +400,7 @@ class BaselineConfig:
     fanogan: FAnoGANConfig = field(default_factory=FAnoGANConfig)
     anoddpm: AnoDDPMConfig = field(default_factory=AnoDDPMConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    dal: DALConfig = field(default_factory=DALConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -485,7 +505,8 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
                      ddpm: tuple[int, int], s2: tuple[str, ...]) -> BaselineConfig:
     """Baselines shrunk for a CPU: tiny nets, few epochs, S2 only for ``s2``, Figure 6 from
     the pretrained (S1) models, AnoDDPM with T and the partial steps scaled down together
-    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps))."""
+    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps)), DAL's two modules updated in
+    alternate steps."""
     b = BaselineConfig()
     return replace(
         b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
@@ -494,6 +515,7 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
         vaegan=replace(b.vaegan, latent_dim=latent),
         fanogan=replace(b.fanogan, latent_dim=latent, lr=2e-4),
         anoddpm=replace(b.anoddpm, timesteps=ddpm[0], partial_steps=ddpm[1], lr=1e-3),
+        dal=replace(b.dal, alternate=True, lr=1e-3),
     )
 
 

@@ -12,6 +12,7 @@ name            module      method
 ``vaegan``      vaegan      VAE-GAN (Larsen et al. 2016)
 ``fanogan``     fanogan     f-AnoGAN: WGAN-GP + izi-f encoder (Schlegl et al. 2019)
 ``anoddpm``     anoddpm     DDPM with simplex-like noise, partial diffusion (Wyatt et al. 2022)
+``dal``         dal         disentangled anatomy + edge-to-image restoration, lite (Yang et al. 2025)
 ``zscore``      signal      Z-scoring of cord intensities (paper B.3)
 ``slic``        signal      SLIC superpixels, z-scored (paper B.3)
 ``dbscan``      signal      DBSCAN on cord intensities (paper B.3)
@@ -32,7 +33,7 @@ from __future__ import annotations
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
                      strategy_model, table_from_rows)
-from . import anoddpm, dae, fanogan, morphology, signal, vae, vaegan
+from . import anoddpm, dae, dal, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
     "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "STRATEGIES", "Method", "SignalModel",
@@ -42,11 +43,11 @@ __all__ = [
 ]
 
 BASELINES: dict[str, Method] = {
-    m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD,
+    m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD, dal.METHOD,
                         signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD)
 }
-"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal,
-then the morphology-only reference)."""
+"""Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then the methods
+added after the paper (``dal``), then signal, then the morphology-only reference)."""
 
 UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "uad")
 SIGNAL_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
