@@ -67,7 +67,8 @@ baselines, paper Appendix B.1), the anatomical prior is the cord mask instead of
 priors, the networks are the project's small U-Net (:class:`.nets.UNet`, the shared
 ``width`` / ``levels`` of :class:`u2ad_core.config.BaselineConfig`) and the CPU presets
 alternate the two modules' updates, so that a CPU trains it in about the time of the DAE and
-AnoDDPM baselines (two U-Nets instead of one: about 1.4x DAE's time per epoch).
+AnoDDPM baselines (two U-Nets instead of one: measured on one core, an epoch takes about as
+long as AnoDDPM's and 1.4-2x DAE's).
 
 Design choices inferred from the description (for the book page)
 -----------------------------------------------------------------
