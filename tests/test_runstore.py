@@ -192,7 +192,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ every method resumes through the store
-@pytest.mark.parametrize("method", ["dae", "cddpm"])
+@pytest.mark.parametrize("method", ["dae", "cddpm", "dal"])
 def test_baseline_resumes_exactly(method, tmp_path):
     from u2ad_core.baselines import BASELINES, fit_run
 

@@ -38,6 +38,7 @@ __all__ = [
     "AnoDDPMConfig",
     "SignalConfig",
     "CDDPMConfig",
+    "DALConfig",
     "Preset",
     "PRESETS",
     "PAPER_CI_OVERRIDES",
@@ -415,6 +416,24 @@ class BrainomalyConfig:
 
 
 @dataclass(frozen=True)
+class DALConfig:
+    """DAL lite (Yang et al. 2025, "Unsupervised Anomaly Detection in Brain MRI via Disentangled
+    Anatomy Learning"; code not released): one-hot anatomy + per-class imaging statistics,
+    anatomy restored from its edges, recoupled into a pseudo-healthy image
+    (:mod:`u2ad_core.baselines.dal`, whose docstring lists every inferred choice). Nothing
+    below is given by the paper's abstract, the only description available: all "project:"."""
+
+    n_classes: int = 4  # project: anatomy classes K (cord, CSF, bone/disc, the rest)
+    temperature: float = 1.0  # project: softmax temperature of the straight-through one-hot
+    prior_weight: float = 1.0  # project: weight of the cord-prior term (class 0 = cord mask)
+    restore_weight: float = 1.0  # project: weight of the edge-to-anatomy cross-entropy
+    phi_weight: float = 1.0  # project: weight of the L1 of the pseudo-healthy image (restored path)
+    prior_count: float = 16.0  # project: pseudo-pixels pulling an empty class to its learnt mean
+    alternate: bool = False  # project: True = steps alternate between the two modules (cheaper steps)
+    lr: float = 1e-4  # project: Adam lr
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """The baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B).
 
@@ -442,6 +461,7 @@ class BaselineConfig:
     signal: SignalConfig = field(default_factory=SignalConfig)
     cddpm: CDDPMConfig = field(default_factory=CDDPMConfig)
     brainomaly: BrainomalyConfig = field(default_factory=BrainomalyConfig)  # + Brainomaly-Diff's refiner
+    dal: DALConfig = field(default_factory=DALConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -549,7 +569,8 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
     (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps)), cDDPM at ``width`` with a
     ``latent``-sized conditioning vector (its T stays 1000: one U-Net pass per noise level),
     Brainomaly with 2 residual blocks and a 4-level critic, its refiner with a 10-step chain (the
-    seed's 50, at the same noise level) and attention at H/4 x W/4."""
+    seed's 50, at the same noise level) and attention at H/4 x W/4, DAL's two modules
+    updated in alternate steps."""
     b = BaselineConfig()
     return replace(
         b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
@@ -562,6 +583,7 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
         brainomaly=replace(b.brainomaly, g_width=width, g_blocks=2, d_width=2 * width, d_levels=4, lr=2e-4,
                            refiner=replace(b.brainomaly.refiner, timesteps=10, steps=10, width=width, levels=2,
                                            lr=1e-3)),
+        dal=replace(b.dal, alternate=True, lr=1e-3),
     )
 
 

@@ -12,7 +12,6 @@ name            module      method
 ``vaegan``      vaegan      VAE-GAN (Larsen et al. 2016)
 ``fanogan``     fanogan     f-AnoGAN: WGAN-GP + izi-f encoder (Schlegl et al. 2019)
 ``anoddpm``     anoddpm     DDPM with simplex-like noise, partial diffusion (Wyatt et al. 2022)
-``cddpm``       cddpm       DDPM guided by an encoding of the input (Behrendt et al. 2025)
 ``zscore``      signal      Z-scoring of cord intensities (paper B.3)
 ``slic``        signal      SLIC superpixels, z-scored (paper B.3)
 ``dbscan``      signal      DBSCAN on cord intensities (paper B.3)
@@ -27,6 +26,8 @@ name                 module      method
 ===================  ==========  =============================================================
 ``cddpm``            cddpm       conditioned DDPM: x0 from noised input + encoding of the clean
                                  input, ensemble of noise levels (Behrendt et al. 2025)
+``dal``              dal         disentangled anatomy + edge-to-image restoration, lite, from
+                                 the description (Yang et al. 2025; code not released)
 ``brainomaly``       brainomaly  Brainomaly: additive-map GAN trained on (healthy, cohort)
                                  pairs, transductive (Siddiquee et al. 2024)
 ``brainomaly_diff``  brainomaly  Brainomaly + Brainomaly-Diff's diffusion refiner, conditioned
@@ -47,7 +48,7 @@ from __future__ import annotations
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
                      strategy_model, table_from_rows)
-from . import anoddpm, brainomaly, cddpm, dae, fanogan, morphology, signal, vae, vaegan
+from . import anoddpm, brainomaly, cddpm, dae, dal, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
     "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "NEW_METHODS", "STRATEGIES", "Method",
@@ -60,7 +61,7 @@ __all__ = [
 BASELINES: dict[str, Method] = {
     m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD,
                         signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD,
-                        cddpm.METHOD, brainomaly.METHOD, brainomaly.DIFF_METHOD)
+                        dal.METHOD, cddpm.METHOD, brainomaly.METHOD, brainomaly.DIFF_METHOD)
 }
 """Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal,
 then the morphology-only reference, then the methods beyond the paper)."""

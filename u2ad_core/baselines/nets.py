@@ -12,9 +12,10 @@ follow their original papers and code); they are set per preset in
   map too (critic / discriminator features for f-AnoGAN's izi-f and VAE-GAN's feature loss).
 - :class:`ConvDecoder`: ``(B, z) -> (B, 1, H, W)``: upsample + conv per level (the last one,
   at full resolution, straight to one channel), sigmoid (images are in [0, 1]).
-- :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)``, optionally
-  conditioned on a diffusion time step (sinusoidal embedding added in every block) and on a
-  vector ``(B, cond_dim)`` that joins the time embedding (cDDPM's image encoding). Kept
+- :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)`` (or ``in_ch`` ->
+  ``out_ch`` channels), optionally conditioned on a diffusion time step (sinusoidal embedding
+  added in every block) and on a vector ``(B, cond_dim)`` that joins the time embedding
+  (cDDPM's image encoding). Kept
   light for a CPU: two convs per level on the way down, one on the way up, and at full
   resolution a single 3 x 3 conv in and a 1 x 1 conv out (spatial context at full
   resolution comes from the skip connection and the upsampled lower levels).
@@ -141,7 +142,7 @@ class _Block(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net: ``(B, 1, H, W)`` (+ optional time steps ``(B,)``) -> ``(B, 1, H, W)``.
+    """A small U-Net: ``(B, in_ch, H, W)`` (+ optional time steps ``(B,)``) -> ``(B, out_ch, H, W)``.
 
     ``levels`` stride-2 poolings, channels from :func:`channels`, skip connections by
     concatenation, nearest upsampling. ``time_dim > 0`` makes it a diffusion denoiser (the
@@ -150,11 +151,14 @@ class UNet(nn.Module):
     its own MLP maps it to the width of the time embedding and the two are concatenated, so
     every block receives ``[time, cond]`` (the class-embedding path of Dhariwal & Nichol's
     U-Net as cDDPM uses it). ``out_act``: ``"sigmoid"`` (an image in [0, 1]) or ``"none"``
-    (predicted noise, or an image in [-1, 1]).
+    (predicted noise, logits, or an image in [-1, 1]).
+    ``in_ch`` / ``out_ch``: channels of the input and output (default one each: an image;
+    DAL maps an edge image to ``K`` class logits).
     """
 
     def __init__(self, image_size: tuple[int, int], width: int = 32, levels: int = 4,
-                 time_dim: int = 0, out_act: str = "sigmoid", cond_dim: int = 0):
+                 time_dim: int = 0, out_act: str = "sigmoid", cond_dim: int = 0, in_ch: int = 1,
+                 out_ch: int = 1):
         super().__init__()
         check_image_size(image_size, levels, type(self).__name__)
         if out_act not in ("sigmoid", "none"):
@@ -170,13 +174,13 @@ class UNet(nn.Module):
         self.c_mlp = (nn.Sequential(nn.Linear(cond_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
                       if cond_dim else None)
         e_dim = 2 * t_dim if cond_dim else t_dim
-        self.inc = _Block(1, ch[0], e_dim, single=True)
+        self.inc = _Block(in_ch, ch[0], e_dim, single=True)
         self.down = nn.ModuleList(_Block(ch[i], ch[i + 1], e_dim) for i in range(levels))
         self.up = nn.ModuleList(_Block(ch[i + 1] + ch[i], ch[i], e_dim, single=True, kernel=1 if i == 0 else 3)
                                 for i in reversed(range(levels)))
         self.pool = nn.AvgPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
-        self.out = nn.Conv2d(ch[0], 1, 1)
+        self.out = nn.Conv2d(ch[0], out_ch, 1)
         self.out_act = out_act
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None,
