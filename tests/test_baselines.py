@@ -164,7 +164,9 @@ def test_noises_are_seeded_and_shaped():
 def test_fanogan_stage_split_and_registry():
     assert gan_epochs(1, 0.5) == 1 and gan_epochs(2, 0.5) == 1 and gan_epochs(200, 0.5) == 100
     assert gan_epochs(4, 0.9) == 3
-    assert set(BASELINES) == {"vae", "dae", "vaegan", "fanogan", "anoddpm", "zscore", "slic", "dbscan", "morphology"}
+    assert set(BASELINES) == {"vae", "dae", "vaegan", "fanogan", "anoddpm", "zscore", "slic", "dbscan", "morphology",
+                              "cddpm", "dal", "brainomaly", "brainomaly_diff"}
+    assert UAD_METHODS == ("vae", "dae", "vaegan", "fanogan", "anoddpm")  # the paper's; the rest: NEW_METHODS
     assert ANATOMY_METHODS == ("morphology",) and "morphology" not in SIGNAL_METHODS
     assert BASELINES["morphology"].kind == "signal" and "images" not in BASELINES["morphology"].inputs
     with pytest.raises(KeyError, match="unknown baseline"):

@@ -192,7 +192,8 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ every method resumes through the store
-def test_baseline_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("method", ["dae", "cddpm", "dal"])
+def test_baseline_resumes_exactly(method, tmp_path):
     from u2ad_core.baselines import BASELINES, fit_run
 
     p = get_preset("smoke")
@@ -203,22 +204,22 @@ def test_baseline_resumes_exactly(tmp_path):
     cord[:, 4:28, 12:20] = 1
     data = SimpleNamespace(images=np.clip(rng.uniform(0.1, 0.3, cord.shape) + 0.4 * cord, 0, 1).astype(np.float32),
                            cord=cord)
-    dae = BASELINES["dae"]
+    m = BASELINES[method]
 
     def step(model, opts, x, roi, g, cfg, info):
         if info.epoch == 2:
             raise Interrupt
-        return dae.train_step(model, opts, x, roi, g, cfg, info)
+        return m.train_step(model, opts, x, roi, g, cfg, info)
 
-    full = fit_run(dae, p, data, "cpu", 0, tmp_path / "full", show_progress=False)
+    full = fit_run(m, p, data, "cpu", 0, tmp_path / "full", show_progress=False)
     with pytest.raises(Interrupt):
-        fit_run(replace(dae, train_step=step), p, data, "cpu", 0, tmp_path / "part", show_progress=False)
+        fit_run(replace(m, train_step=step), p, data, "cpu", 0, tmp_path / "part", show_progress=False)
     (run_path,) = (tmp_path / "part" / "baselines").iterdir()
     assert run_path.name == full.run_path.name and not (run_path / "done.json").exists()
     assert runstore.load_state(run_path / "checkpoint.pt")["epoch"] == 2
-    resumed = fit_run(dae, p, data, "cpu", 0, tmp_path / "part", show_progress=False)
+    resumed = fit_run(m, p, data, "cpu", 0, tmp_path / "part", show_progress=False)
     assert not resumed.reused and not (run_path / "checkpoint.pt").exists()
     assert same(full.model.state_dict(), resumed.model.state_dict())
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
-    again = fit_run(dae, p, data, "cpu", 0, tmp_path / "part", show_progress=False)
+    again = fit_run(m, p, data, "cpu", 0, tmp_path / "part", show_progress=False)
     assert again.reused and [r["loss"] for r in again.history] == [r["loss"] for r in full.history]

@@ -37,6 +37,8 @@ __all__ = [
     "FAnoGANConfig",
     "AnoDDPMConfig",
     "SignalConfig",
+    "CDDPMConfig",
+    "DALConfig",
     "Preset",
     "PRESETS",
     "PAPER_CI_OVERRIDES",
@@ -356,6 +358,82 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class CDDPMConfig:
+    """cDDPM (Behrendt et al. 2025): a diffusion U-Net that predicts the clean image ``x0`` in
+    one step, conditioned on an encoding of the clean input; simplex noise; an ensemble of
+    noise levels at inference; median-filtered residual (:mod:`u2ad_core.baselines.cddpm`).
+
+    Widths are the method's own (not ``baselines.width``); the paper preset has the authors'
+    U-Net width and conditioning size, the CPU presets shrink them (``_baselines_small``).
+    """
+
+    timesteps: int = 1000  # Behrendt 2025 code (cond_DDPM.py): T = 1000
+    schedule: str = "cosine"  # Behrendt 2025 code: GaussianDiffusion's default cosine schedule ("linear": Ho 2020)
+    noise_levels: tuple[int, ...] = (250, 500, 750)  # Behrendt 2025 code: step_ensemble; (500,) = one level
+    octaves: int = 6  # Behrendt 2025 code (gen_noise = AnoDDPM's simplex noise): 6 octaves
+    persistence: float = 0.8  # Behrendt 2025 code: amplitude x 0.8 per octave
+    frequency: float = 64.0  # Behrendt 2025 code: base period 64 px (scaled with the image height)
+    unet_width: int = 128  # Behrendt 2025 code: unet_dim 128
+    encoder_width: int = 64  # project: stem width of the conv encoder (the authors': ResNet-50, stem 64)
+    cond_dim: int = 512  # Behrendt 2025 code: cond_dim = 4 x unet_dim
+    median_kernel: int = 5  # Behrendt 2025 code: median filter of the residual, kernel 5 (0 or 1: off)
+    lr: float = 1e-4  # Behrendt 2025 code: Adam lr 1e-4, L1 loss on x0
+
+
+@dataclass(frozen=True)
+class BrainomalyRefinerConfig:
+    """Brainomaly-Diff's diffusion refiner (vashprog/Brainomaly-Diff, ``diffusion_model.py``,
+    ``diffusion_utils.py``, ``solver.py``): a DDPM on the generator's outputs whose reverse
+    chain refines them at inference (``brainomaly_diff``)."""
+
+    timesteps: int = 50  # Brainomaly-Diff solver.py: DiffusionRefiner(timesteps=50)
+    steps: int = 50  # Brainomaly-Diff: all 50 reverse steps at inference (here from the noised image)
+    beta_start: float = 1e-4  # Brainomaly-Diff diffusion_utils.py: linspace(1e-4, 0.02, T) at T = 50
+    beta_end: float = 0.02  # Brainomaly-Diff (another T: both x 50 / T, the same end noise; project)
+    width: int = 64  # Brainomaly-Diff diffusion_model.py: DiffusionUNet base_dim 64
+    levels: int = 1  # Brainomaly-Diff: one stride-2 level, self-attention at H/2 x W/2
+    target: str = "translated"  # Brainomaly-Diff: trained on G's outputs; "healthy": on the healthy batch (project)
+    lr: float = 1e-4  # Brainomaly-Diff solver.py: Adam lr 1e-4
+
+
+@dataclass(frozen=True)
+class BrainomalyConfig:
+    """Brainomaly (Siddiquee et al., WACV 2024; code mahfuzmohammad/Brainomaly, ``main.py``
+    defaults, which ``train.sh`` keeps): a generator outputs an additive map M, x_hat =
+    tanh(x + M); a PatchGAN critic (WGAN-GP) compares translated target images with healthy
+    ones; identity L1 on healthy images. ``refiner``: Brainomaly-Diff's refiner on top."""
+
+    g_width: int = 64  # Brainomaly main.py: g_conv_dim 64
+    g_blocks: int = 6  # Brainomaly main.py: g_repeat_num 6 residual blocks
+    d_width: int = 64  # Brainomaly main.py: d_conv_dim 64
+    d_levels: int = 6  # Brainomaly main.py: d_repeat_num 6 stride-2 convs (PatchGAN)
+    lambda_id: float = 1.0  # Brainomaly main.py: lambda_id 1
+    gp_weight: float = 10.0  # Brainomaly main.py: lambda_gp 10
+    n_critic: int = 2  # Brainomaly main.py: n_critic 2 (critic every iteration, generator every 2nd)
+    lr: float = 1e-4  # Brainomaly main.py: g_lr = d_lr = 1e-4 (its decay is in effect none: see module)
+    betas: tuple[float, float] = (0.5, 0.999)  # Brainomaly main.py: beta1 0.5, beta2 0.999
+    refiner: BrainomalyRefinerConfig = field(default_factory=BrainomalyRefinerConfig)
+
+
+@dataclass(frozen=True)
+class DALConfig:
+    """DAL lite (Yang et al. 2025, "Unsupervised Anomaly Detection in Brain MRI via Disentangled
+    Anatomy Learning"; code not released): one-hot anatomy + per-class imaging statistics,
+    anatomy restored from its edges, recoupled into a pseudo-healthy image
+    (:mod:`u2ad_core.baselines.dal`, whose docstring lists every inferred choice). Nothing
+    below is given by the paper's abstract, the only description available: all "project:"."""
+
+    n_classes: int = 4  # project: anatomy classes K (cord, CSF, bone/disc, the rest)
+    temperature: float = 1.0  # project: softmax temperature of the straight-through one-hot
+    prior_weight: float = 1.0  # project: weight of the cord-prior term (class 0 = cord mask)
+    restore_weight: float = 1.0  # project: weight of the edge-to-anatomy cross-entropy
+    phi_weight: float = 1.0  # project: weight of the L1 of the pseudo-healthy image (restored path)
+    prior_count: float = 16.0  # project: pseudo-pixels pulling an empty class to its learnt mean
+    alternate: bool = False  # project: True = steps alternate between the two modules (cheaper steps)
+    lr: float = 1e-4  # project: Adam lr
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """The baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B).
 
@@ -381,6 +459,9 @@ class BaselineConfig:
     fanogan: FAnoGANConfig = field(default_factory=FAnoGANConfig)
     anoddpm: AnoDDPMConfig = field(default_factory=AnoDDPMConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    cddpm: CDDPMConfig = field(default_factory=CDDPMConfig)
+    brainomaly: BrainomalyConfig = field(default_factory=BrainomalyConfig)  # + Brainomaly-Diff's refiner
+    dal: DALConfig = field(default_factory=DALConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -485,7 +566,11 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
                      ddpm: tuple[int, int], s2: tuple[str, ...]) -> BaselineConfig:
     """Baselines shrunk for a CPU: tiny nets, few epochs, S2 only for ``s2``, Figure 6 from
     the pretrained (S1) models, AnoDDPM with T and the partial steps scaled down together
-    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps))."""
+    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps)), cDDPM at ``width`` with a
+    ``latent``-sized conditioning vector (its T stays 1000: one U-Net pass per noise level),
+    Brainomaly with 2 residual blocks and a 4-level critic, its refiner with a 10-step chain (the
+    seed's 50, at the same noise level) and attention at H/4 x W/4, DAL's two modules
+    updated in alternate steps."""
     b = BaselineConfig()
     return replace(
         b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
@@ -494,6 +579,11 @@ def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: in
         vaegan=replace(b.vaegan, latent_dim=latent),
         fanogan=replace(b.fanogan, latent_dim=latent, lr=2e-4),
         anoddpm=replace(b.anoddpm, timesteps=ddpm[0], partial_steps=ddpm[1], lr=1e-3),
+        cddpm=replace(b.cddpm, unet_width=width, encoder_width=width, cond_dim=latent, lr=1e-3),
+        brainomaly=replace(b.brainomaly, g_width=width, g_blocks=2, d_width=2 * width, d_levels=4, lr=2e-4,
+                           refiner=replace(b.brainomaly.refiner, timesteps=10, steps=10, width=width, levels=2,
+                                           lr=1e-3)),
+        dal=replace(b.dal, alternate=True, lr=1e-3),
     )
 
 
@@ -582,6 +672,9 @@ PAPER_CI_OVERRIDES: dict[str, Any] = {
     # baselines: every method and strategy of the paper (S2 for all, Figure 6 from S3), tiny sizes
     "baselines.pretrain_epochs": 1, "baselines.adapt_epochs": 1, "baselines.width": 4,
     "baselines.infer_batch": 8, "baselines.anoddpm.partial_steps": 2,
+    "baselines.cddpm.unet_width": 4, "baselines.cddpm.encoder_width": 4, "baselines.cddpm.cond_dim": 16,
+    "baselines.brainomaly.g_width": 4, "baselines.brainomaly.d_width": 4, "baselines.brainomaly.refiner.width": 8,
+    "baselines.brainomaly.refiner.steps": 2,
 }
 """``paper_ci``: the ``paper`` preset shrunk by these overrides (CI runs it on CPU: ``make paper-ci``).
 

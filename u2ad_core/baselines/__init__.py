@@ -18,6 +18,22 @@ name            module      method
 ``morphology``  morphology  cord + CSF width only, no intensity: how much is anatomy (project)
 ==============  ==========  ==================================================================
 
+Methods beyond the paper (issue 17; ``Method.beyond_paper``, so in ``BASELINES`` and
+``NEW_METHODS`` but not in ``UAD_METHODS``, the paper's set that notebook 09 trains):
+
+===================  ==========  =============================================================
+name                 module      method
+===================  ==========  =============================================================
+``cddpm``            cddpm       conditioned DDPM: x0 from noised input + encoding of the clean
+                                 input, ensemble of noise levels (Behrendt et al. 2025)
+``dal``              dal         disentangled anatomy + edge-to-image restoration, lite, from
+                                 the description (Yang et al. 2025; code not released)
+``brainomaly``       brainomaly  Brainomaly: additive-map GAN trained on (healthy, cohort)
+                                 pairs, transductive (Siddiquee et al. 2024)
+``brainomaly_diff``  brainomaly  Brainomaly + Brainomaly-Diff's diffusion refiner, conditioned
+                                 on the time step, trained on a finished Brainomaly run
+===================  ==========  =============================================================
+
 Usage::
 
     from u2ad_core.baselines import BASELINES, fit, anomaly_maps, strategy_model
@@ -32,10 +48,11 @@ from __future__ import annotations
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
                      strategy_model, table_from_rows)
-from . import anoddpm, dae, fanogan, morphology, signal, vae, vaegan
+from . import anoddpm, brainomaly, cddpm, dae, dal, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
-    "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "STRATEGIES", "Method", "SignalModel",
+    "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "NEW_METHODS", "STRATEGIES", "Method",
+    "SignalModel",
     "BaselineRun",
     "get_method", "fit", "fit_run", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
@@ -43,15 +60,20 @@ __all__ = [
 
 BASELINES: dict[str, Method] = {
     m.name: m for m in (vae.METHOD, dae.METHOD, vaegan.METHOD, fanogan.METHOD, anoddpm.METHOD,
-                        signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD)
+                        signal.ZSCORE, signal.SLIC, signal.DBSCAN, morphology.METHOD,
+                        dal.METHOD, cddpm.METHOD, brainomaly.METHOD, brainomaly.DIFF_METHOD)
 }
 """Registry: name -> :class:`Method` (UAD methods first, in the paper's order, then signal,
-then the morphology-only reference)."""
+then the morphology-only reference, then the methods beyond the paper)."""
 
-UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.kind == "uad")
+UAD_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
+                                     if m.kind == "uad" and not m.beyond_paper)
+"""The paper's UAD baselines (Table 1)."""
 SIGNAL_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
-                                        if m.kind == "signal" and "images" in m.inputs)
+                                        if m.kind == "signal" and "images" in m.inputs and not m.beyond_paper)
 """Signal analysis of the cord intensities (paper Table 2, Appendix B.3)."""
 ANATOMY_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
                                          if m.kind == "signal" and "images" not in m.inputs)
 """Kind "signal" too (no training), but reading only masks: ``("morphology",)``."""
+NEW_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.beyond_paper)
+"""Methods added beyond the paper's baselines (issue 17), in registration order."""

@@ -11,6 +11,18 @@ Every baseline is described by a :class:`Method` (its module builds one; the reg
   SLIC, DBSCAN; paper Appendix B.3) or, for the morphology-only baseline, from the cord and
   CSF masks alone (``Method.inputs`` names the arrays a signal method reads).
 
+Two optional traits of a UAD method (fields of :class:`Method`; both ``False`` / ``None`` for
+the paper's baselines, whose code path they leave unchanged):
+
+- ``paired``: the method trains **transductively** on (target cohort, healthy reference)
+  pairs, as Brainomaly does: ``fit_run(..., healthy=...)`` takes the healthy set beside the
+  target set ``train_data``, and ``train_step`` gets a healthy batch with every target batch.
+  :func:`strategy_model` maps the strategies onto it (see there).
+- ``base``: the method is trained on top of another method's finished run
+  (``brainomaly_diff``: Brainomaly-Diff's refiner on a trained Brainomaly generator), reached
+  through the run store's init identity: ``init`` is required, and the base's weights fill
+  the parameters they name.
+
 Common interface (the same for both kinds)::
 
     model = fit("vae", preset, train_data, device, seed, run_dir, init=None)   # cached
@@ -106,7 +118,20 @@ class Method:
       ``x`` ``(B, 1, H, W)`` in [0, 1] and ``roi`` ``(B, 1, H, W)`` float {0, 1} on the model's
       device, ``generator`` a CPU ``torch.Generator``;
       ``reconstruct(model, x, roi, generator, cfg) -> (B, 1, H, W)`` the whole-image
-      reconstruction (eval mode, no grad).
+      reconstruction (eval mode, no grad);
+      optionally ``map_filter(maps, roi, sub_cfg) -> (N, H, W)``: the method's own filtering
+      of its residual map ``|x - recon|`` (``(N, H, W)`` float32, 0 outside ``roi``, bool),
+      e.g. cDDPM's median filter; :func:`anomaly_maps` applies it and zeroes the result
+      outside the ROI again. ``None`` (the default): the map is the plain residual.
+    ``paired=True`` (transductive, Brainomaly): ``train_data`` of :func:`fit_run` is the target
+    set and ``healthy`` the healthy reference; ``train_step`` is then called with the keyword
+    ``healthy=(x_h, roi_h)``, a healthy batch of the same shape as ``x`` drawn alongside it.
+    ``base``: the registry name of the method whose finished run this one starts from
+    (:func:`fit_run` then requires ``init``; a state dict of the base fills the parameters it
+    names, the rest keep their initialisation).
+    ``beyond_paper``: a method added beyond the paper's comparison (issue 17): registered, but
+    left out of ``UAD_METHODS`` / ``SIGNAL_METHODS`` (the paper's set, which notebook 09 trains
+    and tabulates) and listed in ``NEW_METHODS``.
     Signal methods (``kind="signal"``) give ``maps(*arrays, signal_cfg) -> (N, H, W)`` where
     ``arrays`` are the ``(N, H, W)`` fields named by ``inputs`` in that order (default
     ``("images", "cord")``; the morphology baseline reads ``("cord", "csf")``, never the images);
@@ -126,6 +151,10 @@ class Method:
     reconstruct: Callable[..., torch.Tensor] | None = None
     maps: Callable[..., np.ndarray] | None = None
     inputs: tuple[str, ...] = ("images", "cord")
+    map_filter: Callable[..., np.ndarray] | None = None
+    paired: bool = False
+    base: str | None = None
+    beyond_paper: bool = False
 
     def __post_init__(self):
         if self.kind not in ("uad", "signal"):
@@ -134,6 +163,8 @@ class Method:
         missing = [n for n in need if getattr(self, n) is None]
         if missing:
             raise ValueError(f"Method {self.name} ({self.kind}) lacks {missing}")
+        if self.kind != "uad" and (self.paired or self.base):
+            raise ValueError(f"Method {self.name}: only a UAD method can be paired or have a base")
 
 
 @dataclass
@@ -238,7 +269,7 @@ def _init_identity(init: Any) -> tuple[dict[str, Any] | None, dict[str, torch.Te
 
 
 def _spec(method: Method, preset: Preset, stage: str, epochs: int, d_hash: str, image_size,
-          init_id, seed: int) -> dict[str, Any]:
+          init_id, seed: int, healthy_hash: str | None = None) -> dict[str, Any]:
     b = preset.baselines
     spec = {
         "format": FORMAT_VERSION,
@@ -252,6 +283,8 @@ def _spec(method: Method, preset: Preset, stage: str, epochs: int, d_hash: str, 
         "init": init_id,
         "seed": int(seed),
     }
+    if healthy_hash is not None:  # paired methods only: the other methods' hashes are unchanged
+        spec["healthy"] = healthy_hash
     if b.augment:
         p = preset.pretrain
         spec["augmentation"] = {"brightness": list(p.brightness), "contrast": list(p.contrast),
@@ -303,13 +336,20 @@ def fit_run(
     reuse: bool = True,
     resume: bool = True,
     show_progress: bool = True,
+    healthy: Any = None,
 ) -> BaselineRun:
     """Train one baseline (or reuse the finished run with the same hash); see module doc.
 
     train_data: a dataset file or a ``SliceData``. init: ``None`` (random initialisation),
-    a :class:`BaselineRun`, a run directory / ``model.pt``, or a model of the same method.
+    a :class:`BaselineRun`, a run directory / ``model.pt``, or a model of the same method
+    (or, for a method with a ``base``, of the base method: required then).
     stage: ``"pretrain"`` (``preset.baselines.pretrain_epochs``) or ``"adapt"``
     (``adapt_epochs``); default ``"adapt"`` when ``init`` is given, else ``"pretrain"``.
+    healthy: paired methods only: the healthy reference set (a dataset file or ``SliceData``
+    of the same image size; default ``train_data`` itself, the healthy-only setting). An epoch
+    is then ``max(N_target, N_healthy)`` pairs: both sets in a fresh random order, the smaller
+    one cycled (Brainomaly's loader pairs image ``i % N_A`` with ``i % N_B``); the healthy
+    data's hash joins the run's specification.
     Signal methods train nothing: a :class:`SignalModel` is returned at once.
     """
     m = get_method(method)
@@ -323,12 +363,25 @@ def fit_run(
     epochs = int(cfg.pretrain_epochs if stage == "pretrain" else cfg.adapt_epochs)
     if epochs < 1:
         raise ValueError(f"baselines.{stage}_epochs must be >= 1, got {epochs}")
+    if healthy is not None and not m.paired:
+        raise ValueError(f"{m.label} trains on one set: healthy= is only for paired methods")
+    if m.base is not None and init is None:
+        raise ValueError(f"{m.label} is trained on top of a finished {get_method(m.base).label} run: "
+                         f"pass init= (e.g. strategy_model or fit_run of {m.base!r})")
     seed = preset.seed if seed is None else int(seed)
     data, source = _load_data(train_data)
     images_np, cord_np = _arrays(data, source)
     image_size = images_np.shape[1:]
+    h_hash = h_arrays = h_source = None
+    if m.paired:
+        h_data, h_source = (data, source) if healthy is None else _load_data(healthy)
+        h_arrays = _arrays(h_data, h_source)
+        if h_arrays[0].shape[1:] != image_size:
+            raise ValueError(f"healthy set {h_source}: images {h_arrays[0].shape[1:]} do not match the "
+                             f"target set's {image_size}")
+        h_hash = data_hash(h_data)
     init_id, init_state = _init_identity(init)
-    spec = _spec(m, preset, stage, epochs, data_hash(data), image_size, init_id, seed)
+    spec = _spec(m, preset, stage, epochs, data_hash(data), image_size, init_id, seed, h_hash)
     run = open_run(Path(run_dir) / "baselines", name or f"{m.name}-{stage}", spec)
     run_hash, run_path = run.run_hash, run.path
     dev = resolve_device(device)
@@ -341,16 +394,20 @@ def fit_run(
     model = _build(m, cfg, image_size, seed)
     if init_state is not None:
         try:
-            model.load_state_dict(init_state)
+            unexpected = model.load_state_dict(init_state, strict=m.base is None).unexpected_keys
         except RuntimeError as exc:
             raise ValueError(f"init weights do not fit a {m.label} built from this preset: {exc}") from None
+        if unexpected:
+            raise ValueError(f"init weights are not a {m.label} or {get_method(m.base).label} model: "
+                             f"unexpected {unexpected[:3]}")
     model.to(dev).train()
     opts = m.optimizers(model, cfg)
     g = make_generator(seed)
     history: list[dict[str, Any]] = []
     start = 0
     wall_before = 0.0
-    state = run.start(resume, config={"source": source, "baselines": to_dict(cfg)})
+    state = run.start(resume, config={"source": source, "baselines": to_dict(cfg),
+                                      **({"healthy_source": h_source} if m.paired else {})})
     if state is not None:
         model.load_state_dict(state["model"])
         for k, o in opts.items():
@@ -362,7 +419,11 @@ def fit_run(
 
     images = torch.from_numpy(images_np)
     roi = torch.from_numpy(cord_np.astype(np.float32))
-    n, bs = len(images), max(1, int(cfg.batch_size))
+    n_target, bs = len(images), max(1, int(cfg.batch_size))
+    h_images = h_roi = None
+    if h_arrays is not None:
+        h_images, h_roi = torch.from_numpy(h_arrays[0]), torch.from_numpy(h_arrays[1].astype(np.float32))
+    n = n_target if h_images is None else max(n_target, len(h_images))
     aug_cfg = preset.pretrain
     step = start * math.ceil(n / bs)
     bar = progress(total=epochs, initial=start, desc=f"{m.label} {run_path.name}", unit="epoch",
@@ -370,16 +431,25 @@ def fit_run(
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=g)
+            perm = torch.randperm(n_target, generator=g)
+            h_perm = None if h_images is None else torch.randperm(len(h_images), generator=g)
             sums: dict[str, float] = {}
             counts: dict[str, int] = {}
             for s in range(0, n, bs):
-                idx = perm[s:s + bs]
+                pos = torch.arange(s, min(s + bs, n))
+                idx = perm[s:s + bs] if h_perm is None else perm[pos % n_target]
                 x = images[idx].unsqueeze(1)
                 if cfg.augment:
                     x = augment(x, g, aug_cfg)
+                extra = {}
+                if h_perm is not None:  # the healthy batch paired with this target batch
+                    h_idx = h_perm[pos % len(h_perm)]
+                    x_h = h_images[h_idx].unsqueeze(1)
+                    if cfg.augment:
+                        x_h = augment(x_h, g, aug_cfg)
+                    extra["healthy"] = (x_h.to(dev), h_roi[h_idx].unsqueeze(1).to(dev))
                 losses = m.train_step(model, opts, x.to(dev), roi[idx].unsqueeze(1).to(dev), g, cfg,
-                                      StepInfo(epoch, epochs, step))
+                                      StepInfo(epoch, epochs, step), **extra)
                 for k, v in losses.items():
                     if not math.isfinite(v):
                         raise FloatingPointError(f"{m.label} ({run_path.name}): non-finite {k} at epoch {epoch}; "
@@ -453,7 +523,8 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
 
     UAD methods: ``recon`` ``(N, H, W)`` = the model's reconstruction inside the cord, the
     original image outside (paper Appendix B.1); ``maps`` = ``|x - recon|`` inside the cord,
-    0 outside. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
+    0 outside, then the method's ``map_filter`` if it has one (cDDPM: median filter in the
+    cord), with the configuration the model was trained with. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
     ``None`` for the paper's settings): ``recon`` is ``None`` and ``maps`` is the method's
     score map, computed from the fields its ``Method.inputs`` names (a missing ``csf`` raises
     a ``ValueError``), 0 outside the cord.
@@ -478,7 +549,11 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
         return None, np.where(cord, maps, 0.0).astype(np.float32)
     full = reconstruct(m, model, images, cord, device, seed, batch_size, show_progress)
     recon = np.where(cord, full, images).astype(np.float32)
-    return recon, anomaly_map(images, recon, cord)
+    maps = anomaly_map(images, recon, cord)
+    if m.map_filter is not None:
+        cfg = getattr(model, "baseline_cfg", None) or BaselineConfig()
+        maps = np.where(cord, m.map_filter(maps, cord, m.sub_config(cfg)), 0.0).astype(np.float32)
+    return recon, maps
 
 
 # --------------------------------------------------------------------------------------
@@ -497,6 +572,21 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
     :class:`SignalModel` for every strategy. ``paths``: the output of ``prepare_all`` when the
     caller already has it (otherwise it is called). Returns ``(model, run_path)`` like
     :func:`u2ad_core.train.strategy_model`.
+
+    Paired methods (``Method.paired``, Brainomaly) need the healthy reference in every
+    strategy: it is the healthy set of the pairs, and the strategy sets the target set (the
+    one translated towards healthy) and the start:
+
+    - S1: target = the healthy set itself (no clinical image seen: healthy-to-healthy
+      translation, identity loss and critic on healthy images only), from scratch;
+    - S2: target = ``cohort``, from scratch: Brainomaly's own transductive setting (U2AD's
+      S2 sees the clinical set only; a paired method cannot run without the healthy set);
+    - S3: target = ``cohort``, starting from the S1 weights (U2AD's S3: adapt on the very
+      clinical set that is then tested).
+
+    A method with a ``base`` (``brainomaly_diff``) takes the base method's model of the same
+    strategy (trained or reused) as ``init`` and trains on top of it on the same data, for the
+    epochs of that model's last stage (S1 ``pretrain_epochs``, S2 / S3 ``adapt_epochs``).
     """
     from ..notebook import unpack_context
 
@@ -514,13 +604,22 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
     if cohort == HEALTHY or cohort not in paths:
         raise ValueError(f"cohort must be one of {sorted(k for k in paths if k != HEALTHY)}, got {cohort!r}")
     kw = dict(device=device or "auto", seed=seed, run_dir=run_dir, show_progress=show_progress)
-    if strategy in ("S1", "S3"):
+    if m.paired:
+        kw["healthy"] = paths[HEALTHY]
+    name = f"{m.name}-S1" if strategy == "S1" else f"{m.name}-{cohort}-{strategy}"
+    target = paths[HEALTHY] if strategy == "S1" else paths[cohort]
+    if m.base is not None:
+        _, base_path = strategy_model(preset, m.base, cohort, strategy, data_dir=data_dir, run_dir=run_dir,
+                                      device=device, seed=seed, show_progress=show_progress, paths=paths)
+        run = fit_run(m, preset, target, init=base_path, stage="pretrain" if strategy == "S1" else "adapt",
+                      name=name, **kw)
+    elif strategy in ("S1", "S3"):
         pre = fit_run(m, preset, paths[HEALTHY], stage="pretrain", name=f"{m.name}-S1", **kw)
         if strategy == "S1":
             return pre.model, pre.run_path
-        run = fit_run(m, preset, paths[cohort], init=pre, stage="adapt", name=f"{m.name}-{cohort}-S3", **kw)
+        run = fit_run(m, preset, target, init=pre, stage="adapt", name=name, **kw)
     else:
-        run = fit_run(m, preset, paths[cohort], init=None, stage="adapt", name=f"{m.name}-{cohort}-S2", **kw)
+        run = fit_run(m, preset, target, init=None, stage="adapt", name=name, **kw)
     return run.model, run.run_path
 
 

@@ -25,7 +25,7 @@ from ..config import BaselineConfig
 from .common import Method, StepInfo
 from .nets import ConvDecoder, ConvEncoder
 
-__all__ = ["FAnoGAN", "gradient_penalty", "gan_epochs", "METHOD"]
+__all__ = ["FAnoGAN", "gradient_penalty", "critic_step", "gan_epochs", "METHOD"]
 
 
 class FAnoGAN(nn.Module):
@@ -52,6 +52,21 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def critic_step(critic: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+                gp_weight: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One WGAN-GP critic update on ``real`` and (detached) ``fake`` batches ``(B, 1, H, W)``:
+    loss = E[D(fake)] - E[D(real)] + ``gp_weight`` x :func:`gradient_penalty` (the critic's
+    outputs averaged over every element, so a PatchGAN map works too). Returns the detached
+    ``(E[D(fake)] - E[D(real)], penalty, loss)``."""
+    w = critic(fake).mean() - critic(real).mean()
+    gp = gradient_penalty(critic, real, fake, g)
+    loss = w + gp_weight * gp
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return w.detach(), gp.detach(), loss.detach()
+
+
 def gan_epochs(epochs: int, share: float) -> int:
     """Epochs of the WGAN stage: ``round(epochs * share)`` kept in [1, epochs - 1]; a
     one-epoch run returns 1 (both stages in every batch)."""
@@ -75,13 +90,8 @@ def _optimizers(model: FAnoGAN, cfg: BaselineConfig):
 def _gan_step(model: FAnoGAN, opts, real, g, c, step: int) -> dict[str, float]:
     z = torch.randn((len(real), model.latent_dim), generator=g).to(real.device)
     fake = model.generator(z)
-    w = model.critic(fake.detach()).mean() - model.critic(real).mean()
-    gp = gradient_penalty(model.critic, real, fake.detach(), g)
-    c_loss = w + c.gp_weight * gp
-    opts["critic"].zero_grad(set_to_none=True)
-    c_loss.backward()
-    opts["critic"].step()
-    out = {"critic": float(c_loss.detach()), "wasserstein": float(-w.detach())}
+    w, _, c_loss = critic_step(model.critic, opts["critic"], real, fake.detach(), c.gp_weight, g)
+    out = {"critic": float(c_loss), "wasserstein": float(-w)}
     if step % max(1, int(c.n_critic)) == 0:
         g_loss = -model.critic(model.generator(z)).mean()
         opts["generator"].zero_grad(set_to_none=True)

@@ -7,13 +7,15 @@ follow their original papers and code); they are set per preset in
 :class:`u2ad_core.config.BaselineConfig`.
 
 - :class:`ConvEncoder`: ``levels`` stride-2 convs (the first straight from the image, so
-  nothing runs at full resolution) -> flattened features -> linear head
-  ``(B, 1, H, W) -> (B, out_dim)``; :meth:`ConvEncoder.features` returns the last feature
+  nothing runs at full resolution) -> flattened (or, with ``pool=True``, globally averaged)
+  features -> linear head ``(B, 1, H, W) -> (B, out_dim)``; :meth:`ConvEncoder.features` returns the last feature
   map too (critic / discriminator features for f-AnoGAN's izi-f and VAE-GAN's feature loss).
 - :class:`ConvDecoder`: ``(B, z) -> (B, 1, H, W)``: upsample + conv per level (the last one,
   at full resolution, straight to one channel), sigmoid (images are in [0, 1]).
-- :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)``, optionally
-  conditioned on a diffusion time step (sinusoidal embedding added in every block). Kept
+- :class:`UNet`: skip-connected denoiser ``(B, 1, H, W) -> (B, 1, H, W)`` (or ``in_ch`` ->
+  ``out_ch`` channels), optionally conditioned on a diffusion time step (sinusoidal embedding
+  added in every block) and on a vector ``(B, cond_dim)`` that joins the time embedding
+  (cDDPM's image encoding). Kept
   light for a CPU: two convs per level on the way down, one on the way up, and at full
   resolution a single 3 x 3 conv in and a 1 x 1 conv out (spatial context at full
   resolution comes from the skip connection and the upsampled lower levels).
@@ -56,10 +58,12 @@ class ConvEncoder(nn.Module):
 
     ``(B, in_ch, H, W) -> (B, out_dim)``. ``norm=False`` leaves out normalisation (a WGAN-GP
     critic must not use batch statistics; GroupNorm would be allowed but is not needed).
+    ``pool=True`` averages the last feature map over space before the head (as a ResNet does),
+    so the head has ``channels`` inputs instead of ``channels x H/2^L x W/2^L``.
     """
 
     def __init__(self, image_size: tuple[int, int], out_dim: int, width: int = 32, levels: int = 4,
-                 in_ch: int = 1, norm: bool = True):
+                 in_ch: int = 1, norm: bool = True, pool: bool = False):
         super().__init__()
         bh, bw = check_image_size(image_size, levels, type(self).__name__)
         ch = channels(width, levels - 1)
@@ -67,12 +71,15 @@ class ConvEncoder(nn.Module):
         for i in range(levels - 1):
             layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1), _norm(ch[i + 1], norm), nn.LeakyReLU(0.2)]
         self.conv = nn.Sequential(*layers)
-        self.flat_dim = ch[-1] * bh * bw
+        self.pool = bool(pool)
+        self.flat_dim = ch[-1] * (1 if self.pool else bh * bw)
         self.head = nn.Linear(self.flat_dim, out_dim)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, C, H, W) -> (head output (B, out_dim), last feature map flattened (B, F))``."""
-        f = self.conv(x).flatten(1)
+        """``(B, C, H, W) -> (head output (B, out_dim), last feature map flattened (B, F))``
+        (``F`` = channels when ``pool``)."""
+        f = self.conv(x)
+        f = f.mean(dim=(2, 3)) if self.pool else f.flatten(1)
         return self.head(f), f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,40 +142,59 @@ class _Block(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net: ``(B, 1, H, W)`` (+ optional time steps ``(B,)``) -> ``(B, 1, H, W)``.
+    """A small U-Net: ``(B, in_ch, H, W)`` (+ optional time steps ``(B,)``) -> ``(B, out_ch, H, W)``.
 
     ``levels`` stride-2 poolings, channels from :func:`channels`, skip connections by
     concatenation, nearest upsampling. ``time_dim > 0`` makes it a diffusion denoiser (the
     sinusoidal step embedding goes through a small MLP and is added in every block).
-    ``out_act``: ``"sigmoid"`` (an image in [0, 1]) or ``"none"`` (predicted noise).
+    ``cond_dim > 0`` (needs ``time_dim``) adds a conditioning vector ``cond`` ``(B, cond_dim)``:
+    its own MLP maps it to the width of the time embedding and the two are concatenated, so
+    every block receives ``[time, cond]`` (the class-embedding path of Dhariwal & Nichol's
+    U-Net as cDDPM uses it). ``out_act``: ``"sigmoid"`` (an image in [0, 1]) or ``"none"``
+    (predicted noise, logits, or an image in [-1, 1]).
+    ``in_ch`` / ``out_ch``: channels of the input and output (default one each: an image;
+    DAL maps an edge image to ``K`` class logits).
     """
 
     def __init__(self, image_size: tuple[int, int], width: int = 32, levels: int = 4,
-                 time_dim: int = 0, out_act: str = "sigmoid"):
+                 time_dim: int = 0, out_act: str = "sigmoid", cond_dim: int = 0, in_ch: int = 1,
+                 out_ch: int = 1):
         super().__init__()
         check_image_size(image_size, levels, type(self).__name__)
         if out_act not in ("sigmoid", "none"):
             raise ValueError(f"UNet out_act must be 'sigmoid' or 'none', got {out_act!r}")
+        if cond_dim and not time_dim:
+            raise ValueError("UNet cond_dim > 0 needs time_dim > 0 (the vector joins the time embedding)")
         ch = channels(width, levels)
         self.time_dim = int(time_dim)
+        self.cond_dim = int(cond_dim)
         t_dim = 4 * width if time_dim else 0
         self.t_mlp = (nn.Sequential(nn.Linear(time_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
                       if time_dim else None)
-        self.inc = _Block(1, ch[0], t_dim, single=True)
-        self.down = nn.ModuleList(_Block(ch[i], ch[i + 1], t_dim) for i in range(levels))
-        self.up = nn.ModuleList(_Block(ch[i + 1] + ch[i], ch[i], t_dim, single=True, kernel=1 if i == 0 else 3)
+        self.c_mlp = (nn.Sequential(nn.Linear(cond_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+                      if cond_dim else None)
+        e_dim = 2 * t_dim if cond_dim else t_dim
+        self.inc = _Block(in_ch, ch[0], e_dim, single=True)
+        self.down = nn.ModuleList(_Block(ch[i], ch[i + 1], e_dim) for i in range(levels))
+        self.up = nn.ModuleList(_Block(ch[i + 1] + ch[i], ch[i], e_dim, single=True, kernel=1 if i == 0 else 3)
                                 for i in reversed(range(levels)))
         self.pool = nn.AvgPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
-        self.out = nn.Conv2d(ch[0], 1, 1)
+        self.out = nn.Conv2d(ch[0], out_ch, 1)
         self.out_act = out_act
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         t_emb = None
         if self.t_mlp is not None:
             if t is None:
                 raise ValueError("this UNet is time-conditioned: pass the time steps t (B,)")
             t_emb = self.t_mlp(timestep_embedding(t, self.time_dim))
+        if self.c_mlp is not None:
+            if cond is None or cond.shape != (len(x), self.cond_dim):
+                raise ValueError(f"this UNet is conditioned: pass cond of shape ({len(x)}, {self.cond_dim}), "
+                                 f"got {None if cond is None else tuple(cond.shape)}")
+            t_emb = torch.cat([t_emb, self.c_mlp(cond)], dim=1)
         h = self.inc(x, t_emb)
         skips = [h]
         for block in self.down:
