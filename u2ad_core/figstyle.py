@@ -30,7 +30,7 @@ from typing import Any
 
 __all__ = ["BOOK_DPI", "MIN_RENDERED_PT", "PAGE_IMAGE_PX", "BOOK_RC", "min_font_pt", "rendered_pt",
            "max_width_in", "figure_png", "add_png_text", "read_record", "use_book_figures",
-           "notebook_problems"]
+           "record_problems", "notebook_problems"]
 
 BOOK_DPI = 120
 MIN_RENDERED_PT = 8.0
@@ -151,6 +151,26 @@ def use_book_figures() -> bool:
     return True
 
 
+def record_problems(rec: dict[str, Any], shown_px: float | None = None) -> list[str]:
+    """What breaks the book's figure standard in one PNG record (:func:`read_record`): no record,
+    dpi below :data:`BOOK_DPI`, smallest text under :data:`MIN_RENDERED_PT` when shown ``shown_px``
+    CSS px wide (default: as the book shows it). Empty when the figure is fine."""
+    if rec["dpi"] is None:
+        return ["no font record (draw it in a notebook that calls u2ad_core.notebook.setup, which installs "
+                "u2ad_core.figstyle)"]
+    out = []
+    if rec["dpi"] < BOOK_DPI:
+        out.append(f"{rec['dpi']:g} dpi (at least {BOOK_DPI})")
+    if rec["min_font_pt"] is not None:
+        pt = rendered_pt(rec["min_font_pt"], rec["dpi"], rec["width_px"], shown_px)
+        if pt < MIN_RENDERED_PT - 0.05:
+            shown = min(rec["width_px"], PAGE_IMAGE_PX) if shown_px is None else shown_px
+            out.append(f"its {rec['min_font_pt']:g}-pt text renders at {pt:.1f} pt ({rec['width_px']} px shown "
+                       f"{shown:.0f} px wide); make it at most {max_width_in(rec['min_font_pt'], rec['dpi']):.1f} in "
+                       "wide as saved, or its smallest text larger")
+    return out
+
+
 def notebook_problems(path: str | Path) -> tuple[list[str], int]:
     """The legibility rule applied to the figures of an executed notebook, before any book is built:
     ``(problems, figures checked)``; each problem names the cell (its index and first line)."""
@@ -168,16 +188,5 @@ def notebook_problems(path: str | Path) -> tuple[list[str], int]:
                 continue
             n += 1
             rec = read_record(base64.b64decode("".join(data) if isinstance(data, list) else data))
-            if rec["dpi"] is None:
-                problems.append(f"{where}: figure without a font record (call u2ad_core.notebook.setup first)")
-                continue
-            if rec["dpi"] < BOOK_DPI:
-                problems.append(f"{where}: {rec['dpi']:g} dpi (at least {BOOK_DPI})")
-            if rec["min_font_pt"] is not None:
-                pt = rendered_pt(rec["min_font_pt"], rec["dpi"], rec["width_px"])
-                if pt < MIN_RENDERED_PT - 0.05:
-                    problems.append(
-                        f"{where}: its {rec['min_font_pt']:g}-pt text renders at {pt:.1f} pt ({rec['width_px']} px "
-                        f"wide, shown {min(rec['width_px'], PAGE_IMAGE_PX)} px); make it at most "
-                        f"{max_width_in(rec['min_font_pt'], rec['dpi']):.1f} in wide as saved, or its smallest text larger")
+            problems += [f"{where}: {p}" for p in record_problems(rec)]
     return problems, n

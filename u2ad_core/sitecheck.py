@@ -174,21 +174,7 @@ def _font_problems(rel: str, src: str, path: Path, page: Page, shown_px: float |
     if rec is None:
         return []
     name = Path(urlsplit(src).path).name[:12]
-    if rec["dpi"] is None:
-        return [f"{rel}: figure {name}...: no font record (draw it in a notebook that calls "
-                "u2ad_core.notebook.setup, which installs u2ad_core.figstyle)"]
-    out = []
-    if rec["dpi"] < figstyle.BOOK_DPI:
-        out.append(f"{rel}: figure {name}...: {rec['dpi']:g} dpi (at least {figstyle.BOOK_DPI})")
-    if rec["min_font_pt"] is not None:
-        pt = figstyle.rendered_pt(rec["min_font_pt"], rec["dpi"], rec["width_px"], shown_px)
-        if pt < figstyle.MIN_RENDERED_PT - 0.05:
-            shown = min(rec["width_px"], figstyle.PAGE_IMAGE_PX) if shown_px is None else shown_px
-            out.append(f"{rel}: figure {name}...: its {rec['min_font_pt']:g}-pt text renders at {pt:.1f} pt "
-                       f"({rec['width_px']} px shown {shown:.0f} px wide); make it at most "
-                       f"{figstyle.max_width_in(rec['min_font_pt'], rec['dpi']):.1f} in wide as saved, "
-                       "or its smallest text larger")
-    return out
+    return [f"{rel}: figure {name}...: {p}" for p in figstyle.record_problems(rec, shown_px)]
 
 
 def _decode_problem(f: Path) -> str | None:
