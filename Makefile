@@ -28,7 +28,7 @@ help:
 	@echo "make book  [PRESET=cpu|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
 	@echo "make test                                                    unit tests + smoke book"
 	@echo "make paper-ci                                                the paper preset's code paths, small sizes (CI)"
-	@echo "make budget [PRESET=cpu]                                     training-budget sweep (epochs x 0.5, 1, 2, 4; ~75 min on 2 cores)"
+	@echo "make budget [PRESET=cpu]                                     training-budget sweep (epochs x 0.5, 1, 2, 4; 62 min measured on 2 cores)"
 	@echo "make bench                                                   MC engine benchmark (JSON)"
 	@echo "make lab                                                     JupyterLab on notebooks/"
 
