@@ -10,6 +10,7 @@ import pytest
 
 from u2ad_core import budget as B
 from u2ad_core.config import PRESETS, get_preset
+from u2ad_core.runstore import train_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,5 +96,5 @@ def test_point_notebook_parameters():
 
 def test_train_seconds_reads_the_run_record(tmp_path):
     (tmp_path / "done.json").write_text(json.dumps({"wall_s": 12.5}))
-    assert B._train_seconds(tmp_path) == 12.5
-    assert np.isnan(B._train_seconds(tmp_path / "missing")) and np.isnan(B._train_seconds(None))
+    assert train_seconds(tmp_path) == 12.5
+    assert np.isnan(train_seconds(tmp_path / "missing")) and np.isnan(train_seconds(None))

@@ -244,6 +244,44 @@ def test_adapt_variants_and_scratch(tmp_path):
         train.adapt(p, d, tmp_path, init=tmp_path / "missing", device="cpu")
 
 
+def test_refresh_k_steers_with_fewer_passes_and_scores_with_mc_k(tmp_path, monkeypatch):
+    p = tiny_preset(**{"adapt.n_tracked": 0, "adapt.refresh_k": 2, "mc.k": 3})
+    d = tiny_data()
+    ks = []
+    real = train._run_mc
+    monkeypatch.setattr(train, "_run_mc", lambda model, images, roi, mc, *a, **kw: (ks.append(mc.k),
+                                                                                 real(model, images, roi, mc, *a, **kw))[1])
+    train.adapt(p, d, tmp_path, init=None, masking="u2ad", device="cpu", seed=0, show_progress=False)
+    assert ks == [2, 2, 3]  # epochs 0 and 2 steer with refresh_k; the final (scoring) maps use mc.k
+    pre = train.pretrain(p, d, tmp_path, device="cpu", seed=0, show_progress=False)
+    ks.clear()
+    train.adapt(p, d, tmp_path, init=pre.run_path, masking="u2ad", device="cpu", seed=0, show_progress=False)
+    assert ks == [3, 2, 3]  # an S3 run's epoch-0 maps are the pretrained model's (cached with mc.k)
+    assert p.override(**{"adapt.refresh_k": None}).adapt.refresh_k is None
+
+
+def test_train_strategies_in_two_processes_matches_training_here(tmp_path, one_torch_thread):
+    p = tiny_preset(**{"adapt.epochs": 2, "adapt.n_tracked": 0})
+    paths = {"spine_generic_like": tiny_data(6, 1), "renji_like": tiny_data(6, 0)}
+    jobs = [("renji_like", "S3", "random"), ("renji_like", "S2", "u2ad"), ("renji_like", "S3", "eu")]
+    kw = dict(data_dir=tmp_path, device="cpu", seed=0, show_progress=False, paths=paths)
+    got = train.train_strategies(p, jobs, workers=2, threads=1, run_dir=tmp_path / "a", **kw)
+    assert list(got) == jobs and all((got[j] / "done.json").is_file() for j in jobs)
+    # strategy_model finds the same runs (reused, not retrained)
+    for j in jobs:
+        _, rp = train.strategy_model(p, *j, run_dir=tmp_path / "a", **kw)
+        assert rp == got[j]
+    # the same models trained one after the other in this process, on one thread as the workers
+    for j in jobs[:2]:  # the two that trained in the worker processes
+        m, rp = train.strategy_model(p, *j, run_dir=tmp_path / "b", **kw)
+        assert rp.name == got[j].name
+        assert_same_weights(weights(m), weights(train.load_checkpoint(got[j], "cpu")[0]))
+    # nothing left to train: no process is started, the paths come back
+    assert train.train_strategies(p, jobs, workers=2, run_dir=tmp_path / "a", **kw) == got
+    with pytest.raises(ValueError, match="adaptations"):
+        train.train_strategies(p, [("renji_like", "S1", "u2ad")], run_dir=tmp_path / "a", **kw)
+
+
 def test_wrong_image_size_is_a_clear_error(tmp_path):
     p = tiny_preset()
     d = tiny_data()

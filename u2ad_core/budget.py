@@ -28,13 +28,12 @@ sweep trains everything again with every epoch count multiplied by a factor (0.5
 What a preset sweeps is its :class:`BudgetGrid` (:data:`BUDGET_GRIDS`): ``smoke`` and
 ``paper_ci`` run a small grid inside their books (so the code runs in the tests and in CI),
 ``paper`` runs the full grid in its book, and ``cpu`` only reads a finished sweep (about
-62 minutes measured on 2 cores: ``make budget``).
+62 minutes measured on 2 cores with the earlier 12-epoch adaptation: ``make budget``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .runstore import train_seconds
 
 __all__ = ["BudgetGrid", "BUDGET_GRIDS", "budget_grid", "budget_overrides", "evaluate_budget",
            "run_budget_sweep", "sweep_dir", "read_budget_table", "budget_claims", "cli_register"]
@@ -74,7 +75,8 @@ class BudgetGrid:
 
 BUDGET_GRIDS: dict[str, BudgetGrid] = {
     "smoke": BudgetGrid(factors=(0.5, 1.0), in_book=True),
-    "cpu": BudgetGrid(in_book=False, minutes_estimate=62.0),  # measured: 3740 s, 2 workers, 2026-12-01
+    # measured: 3740 s, 2 workers, 2026-12-01, with the cpu preset of 12 adaptation epochs (now 24)
+    "cpu": BudgetGrid(in_book=False, minutes_estimate=62.0),
     "paper_ci": BudgetGrid(factors=(0.5, 1.0), in_book=True),
     "paper": BudgetGrid(in_book=True),
 }
@@ -107,17 +109,6 @@ def budget_overrides(preset: Any, factor: float) -> dict[str, int]:
     if a.stage2_start < a.epochs and new["adapt.stage2_start"] >= new["adapt.epochs"]:
         new["adapt.stage2_start"] = max(0, new["adapt.epochs"] - 1)
     return {k: v for k, v in new.items() if v != _get(preset, k)}
-
-
-def _train_seconds(run_path: Path | None) -> float:
-    """Training wall time recorded in a finished run's ``done.json`` (NaN if absent)."""
-    if run_path is None:
-        return float("nan")
-    done = Path(run_path) / "done.json"
-    try:
-        return float(json.loads(done.read_text())["wall_s"])
-    except (OSError, KeyError, ValueError):
-        return float("nan")
 
 
 def _row(cohort: str, method: str, strategy: str, maps: np.ndarray, d: Any, preset: Any,
@@ -168,7 +159,7 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
             t1 = time.perf_counter()
             mc = train.mc_maps(run_path, paths[cohort], cfg, device=ctx.device, model=model)
             maps = anomaly_map(d.images, mc.mean.numpy()[mid], d.cord > 0)
-            own = _train_seconds(run_path)
+            own = train_seconds(run_path)
             pre_s = own if s == "S1" else pre_s
             rows.append(_row(cohort, "U2AD", s, maps, d, cfg, own + (pre_s if s == "S3" else 0.0),
                              time.perf_counter() - t1))
@@ -178,7 +169,7 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
                 model, run_path = bl.strategy_model(ctx, m, cohort, s, show_progress=show_progress, paths=paths)
                 t1 = time.perf_counter()
                 _, maps = bl.anomaly_maps(m, model, d, device=ctx.device, seed=ctx.seed)
-                own = _train_seconds(run_path)
+                own = train_seconds(run_path)
                 pre_s = own if s == "S1" else pre_s
                 rows.append(_row(cohort, label, s, maps, d, cfg, own + (pre_s if s == "S3" else 0.0),
                                  time.perf_counter() - t1))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ from typing import Any, Mapping, Sequence
 from .config import config_hash
 from .runtime import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["Run", "InitWeights", "open_run", "init_weights", "save_state", "load_state", "weights_hash",
+__all__ = ["Run", "InitWeights", "open_run", "init_weights", "save_state", "load_state", "weights_hash", "train_seconds",
            "RANDOM_INIT"]
 
 CONFIG, CHECKPOINT, METRICS, MODEL, DONE = "config.json", "checkpoint.pt", "metrics.csv", "model.pt", "done.json"
@@ -172,6 +173,17 @@ class Run:
         if not keep_checkpoint:
             self.checkpoint_path.unlink(missing_ok=True)
         atomic_write_json(self.path / DONE, {**info, "run_hash": self.run_hash})
+
+
+def train_seconds(run_path: str | Path | None) -> float:
+    """Training wall time a finished run recorded in its ``done.json`` (NaN if absent): the
+    run's own time, also when it trained in a worker process or was reused from a cache."""
+    if run_path is None:
+        return float("nan")
+    try:
+        return float(json.loads((Path(run_path) / DONE).read_text())["wall_s"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return float("nan")
 
 
 def open_run(run_dir: str | Path, name: str, spec: Mapping[str, Any]) -> Run:
