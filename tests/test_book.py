@@ -58,6 +58,22 @@ def test_boilerplate_is_out_of_the_reading_view(path):
             assert cell.metadata["mystnb"].get("image", {}).get("alt"), f"{path.name}: {fig['name']} has no alt text"
 
 
+# A code cell shown open on the page shows about 80 characters per line in the book's column
+# (Chromium, 1280-px window); longer lines scroll sideways inside their block.
+SHOWN_CODE_WIDTH = 79
+HIDING_TAGS = {"remove-cell", "remove-input", "hide-input", "hide-cell", "parameters"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_shown_open_fits_the_page_column(path):
+    """CONTRIBUTING.md, reading view: code a reader sees without clicking fits the column."""
+    nb = nbformat.read(path, as_version=4)
+    long = [(i, line) for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and not HIDING_TAGS & set(cell.metadata.get("tags", []))
+            for line in cell.source.splitlines() if len(line) > SHOWN_CODE_WIDTH]
+    assert not long, f"{path.name}: shown code lines over {SHOWN_CODE_WIDTH} characters: {long[:3]}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_ends_with_summary_and_exercises(path):
     text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
