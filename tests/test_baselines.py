@@ -94,6 +94,21 @@ def test_fit_is_cached_reproducible_and_init_changes_the_run(tmp_path):
     assert tuned.run_path != a.run_path and tuned.run_path.name.startswith("vae-adapt-")
 
 
+def test_methods_beyond_the_paper_can_have_their_own_epochs(tmp_path):
+    from u2ad_core.baselines import NEW_METHODS, stage_epochs
+
+    p = tiny_preset()
+    b = replace(p.baselines, pretrain_epochs=1, adapt_epochs=1, beyond_epochs=(2, 3))
+    assert [stage_epochs(m, b, s) for m in ("dae", "dal") for s in ("pretrain", "adapt")] == [1, 1, 2, 3]
+    assert all(stage_epochs(m, replace(b, beyond_epochs=None), "adapt") == 1 for m in NEW_METHODS)
+    with pytest.raises(ValueError, match="stage"):
+        stage_epochs("dal", b, "S3")
+    # a run trains the epochs stage_epochs gives
+    run = fit_run("dal", replace(p, baselines=b), tiny_data(), "cpu", 0, tmp_path, show_progress=False)
+    assert len(run.history) == 2
+    assert get_preset("cpu").baselines.beyond_epochs is not None  # the cpu book's budget (notebook 13)
+
+
 @pytest.mark.parametrize("method", SIGNAL_METHODS)
 def test_signal_method_flags_a_bright_blob(method):
     rng = np.random.default_rng(0)

@@ -47,14 +47,14 @@ from __future__ import annotations
 
 from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
                      fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
-                     strategy_model, table_from_rows)
+                     stage_epochs, strategy_model, table_from_rows)
 from . import anoddpm, brainomaly, cddpm, dae, dal, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
     "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "NEW_METHODS", "STRATEGIES", "Method",
     "SignalModel",
     "BaselineRun",
-    "get_method", "fit", "fit_run", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
+    "get_method", "fit", "fit_run", "stage_epochs", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
 ]
 

@@ -79,6 +79,7 @@ __all__ = [
     "data_hash",
     "fit",
     "fit_run",
+    "stage_epochs",
     "load_run",
     "reconstruct",
     "anomaly_maps",
@@ -322,6 +323,18 @@ def load_run(path: str | Path, device: str = "cpu"):
     return model.to(resolve_device(device)).eval()
 
 
+def stage_epochs(method: str | Method, cfg: BaselineConfig, stage: str) -> int:
+    """Epochs of a ``"pretrain"`` (S1) or ``"adapt"`` (S2, S3) run of ``method`` under ``cfg``:
+    ``cfg.beyond_epochs`` for a method beyond the paper when the preset sets it, else
+    ``cfg.pretrain_epochs`` / ``cfg.adapt_epochs``."""
+    if stage not in ("pretrain", "adapt"):
+        raise ValueError(f"stage must be 'pretrain' or 'adapt', got {stage!r}")
+    own = cfg.beyond_epochs if get_method(method).beyond_paper else None
+    if own is not None:
+        return int(own[0] if stage == "pretrain" else own[1])
+    return int(cfg.pretrain_epochs if stage == "pretrain" else cfg.adapt_epochs)
+
+
 def fit_run(
     method: str | Method,
     preset: Preset | str,
@@ -343,8 +356,8 @@ def fit_run(
     train_data: a dataset file or a ``SliceData``. init: ``None`` (random initialisation),
     a :class:`BaselineRun`, a run directory / ``model.pt``, or a model of the same method
     (or, for a method with a ``base``, of the base method: required then).
-    stage: ``"pretrain"`` (``preset.baselines.pretrain_epochs``) or ``"adapt"``
-    (``adapt_epochs``); default ``"adapt"`` when ``init`` is given, else ``"pretrain"``.
+    stage: ``"pretrain"`` or ``"adapt"``, which sets the epochs (:func:`stage_epochs`); default
+    ``"adapt"`` when ``init`` is given, else ``"pretrain"``.
     healthy: paired methods only: the healthy reference set (a dataset file or ``SliceData``
     of the same image size; default ``train_data`` itself, the healthy-only setting). An epoch
     is then ``max(N_target, N_healthy)`` pairs: both sets in a fresh random order, the smaller
@@ -360,7 +373,7 @@ def fit_run(
     stage = stage or ("adapt" if init is not None else "pretrain")
     if stage not in ("pretrain", "adapt"):
         raise ValueError(f"stage must be 'pretrain' or 'adapt', got {stage!r}")
-    epochs = int(cfg.pretrain_epochs if stage == "pretrain" else cfg.adapt_epochs)
+    epochs = stage_epochs(m, cfg, stage)
     if epochs < 1:
         raise ValueError(f"baselines.{stage}_epochs must be >= 1, got {epochs}")
     if healthy is not None and not m.paired:
@@ -586,7 +599,7 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
 
     A method with a ``base`` (``brainomaly_diff``) takes the base method's model of the same
     strategy (trained or reused) as ``init`` and trains on top of it on the same data, for the
-    epochs of that model's last stage (S1 ``pretrain_epochs``, S2 / S3 ``adapt_epochs``).
+    epochs of that model's last stage (S1 pretraining, S2 / S3 adaptation: :func:`stage_epochs`).
     """
     from ..notebook import unpack_context
 
