@@ -691,6 +691,57 @@ def aucp(healthy_scores, clinical_scores) -> float:
     return float(roc_auc_score(y, _no_score_lowest(np.r_[h, c])))
 
 
+
+def aucp_reference_splits(scores, labels, other_reference=None, n_splits: int = 20,
+                          seed: int = 0, n_reference: int | None = None) -> pd.DataFrame:
+    """AUCp with a same-scanner reference, over random (reference, pool) splits of one cohort.
+
+    A cohort without healthy scans of its own scanner can still lend AUCp a reference: a random
+    half of its lesion-free patients, read as normal and held out; the rest of the cohort is the
+    unlabelled pool (``n_reference`` patients instead of half, when given). scores, labels:
+    ``(P,)`` patient scores and labels (0/1) in one order;
+    other_reference: ``(H,)`` scores of healthy scans from elsewhere (optional). Returns one row
+    per split: ``aucp_same_scanner`` (reference half vs pool), ``aucp_other_reference`` (the
+    other reference vs the same pool; NaN without one) and ``auroc_labels`` (the pool's AUROC
+    with its labels, what AUCp stands in for). The splits depend only on the labels and the
+    seed, so every model scored on the same patients gets the same ones.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
+    neg = np.flatnonzero(labels == 0)
+    if len(neg) < 2 or not (labels == 1).any():
+        raise ValueError(f"a reference split needs >= 2 lesion-free and >= 1 lesion patients; "
+                         f"got {len(neg)} and {int((labels == 1).sum())}")
+    n_ref = len(neg) // 2 if n_reference is None else int(n_reference)
+    if not 1 <= n_ref < len(neg) + 1:
+        raise ValueError(f"n_reference must be 1..{len(neg)} (the lesion-free patients); got {n_reference}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_splits):
+        ref = rng.choice(neg, n_ref, replace=False)
+        pool = np.setdiff1d(np.arange(len(scores)), ref)
+        ps, pl = scores[pool], labels[pool]
+        rows.append({"aucp_same_scanner": aucp(scores[ref], ps),
+                     "aucp_other_reference": (aucp(other_reference, ps) if other_reference is not None
+                                              else float("nan")),
+                     "auroc_labels": aucp(ps[pl == 0], ps[pl == 1])})
+    return pd.DataFrame(rows)
+
+
+def rank_correlation(a, b) -> float:
+    """Spearman rank correlation of two score lists; NaN when either is constant."""
+    a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
+    if a.nunique() < 2 or b.nunique() < 2:
+        return float("nan")
+    return float(a.rank().corr(b.rank()))
+
+
+def patient_scores(table: pd.DataFrame, subjects) -> np.ndarray:
+    """``(P,)`` patient scores of a scores table (:func:`patient_table`) in the order of ``subjects``."""
+    return patient_table(table).set_index("subject").loc[list(subjects), "score"].to_numpy(dtype=float)
+
 def reconstruction_metrics(
     target: np.ndarray,
     recon: np.ndarray,
