@@ -62,6 +62,31 @@ def test_cv_threshold_keeps_sensitivity_on_tuning_folds():
             assert cv.folds.query("repeat == @r and fold == @f")["patient_accuracy"].item() == pytest.approx(acc)
 
 
+def test_fold_metrics_thresholds_come_from_the_tuning_patients():
+    """A model trained per fold: thresholds on its validation patients, metrics on its test patients."""
+    tune = pd.DataFrame({"subject": list("abcd"), "label": [1, 1, 0, 0], "score": [0.9, 0.6, 0.7, 0.1],
+                         "top_score": [0.9, 0.6, 0.7, 0.1], "top_is_lesion": [True, True, False, False]})
+    test = pd.DataFrame({"subject": list("efgh"), "label": [1, 1, 0, 0], "score": [0.8, 0.5, 0.65, 0.2],
+                         "top_score": [0.8, 0.5, 0.65, 0.2], "top_is_lesion": [True, False, False, False]})
+    row = E.fold_metrics(tune, test, sensitivity=0.9)
+    assert row["patient_threshold"] == 0.6  # both tuning positives kept
+    # test: e (0.8) and g (0.65) flagged -> TP 1, FP 1, FN 1 (f at 0.5), TN 1
+    assert row["patient_accuracy"] == pytest.approx(0.5)
+    assert row["patient_specificity"] == pytest.approx(0.5)
+    assert row["segment_threshold_honest"] == 0.6  # best tuning F1: flag a and b only
+    # at 0.6 on the test fold: e is a hit (TP), g flagged elsewhere (FP), f missed (FN)
+    assert (row["segment_tp_honest"], row["segment_fp_honest"], row["segment_fn_honest"]) == (1, 1, 1)
+    # cross_validate is fold_metrics over its folds
+    df = synthetic_scores(n=30, n_pos=12, seed=1)
+    cv = E.cross_validate(df, n_folds=3, n_repeats=1, seed=2)
+    pt = cv.patients
+    te = E.stratified_folds(pt["label"].to_numpy(), 3, 2)[0]
+    tr = np.setdiff1d(np.arange(len(pt)), te)
+    again = E.fold_metrics(pt.iloc[tr], pt.iloc[te])
+    assert again["patient_f1"] == cv.folds.iloc[0]["patient_f1"]
+    assert again["segment_f1"] == cv.folds.iloc[0]["segment_f1"]
+
+
 def test_stratified_folds_spread_sparse_positives():
     y = np.r_[np.ones(9, int), np.zeros(86, int)]  # RuijinDCM: 9 of 95
     for seed in range(5):

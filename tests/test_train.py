@@ -205,6 +205,27 @@ def test_adapt_resume_is_exact(tmp_path):
     assert cached.cached and cached.eu.shape == (6, *SIZE)
 
 
+def test_adapt_keeps_weight_snapshots_outside_the_run_hash(tmp_path):
+    p = tiny_preset(**{"adapt.snapshot_every": 2, "adapt.n_tracked": 0})
+    d = tiny_data()
+    pre = train.pretrain(p.override(**{"pretrain.epochs": 1}), d, tmp_path, device="cpu", seed=0,
+                         show_progress=False)
+    full = train.adapt(p, d, tmp_path, init=pre.run_path, masking="u2ad", device="cpu", seed=0, show_progress=False)
+    snaps = train.snapshot_paths(full.run_path)
+    assert list(snaps) == [2]  # epoch 4 is model.pt
+    model2, info = train.load_checkpoint(snaps[2])
+    assert info["epoch"] == 2 and info["run_hash"] == full.info["run_hash"]
+    # the copy at epoch 2 is what a 2-epoch adaptation ends with (same seed, same first epochs)
+    short = train.adapt(p.override(**{"adapt.epochs": 2}), d, tmp_path / "short", init=pre.run_path,
+                        masking="u2ad", device="cpu", seed=0, show_progress=False)
+    assert_same_weights(weights(model2), weights(short.model))
+    # keeping copies does not change the run: without them the same run is reused
+    again = train.adapt(p.override(**{"adapt.snapshot_every": 0}), d, tmp_path, init=pre.run_path,
+                        masking="u2ad", device="cpu", seed=0, show_progress=False)
+    assert again.reused and again.run_path == full.run_path
+    assert train.snapshot_paths(tmp_path / "no-such-run") == {}
+
+
 def test_adapt_variants_and_scratch(tmp_path):
     p = tiny_preset(**{"adapt.epochs": 2, "adapt.n_tracked": 0})
     d = tiny_data()

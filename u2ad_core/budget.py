@@ -50,7 +50,7 @@ __all__ = ["BudgetGrid", "BUDGET_GRIDS", "budget_grid", "budget_overrides", "eva
 
 EPOCH_FIELDS = ("pretrain.epochs", "pretrain.lr_step", "pretrain.checkpoint_every",
                 "adapt.epochs", "adapt.lr_step", "adapt.stage2_start", "adapt.refresh_every",
-                "adapt.checkpoint_every", "baselines.pretrain_epochs", "baselines.adapt_epochs",
+                "adapt.checkpoint_every", "adapt.snapshot_every", "baselines.pretrain_epochs", "baselines.adapt_epochs",
                 "baselines.checkpoint_every")
 """Preset fields counted in epochs: all of them are scaled together by a budget factor."""
 
@@ -97,14 +97,15 @@ def _get(preset: Any, dotted: str) -> Any:
 def budget_overrides(preset: Any, factor: float) -> dict[str, int]:
     """Preset overrides that multiply every epoch count of ``preset`` by ``factor``.
 
-    Each field of :data:`EPOCH_FIELDS` becomes ``max(1, floor(n * factor + 1/2))``; the adaptation's
+    Each field of :data:`EPOCH_FIELDS` becomes ``max(1, floor(n * factor + 1/2))`` (0 stays 0); the adaptation's
     stage-2 start stays at least one epoch before its end when it was before it. Fields that do
     not change are left out, so ``factor=1`` returns ``{}``.
     """
     factor = float(factor)
     if not (factor > 0 and np.isfinite(factor)):
         raise ValueError(f"budget factor must be a positive number, got {factor!r}")
-    new = {k: max(1, int(_get(preset, k) * factor + 0.5)) for k in EPOCH_FIELDS}  # halves round up
+    # halves round up; a field at 0 (off, e.g. no snapshots) stays 0
+    new = {k: max(1, int(_get(preset, k) * factor + 0.5)) if _get(preset, k) else 0 for k in EPOCH_FIELDS}
     a = preset.adapt
     if a.stage2_start < a.epochs and new["adapt.stage2_start"] >= new["adapt.epochs"]:
         new["adapt.stage2_start"] = max(0, new["adapt.epochs"] - 1)

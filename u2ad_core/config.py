@@ -255,6 +255,10 @@ class AdaptConfig(TrainConfig):
     restart_schedule_at_stage2: bool = False  # paper / authors' code: one schedule (False)
     n_tracked: int = 4  # project: images whose EU/AU maps are saved at each refresh (plots)
     final_eval: bool = True  # project: MC maps + metrics once more after the last epoch
+    # project: keep a copy of the weights every this many epochs (``snapshots/epoch_NNN.pt``;
+    # 0 = none), the candidates of a label-free choice of the adaptation epoch (chapter 13).
+    # Not part of the run hash: the weights are the same with or without the copies.
+    snapshot_every: int = 50
 
 
 # --------------------------------------------------------------------------------------
@@ -621,7 +625,7 @@ def _smoke() -> Preset:
         mc=MCConfig(k=3, batch_size=16),  # 16 passes per forward: fastest on a 2-core CPU
         pretrain=TrainConfig(epochs=2, lr=1e-3, lr_step=50, checkpoint_every=1),
         adapt=AdaptConfig(epochs=2, lr=1e-3, lr_step=50, stage2_start=1, refresh_every=1,
-                          checkpoint_every=1),
+                          checkpoint_every=1, snapshot_every=1),
         score=ScoreConfig(k=3),
         eval=EvalConfig(n_repeats=2),
         baselines=_baselines_small(epochs=(1, 1), width=4, latent=16, batch=16, ddpm=(100, 4),
@@ -660,7 +664,7 @@ def _cpu() -> Preset:
         # the refreshes in between steer the masking with K = 5 (the authors' inference script's
         # K): half the passes, ~6 s less per refresh; the scoring maps keep K = 10
         adapt=AdaptConfig(epochs=24, lr=1e-3, lr_step=12, stage2_start=16, refresh_every=8,
-                          refresh_k=5, checkpoint_every=8),
+                          refresh_k=5, checkpoint_every=8, snapshot_every=8),
         score=ScoreConfig(k=10),
         eval=EvalConfig(n_repeats=5),
         # the methods beyond the paper (notebook 13) train 1 + 1 epochs, within that chapter's ~75 s of the

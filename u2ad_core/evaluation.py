@@ -83,6 +83,7 @@ __all__ = [
     "CVResult",
     "patient_table",
     "threshold_at_sensitivity",
+    "fold_metrics",
     "binary_metrics",
     "segment_confusion",
     "segment_metrics",
@@ -360,6 +361,45 @@ class CVResult:
         return out
 
 
+def fold_metrics(tune: pd.DataFrame, test: pd.DataFrame, sensitivity: float = 0.9,
+                 segment_rule: str = "strict") -> dict[str, Any]:
+    """The metrics of one test fold (module doc) with thresholds chosen on the tuning patients.
+
+    tune, test: patient tables (:func:`patient_table`). Used by :func:`cross_validate` (tuning =
+    the other folds) and by models trained per fold, whose tuning patients are scored by the
+    fold's own model (the supervised detectors: a validation fold, paper Appendix B.2).
+    Returns the fold's row: counts, the thresholds, ``patient_*`` and ``segment_*`` (paper:
+    segment threshold on the test fold) and ``segment_*_honest`` (on the tuning patients).
+    """
+    y_tr, y_te = tune["label"].to_numpy(dtype=int), test["label"].to_numpy(dtype=int)
+    s_tr, s_te = tune["score"].to_numpy(dtype=np.float64), test["score"].to_numpy(dtype=np.float64)
+    hit_te = test["top_is_lesion"].to_numpy(dtype=bool)
+    row: dict[str, Any] = {"n_test": len(y_te), "n_test_pos": int(y_te.sum()), "n_tune_pos": int(y_tr.sum()),
+                           "n_tune_pos_unscored": int((~np.isfinite(s_tr) & (y_tr == 1)).sum())}
+    thr = threshold_at_sensitivity(s_tr, y_tr, sensitivity)
+    row["patient_threshold"] = thr
+    pred = np.nan_to_num(s_te, nan=-np.inf) >= thr
+    m = binary_metrics(y_te, pred, s_te)
+    if not np.isfinite(thr):
+        m.update({k: float("nan") for k in ("accuracy", "f1", "sensitivity", "specificity")})
+    row.update({f"patient_{k}": v for k, v in m.items()})
+    det = pred & (y_te == 1)
+    row["n_detected_lesion"] = int(det.sum()) if np.isfinite(thr) else 0
+    row["n_detected_lesion_hit"] = int((det & hit_te).sum()) if np.isfinite(thr) else 0
+    # segment level: paper (best F1 on the test fold) and honest (tuning patients)
+    ts_te = test["top_score"].to_numpy(dtype=np.float64)
+    for tag, ref in (("", test), ("_honest", tune)):
+        sthr = best_f1_threshold(ref["top_score"].to_numpy(dtype=np.float64), ref["top_is_lesion"].to_numpy(dtype=bool),
+                                 ref["label"].to_numpy(dtype=int), segment_rule)
+        c = segment_confusion(ts_te, hit_te, y_te, sthr, segment_rule)
+        row[f"segment_threshold{tag}"] = sthr
+        for k, v in segment_metrics(c).items():
+            row[f"segment_{k}{tag}"] = v
+        for name, v in zip(("tp", "fp", "fn", "tn"), c):
+            row[f"segment_{name}{tag}"] = int(v)
+    return row
+
+
 def cross_validate(
     scores: pd.DataFrame,
     n_folds: int = 5,
@@ -376,38 +416,13 @@ def cross_validate(
     pt = scores if {"label", "score", "top_score"} <= set(scores.columns) else patient_table(scores)
     y = pt["label"].to_numpy(dtype=int)
     s = pt["score"].to_numpy(dtype=np.float64)
-    ts = pt["top_score"].to_numpy(dtype=np.float64)
-    hit = pt["top_is_lesion"].to_numpy(dtype=bool)
     unscored = ~np.isfinite(s)  # no patient score (e.g. no cord pixel): never flagged, flagged here
     rows = []
     for r in range(int(n_repeats)):
         folds = stratified_folds(y, n_folds, seed + r)
         for f, te in enumerate(folds):
             tr = np.setdiff1d(np.arange(len(y)), te)
-            row: dict[str, Any] = {"repeat": r, "fold": f, "n_test": len(te),
-                                   "n_test_pos": int(y[te].sum()), "n_tune_pos": int(y[tr].sum()),
-                                   "n_tune_pos_unscored": int((unscored[tr] & (y[tr] == 1)).sum())}
-            thr = threshold_at_sensitivity(s[tr], y[tr], sensitivity)
-            row["patient_threshold"] = thr
-            pred = np.nan_to_num(s[te], nan=-np.inf) >= thr
-            m = binary_metrics(y[te], pred, s[te])
-            if not np.isfinite(thr):
-                m.update({k: float("nan") for k in ("accuracy", "f1", "sensitivity", "specificity")})
-            row.update({f"patient_{k}": v for k, v in m.items()})
-            det = pred & (y[te] == 1)
-            row["n_detected_lesion"] = int(det.sum()) if np.isfinite(thr) else 0
-            row["n_detected_lesion_hit"] = int((det & hit[te]).sum()) if np.isfinite(thr) else 0
-            # segment level: paper (best F1 on the test fold) and honest (tuning folds)
-            for tag, idx_thr in (("", te), ("_honest", tr)):
-                sthr = best_f1_threshold(ts[idx_thr], hit[idx_thr], y[idx_thr], segment_rule)
-                c = segment_confusion(ts[te], hit[te], y[te], sthr, segment_rule)
-                sm = segment_metrics(c)
-                row[f"segment_threshold{tag}"] = sthr
-                for k, v in sm.items():
-                    row[f"segment_{k}{tag}"] = v
-                for name, v in zip(("tp", "fp", "fn", "tn"), c):
-                    row[f"segment_{name}{tag}"] = int(v)
-            rows.append(row)
+            rows.append({"repeat": r, "fold": f, **fold_metrics(pt.iloc[tr], pt.iloc[te], sensitivity, segment_rule)})
     folds_df = pd.DataFrame(rows)
     settings = {"n_folds": n_folds, "n_repeats": n_repeats, "sensitivity": sensitivity,
                 "seed": seed, "segment_rule": segment_rule, "n_patients": int(len(y)),

@@ -98,6 +98,7 @@ __all__ = [
     "AblationGrid",
     "ABLATION_GRIDS",
     "ablation_grid",
+    "grid_point_overrides",
     "FailedPoint",
     "SweepPoint",
     "SweepResult",
@@ -181,6 +182,20 @@ ABLATION_GRIDS: dict[str, AblationGrid] = {
 def ablation_grid(preset_name: str) -> AblationGrid:
     """The grid for a preset name (an unknown name gets the paper's grid)."""
     return ABLATION_GRIDS.get(preset_name, ABLATION_GRIDS["paper"])
+
+
+def grid_point_overrides(preset: Any, grid: AblationGrid) -> dict[str, Any]:
+    """The preset overrides every tau / mask-ratio grid point of chapter 08 adapts with (the
+    grid's shortened schedule, when it has one); a point adds its own value on top, e.g.
+    ``preset.override(**grid_point_overrides(preset, grid), **{"masking.tau": 0.1})``. Chapter 13
+    calls it again to find the same runs in the run store."""
+    ov: dict[str, Any] = {}
+    if grid.grid_adapt_epochs is not None:
+        ov["adapt.epochs"] = grid.grid_adapt_epochs
+        ov["adapt.final_eval"] = False  # the grid scores the middle slices itself
+    if grid.grid_stage2_start is not None:
+        ov["adapt.stage2_start"] = grid.grid_stage2_start
+    return ov
 
 
 # --------------------------------------------------------------------------------------

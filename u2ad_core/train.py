@@ -81,7 +81,7 @@ from .config import (
     get_preset,
     to_dict,
 )
-from .runstore import init_weights, load_state, open_run
+from .runstore import init_weights, load_state, open_run, save_state
 from .runtime import atomic_path, make_generator, progress, resolve_device
 
 __all__ = [
@@ -100,6 +100,7 @@ __all__ = [
     "load_checkpoint",
     "load_tracked_maps",
     "read_history",
+    "snapshot_paths",
     "mc_maps",
     "strategy_model",
     "cli_register",
@@ -111,6 +112,8 @@ STRATEGIES = ("S1", "S2", "S3")
 COHORTS = ("renji_like", "ruijin_like")
 CSV_COLUMNS = ("epoch", "stage", "lr", "loss", "mse", "psnr", "ssim", "eu_mean", "au_mean",
                "seconds", "refresh_seconds")
+SNAPSHOTS = "snapshots"  # run subfolder of the weight copies (adapt.snapshot_every)
+UNHASHED = ("snapshot_every",)  # training fields that do not change the weights: not in the run hash
 _EVAL_STREAM = 0  # MC generator stream for "evaluation" maps (adaptation epoch 0 and final)
 
 
@@ -382,6 +385,15 @@ class TrainResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def snapshot_paths(run_path: str | Path) -> dict[int, Path]:
+    """The weight copies an adaptation run kept (``adapt.snapshot_every``): ``{epoch: path}``
+    in epoch order, the final weights (``model.pt``) not included; load one with
+    :func:`load_checkpoint`. Empty when the run kept none."""
+    folder = Path(run_path) / SNAPSHOTS
+    found = {int(p.stem.split("_")[1]): p for p in folder.glob("epoch_*.pt") if p.stem.split("_")[1].isdigit()}
+    return dict(sorted(found.items()))
+
+
 def read_history(run_path: str | Path):
     """``metrics.csv`` of a run as a pandas DataFrame (numeric columns as floats)."""
     import pandas as pd
@@ -525,7 +537,7 @@ def _spec(kind: str, preset: Preset, train_cfg: TrainConfig, masking: str | None
         "format": FORMAT_VERSION,
         "kind": kind,
         "model": to_dict(preset.model),
-        "train": to_dict(train_cfg),
+        "train": {k: v for k, v in to_dict(train_cfg).items() if k not in UNHASHED},
         "data": data_hash,
         "seed": int(seed),
     }
@@ -609,7 +621,7 @@ def _train(
         choose_tracked(data, getattr(cfg, "n_tracked", 0)) if kind == "adapt" else [])
 
     # ---- resume from the checkpoint, or start afresh (dropping an earlier attempt's maps)
-    state = run.start(resume, config={"name": name, "source": source}, stale=("maps", "mc"))
+    state = run.start(resume, config={"name": name, "source": source}, stale=("maps", "mc", SNAPSHOTS))
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -725,6 +737,11 @@ def _train(
             done = epoch + 1
             if done % max(1, int(cfg.checkpoint_every)) == 0 or done == epochs:
                 checkpoint(done)
+            snap = int(getattr(cfg, "snapshot_every", 0) or 0)
+            if snap > 0 and done % snap == 0 and done < epochs:  # the last epoch's weights are model.pt
+                save_state({"format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec,
+                            "epoch": done, "model": model.state_dict(), "model_cfg": to_dict(model_cfg)},
+                           run_path / SNAPSHOTS / f"epoch_{done:03d}.pt")
             bar.set_postfix(stage=stage, loss=f"{row['loss']:.4g}", lr=f"{lr:.1e}", refresh=False)
             bar.update(1)
             if callback is not None:
