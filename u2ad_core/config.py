@@ -31,6 +31,7 @@ __all__ = [
     "ScoreConfig",
     "EvalConfig",
     "BaselineConfig",
+    "DetectorConfig",
     "VAEConfig",
     "DAEConfig",
     "VAEGANConfig",
@@ -479,6 +480,47 @@ class BaselineConfig:
 # Preset
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class DetectorConfig:
+    """Supervised detectors trained from scratch (paper Table 2, Appendix B.2;
+    :mod:`u2ad_core.detectors`).
+
+    The paper gives no training details for its detectors; the defaults are the detectors'
+    own papers' where they exist (Faster R-CNN, Ren et al. 2015: RPN mini-batch 256 anchors,
+    IoU 0.7 / 0.3, 512 RoIs a quarter positive (Fast R-CNN), NMS 0.7; DETR, Carion et al. 2020:
+    d_model 256, 8 heads, 6 + 6 layers, 100 queries, AdamW lr 1e-4 and weight decay 1e-4,
+    no-object weight 0.1, gradient clipping 0.1) at one size for a CPU-free run; the CPU presets
+    shrink them (``_detectors_small``).
+    """
+
+    epochs: int = 50  # project (the paper does not say)
+    batch_size: int = 8  # project: as U2AD's training (paper 4.3)
+    lr: float = 1e-4  # DETR: AdamW lr 1e-4 (used for the R-CNNs too)
+    weight_decay: float = 1e-4  # DETR
+    grad_clip: float = 0.1  # DETR: max gradient norm 0.1 (0 = off)
+    intensity_jitter: float = 0.1  # project: brightness x U(0.9, 1.1), as U2AD's augmentation (paper 4.3)
+    width: int = 64  # project: backbone width (stride-8 output: 4 x width channels); the paper's detectors use ResNets
+    head_dim: int = 1024  # Faster R-CNN: two fully connected layers of 1024 in the box head
+    anchor_heights: tuple[int, ...] = (12, 20, 32, 48)  # project: cord-segment boxes are ~10-40 px tall at 192 px
+    anchor_widths: tuple[int, ...] = (8, 14)  # project: and ~6-16 px wide
+    rpn_batch: int = 256  # Faster R-CNN: 256 anchors per image, up to half positive
+    roi_batch: int = 512  # Fast R-CNN: 512 RoIs per image, a quarter positive
+    rpn_pre_nms: int = 1000  # Faster R-CNN (test time): 6000 before NMS at 1000 px; scaled to a slice
+    rpn_post_nms: int = 300  # Faster R-CNN: 300 proposals at test time
+    max_detections: int = 100  # Faster R-CNN / DETR: up to 100 boxes per image
+    d_model: int = 256  # DETR
+    heads: int = 8  # DETR
+    enc_layers: int = 6  # DETR
+    dec_layers: int = 6  # DETR
+    n_queries: int = 100  # DETR
+    eos_coef: float = 0.1  # DETR: weight of the no-object class
+    checkpoint_every: int = 10  # project: epochs between resumable checkpoints
+    n_folds: int = 5  # paper Appendix B.2: 5 folds, 3 train / 1 validation / 1 test
+    # which detectors chapter 13 trains: the paper's Table 2 has Mask R-CNN and DETR (and YOLOv8, left
+    # out: AGPL); Faster R-CNN is Mask R-CNN without its mask head
+    kinds: tuple[str, ...] = ("faster_rcnn", "mask_rcnn", "detr")
+
+
+@dataclass(frozen=True)
 class Preset:
     """One complete, named configuration of the whole pipeline."""
 
@@ -493,6 +535,7 @@ class Preset:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    detectors: DetectorConfig = field(default_factory=DetectorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -576,6 +619,17 @@ def _apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> A
     return replace(cfg, **changes)
 
 
+def _detectors_small(epochs: int, width: int, kinds: tuple[str, ...] = ("mask_rcnn", "detr")) -> DetectorConfig:
+    """The supervised detectors shrunk for a CPU: a ``width``-wide backbone, small heads, few
+    anchors and RoIs per image, a 64-wide DETR with 2 + 2 layers and 10 queries, AdamW at 1e-3
+    (from scratch at this size 1e-4 barely moves in a few epochs), a checkpoint every half run; the
+    paper's two detectors (Faster R-CNN is Mask R-CNN without the mask head)."""
+    return DetectorConfig(epochs=epochs, batch_size=8, lr=1e-3, width=width, head_dim=128, rpn_batch=64,
+                          roi_batch=64, rpn_pre_nms=300, rpn_post_nms=50, max_detections=20, d_model=64, heads=4,
+                          enc_layers=2, dec_layers=2, n_queries=10, checkpoint_every=max(1, epochs // 2),
+                          kinds=kinds)
+
+
 def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: int,
                      ddpm: tuple[int, int], s2: tuple[str, ...],
                      beyond_epochs: tuple[int, int] | None = None) -> BaselineConfig:
@@ -630,6 +684,7 @@ def _smoke() -> Preset:
         eval=EvalConfig(n_repeats=2),
         baselines=_baselines_small(epochs=(1, 1), width=4, latent=16, batch=16, ddpm=(100, 4),
                                    s2=("dae",)),
+        detectors=_detectors_small(epochs=1, width=4),
     )
 
 
@@ -671,6 +726,11 @@ def _cpu() -> Preset:
         # budget (measured on 2 cores: the chapter 66-76 s, of which training its 12 runs 25-29 s)
         baselines=_baselines_small(epochs=(3, 2), width=4, latent=32, batch=16, ddpm=(250, 10),
                                    s2=("vae", "dae"), beyond_epochs=(1, 1)),
+        # measured (2 cores, ~110 slices of 192 x 64): ~0.6 s per epoch for each kind. Mask R-CNN on renji_like:
+        # 4 epochs put no top box on a lesion segment (0 of 37), 8 epochs 9, 12 epochs 21 (segment F1 0.61);
+        # DETR stays near chance at any epoch count a CPU affords. 20 runs (5 folds x 2 cohorts x 2 kinds)
+        # x 12 epochs, two 1-thread runs at a time (cross_validate_detectors)
+        detectors=_detectors_small(epochs=12, width=8),
     )
 
 
@@ -702,6 +762,10 @@ PAPER_CI_OVERRIDES: dict[str, Any] = {
     # the refiner's self-attention at H/8 x W/8 (1024 pixels) instead of H/2 x W/2: at 128 x 128 (16384^2
     # scores per image) notebook 13's kernel died training it on a 2-core CPU machine
     "baselines.brainomaly.refiner.levels": 3,
+    # the supervised detectors (notebook 13): all three kinds, one epoch, tiny widths
+    "detectors.epochs": 1, "detectors.width": 4, "detectors.head_dim": 32, "detectors.rpn_batch": 64,
+    "detectors.roi_batch": 64, "detectors.d_model": 32, "detectors.heads": 4, "detectors.enc_layers": 1,
+    "detectors.dec_layers": 1, "detectors.n_queries": 10,
 }
 """``paper_ci``: the ``paper`` preset shrunk by these overrides (CI runs it on CPU: ``make paper-ci``).
 

@@ -154,16 +154,16 @@ class SliceData:
         return path
 
 
-def data_hash(data: Any) -> str:
-    """Hash of the arrays training reads (``images`` and ``cord``), not of file metadata.
+def data_hash(data: Any, fields: Sequence[str] = ("images", "cord")) -> str:
+    """Hash of the arrays training reads (default ``images`` and ``cord``), not of file metadata.
 
     Training runs (U2AD and the baselines) put it in their run hash, so that a run is reused
-    only on the very same slices.
+    only on the very same slices; the supervised detectors add ``("segments", "lesion")``.
     """
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("images", "cord"):
+    for name in fields:
         a = np.ascontiguousarray(np.asarray(getattr(data, name)))
         h.update(f"{name}{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
