@@ -4,7 +4,7 @@
 package: 129 -> 65 s measured). A module without bytecode is compiled when it is imported, and
 where ``PYTHONDONTWRITEBYTECODE`` is set (as on this project's build machines) the result is not
 kept, so every notebook kernel, sweep worker and training process compiled torch, pandas,
-matplotlib... again: measured 4.5 s of the 7-8 s that ``u2ad_core.notebook.setup`` took in each
+matplotlib... again: measured 4.5 s of the 7-8 s that ``u2ad_core.book.notebook.setup`` took in each
 of the dozen kernels of a build. This imports what a kernel imports and writes the bytecode of
 exactly those modules (a few thousand files, seconds), which ``-B`` / the variable do not stop
 later processes from reading.
@@ -24,10 +24,10 @@ import time
 # what the notebooks, the papermill kernels and the workers import (a missing one is skipped)
 MODULES = (
     "ipykernel.kernelapp", "ipykernel.ipkernel", "papermill", "nbformat", "nbclient",
-    "u2ad_core", "u2ad_core.notebook", "u2ad_core.train", "u2ad_core.baselines", "u2ad_core.budget",
-    "u2ad_core.crossover", "u2ad_core.realmri", "u2ad_core.realism", "u2ad_core.scoring",
-    "u2ad_core.evaluation", "u2ad_core.viz", "u2ad_core.widgets", "u2ad_core.sweep", "u2ad_core.datasets",
-    "u2ad_core.phantom", "u2ad_core.pseudo", "u2ad_core.infer", "u2ad_core.figstyle",
+    "u2ad_core", "u2ad_core.book.notebook", "u2ad_core.method.train", "u2ad_core.baselines", "u2ad_core.experiments.budget",
+    "u2ad_core.experiments.crossover", "u2ad_core.experiments.realmri", "u2ad_core.data.realism", "u2ad_core.method.scoring",
+    "u2ad_core.metrics", "u2ad_core.book.viz", "u2ad_core.book.widgets", "u2ad_core.book.sweep", "u2ad_core.data.datasets",
+    "u2ad_core.data.phantom", "u2ad_core.data.pseudo", "u2ad_core.method.infer", "u2ad_core.book.figstyle",
     "matplotlib.pyplot", "matplotlib.backends.backend_agg", "seaborn", "pandas", "scipy.ndimage",
     "scipy.stats", "sklearn.metrics", "skimage.measure", "skimage.metrics", "nibabel", "ipywidgets",
     "dask.distributed", "yaml", "tqdm.auto",

@@ -10,7 +10,7 @@ masking on ``--cohort`` (S3, unless ``--s1-only``). Each is then scored on the m
 the cohort (K = the preset's ``score.k``) under the book's protocol (notebook 07: 5-fold CV,
 the preset's repeats). Printed: training seconds, MC seconds per image, patient AUROC (over all
 patients and mean +- std over the test folds) and the verdict of
-:func:`u2ad_core.evaluation.compare`. Everything is cached under ``runs/`` like the book's runs.
+:func:`u2ad_core.metrics.compare`. Everything is cached under ``runs/`` like the book's runs.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ def run(radius: int, preset: str, cohort: str, size: int, seed: int, s1_only: bo
         extra_overrides: dict | None = None) -> dict:
     import torch
 
-    from u2ad_core import evaluation as ev
-    from u2ad_core.datasets import load_dataset, prepare_all
-    from u2ad_core.notebook import setup
-    from u2ad_core.scoring import score_dataset
-    from u2ad_core.train import strategy_model
-    from u2ad_core.uncertainty import mc_uncertainty
-    from u2ad_core.runtime import make_generator
+    from u2ad_core import metrics as ev
+    from u2ad_core.data.datasets import load_dataset, prepare_all
+    from u2ad_core.book.notebook import setup
+    from u2ad_core.method.scoring import score_dataset
+    from u2ad_core.method.train import strategy_model
+    from u2ad_core.method.uncertainty import mc_uncertainty
+    from u2ad_core.core.runtime import make_generator
 
     geometry = {"data.crop": "centre", "data.image_size": [size, size], "model.image_size": [size, size],
                 **(extra_overrides or {})}
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                    help="more dotted preset overrides for both models, e.g. pretrain.epochs=8")
     p.add_argument("--json", default=None, help="also write the result here")
     a = p.parse_args(argv)
-    from u2ad_core.sweep import parse_value
+    from u2ad_core.book.sweep import parse_value
 
     extra = {}
     for item in a.set:

@@ -19,8 +19,8 @@ from u2ad_core.baselines.anoddpm import linear_betas, simplex_noise
 from u2ad_core.baselines.dae import coarse_noise
 from u2ad_core.baselines.fanogan import gan_epochs
 from u2ad_core.baselines.signal import dbscan_maps, slic_maps, zscore_maps
-from u2ad_core.config import get_preset
-from u2ad_core.runtime import make_generator
+from u2ad_core.core.config import get_preset
+from u2ad_core.core.runtime import make_generator
 
 H, W = 48, 32
 
@@ -144,8 +144,8 @@ def test_signal_maps_direct_and_one_sided():
 
 
 def test_score_adapter_matches_u2ad_scoring():
-    from u2ad_core.config import ScoreConfig
-    from u2ad_core.scoring import anomaly_map, score_maps
+    from u2ad_core.core.config import ScoreConfig
+    from u2ad_core.method.scoring import anomaly_map, score_maps
 
     data = tiny_data()
     rng = np.random.default_rng(1)
@@ -295,7 +295,7 @@ def test_versus_anatomy_words_follow_numbers():
 
 
 def test_score_adapter_honours_patient_span():
-    from u2ad_core.config import ScoreConfig
+    from u2ad_core.core.config import ScoreConfig
 
     data = tiny_data(2)
     maps = np.zeros(data.images.shape, np.float32)

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from u2ad_core.book import find_notebooks
+from u2ad_core.book.build import find_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -152,7 +152,7 @@ def test_book_stops_at_failing_notebook_and_names_it(tmp_path):
 def _staged(root, name, cells, tags):
     """Write an executed notebook with ``cells`` (``tags``: {index: [tag, ...]}) under
     ``root/exec``, stage it into ``root`` like the builder does and read the staged copy."""
-    from u2ad_core.book import STAGE_DIR, _stage
+    from u2ad_core.book.build import STAGE_DIR, _stage
 
     nb = nbformat.v4.new_notebook()
     nb.cells = cells
@@ -168,7 +168,7 @@ def _staged(root, name, cells, tags):
 def test_staging_drops_the_injected_parameters(tmp_path):
     """The injected cell carries the builder's absolute paths and would override a downloaded
     copy's parameters cell: staged copies (page and download) do not have it."""
-    from u2ad_core.book import STAGE_DIR
+    from u2ad_core.book.build import STAGE_DIR
 
     out = _staged(tmp_path, "01_x.ipynb", [nbformat.v4.new_code_cell('data_dir = "data"'),
                                            nbformat.v4.new_code_cell('data_dir = "/abs/path"'),
@@ -179,7 +179,7 @@ def test_staging_drops_the_injected_parameters(tmp_path):
 
 
 def test_build_key_follows_source_earlier_code_and_parameters(tmp_path):
-    from u2ad_core.book import build_key
+    from u2ad_core.book.build import build_key
 
     def nb(path, md, code):
         n = nbformat.v4.new_notebook()
@@ -253,7 +253,7 @@ EXERCISES_MD = """## Exercises
 
 
 def test_solution_blocks_are_found_in_dropdowns_only():
-    from u2ad_core.book import solution_blocks
+    from u2ad_core.book.build import solution_blocks
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(EXERCISES_MD)]
@@ -289,7 +289,7 @@ def test_smoke_build_executes_solutions_and_a_rotten_one_fails(tmp_path):
 
 
 def test_launch_links_follow_the_one_repository_setting(tmp_path):
-    from u2ad_core.book import launch_links
+    from u2ad_core.book.build import launch_links
 
     box = launch_links("https://github.com/owner/u2ad-book", "main", "04_x.ipynb")
     assert "https://mybinder.org/v2/gh/owner/u2ad-book/main?urlpath=lab/tree/notebooks/04_x.ipynb" in box
@@ -307,7 +307,7 @@ def test_launch_links_follow_the_one_repository_setting(tmp_path):
 def test_set_repository_writes_config_and_every_colab_cell(tmp_path):
     import shutil
 
-    from u2ad_core.book import repository, set_repository
+    from u2ad_core.book.build import repository, set_repository
 
     shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
     (tmp_path / "notebooks").mkdir()
@@ -330,7 +330,7 @@ def test_set_repository_writes_config_and_every_colab_cell(tmp_path):
 def test_colab_cell_is_first_hidden_and_agrees_with_config(path):
     """One setting: the Colab cell's REPOSITORY is _config.yml's repository.url (u2ad book
     --set-repository writes both); the cell does nothing outside Colab and is not on the page."""
-    from u2ad_core.book import COLAB_MARK, repository
+    from u2ad_core.book.build import COLAB_MARK, repository
 
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -341,7 +341,7 @@ def test_colab_cell_is_first_hidden_and_agrees_with_config(path):
 
 
 def test_run_times_table_comes_from_the_run_headers(tmp_path):
-    from u2ad_core.book import RUN_TIMES, write_run_times
+    from u2ad_core.book.build import RUN_TIMES, write_run_times
 
     paths = []
     for stem, secs in (("01_a", 12.0), ("02_b", 300.0)):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core import runstore
+from u2ad_core.core import runstore
 from u2ad_core.baselines import (BASELINES, NEW_METHODS, UAD_METHODS, anomaly_maps, data_hash, fit_run, load_run,
                                  strategy_model)
 from u2ad_core.baselines import brainomaly as bm
 from u2ad_core.baselines.common import StepInfo
-from u2ad_core.config import get_preset
-from u2ad_core.runtime import make_generator
+from u2ad_core.core.config import get_preset
+from u2ad_core.core.runtime import make_generator
 
 H, W = 32, 16
 

@@ -1,4 +1,4 @@
-"""The training-budget sweep (u2ad_core.budget): schedule scaling, the per-preset grids, the
+"""The training-budget sweep (u2ad_core.experiments.budget): schedule scaling, the per-preset grids, the
 claims table on hand-made numbers, and the point notebook's parameters."""
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from u2ad_core import budget as B
-from u2ad_core.config import PRESETS, get_preset
-from u2ad_core.runstore import train_seconds
+from u2ad_core.experiments import budget as B
+from u2ad_core.core.config import PRESETS, get_preset
+from u2ad_core.core.runstore import train_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 

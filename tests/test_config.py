@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from u2ad_core.config import MODEL_AUTHORS, MODEL_PAPER, PRESETS, config_hash, get_preset
+from u2ad_core.core.config import MODEL_AUTHORS, MODEL_PAPER, PRESETS, config_hash, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -52,9 +52,9 @@ def test_paper_ci_keeps_what_only_paper_does():
     switches, with small sizes only."""
     from dataclasses import replace
 
-    from u2ad_core.config import PAPER_CI_OVERRIDES
-    from u2ad_core.crossover import crossover_grid
-    from u2ad_core.sweep import ablation_grid
+    from u2ad_core.core.config import PAPER_CI_OVERRIDES
+    from u2ad_core.experiments.crossover import crossover_grid
+    from u2ad_core.book.sweep import ablation_grid
 
     paper, ci = get_preset("paper"), get_preset("paper_ci")
     assert ci.model == replace(paper.model, depth=2, decoder_depth=1) and ci.model.context_radius is None

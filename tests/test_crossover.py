@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from u2ad_core import crossover as X
-from u2ad_core.config import get_preset
+from u2ad_core.experiments import crossover as X
+from u2ad_core.core.config import get_preset
+from u2ad_core.core.context import code_version
 
 
 def test_grids_are_valid_preset_overrides():
@@ -79,4 +80,4 @@ def test_crossover_table_and_statements():
 
 
 def test_code_version_is_stable():
-    assert X.code_version() == X.code_version() and len(X.code_version()) == 12
+    assert code_version() == code_version() and len(code_version()) == 12

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from u2ad_core import detectors as dt
-from u2ad_core import evaluation as ev
-from u2ad_core.config import DetectorConfig, get_preset
-from u2ad_core.datasets import SliceData
-from u2ad_core.labels import SEGMENTS
+from u2ad_core import metrics as ev
+from u2ad_core.core.config import DetectorConfig, get_preset
+from u2ad_core.data.datasets import SliceData
+from u2ad_core.core.labels import SEGMENTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models (2 threads stall a busy machine)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from u2ad_core import evaluation as E
-from u2ad_core.labels import SEGMENTS
+from u2ad_core import metrics as E
+from u2ad_core.core.labels import SEGMENTS
 
 
 def synthetic_scores(n: int = 60, n_pos: int = 30, seed: int = 0, sep: float = 0.8) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from u2ad_core import fetch as F
+from u2ad_core.data import fetch as F
 from u2ad_core.cli import main
 
 

@@ -1,4 +1,4 @@
-"""The book's figure standard (u2ad_core.figstyle) and the sitecheck rule built on it: a figure's
+"""The book's figure standard (u2ad_core.book.figstyle) and the sitecheck rule built on it: a figure's
 smallest text must render at 8 pt or more at the width the book shows it."""
 
 import matplotlib
@@ -7,8 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from u2ad_core import figstyle as FS  # noqa: E402
-from u2ad_core import sitecheck as SC  # noqa: E402
+from u2ad_core.book import figstyle as FS  # noqa: E402
+from u2ad_core.book import sitecheck as SC  # noqa: E402
 
 
 def _fig(width_in: float, small_pt: float):

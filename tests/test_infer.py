@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 nib = pytest.importorskip("nibabel")
 
 from u2ad_core.cli import main  # noqa: E402
-from u2ad_core.config import get_preset  # noqa: E402
-from u2ad_core.labels import SEGMENTS  # noqa: E402
+from u2ad_core.core.config import get_preset  # noqa: E402
+from u2ad_core.core.labels import SEGMENTS  # noqa: E402
 
 # a tiny model on the smoke preset's image size (128 x 48, patch 8)
 TINY = {"model.embed_dim": 16, "model.depth": 1, "model.num_heads": 2, "model.decoder_embed_dim": 16,
@@ -23,7 +23,7 @@ TINY = {"model.embed_dim": 16, "model.depth": 1, "model.num_heads": 2, "model.de
 
 def tiny_slices(n: int = 4, seed: int = 0):
     """SliceData of n synthetic slices on the smoke grid: a bright cord band, segments, a lesion."""
-    from u2ad_core.datasets import SliceData
+    from u2ad_core.data.datasets import SliceData
 
     cfg = get_preset("smoke")
     h, w = cfg.data.image_size
@@ -49,7 +49,7 @@ def tiny_slices(n: int = 4, seed: int = 0):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny EdgeMAE pretrained for one epoch by the real training code (checkpoint on disk)."""
-    from u2ad_core.train import pretrain
+    from u2ad_core.method.train import pretrain
 
     root = tmp_path_factory.mktemp("infer")
     cfg = get_preset("smoke", **TINY)
@@ -131,7 +131,7 @@ def test_infer_errors_are_clear(trained, tmp_path, capsys):
                "--preset", "smoke"])
     assert rc == 2 and "--mask" in capsys.readouterr().err
     # data of another size than the model's
-    from u2ad_core.datasets import load_dataset
+    from u2ad_core.data.datasets import load_dataset
 
     small = load_dataset(npz).subset(np.arange(2))
     for f in ("images", "cord", "csf", "segments", "lesion"):
@@ -195,7 +195,7 @@ def test_infer_on_authors_arrays(trained, tmp_path, capsys):
     np.save(arrays / "case_b.npy", authors_array(1))
     np.save(arrays / "no_cord.npy", authors_array(2, cord=False))
     out1 = tmp_path / "one"
-    from u2ad_core.io import DataWarning
+    from u2ad_core.data.io import DataWarning
 
     with pytest.warns(DataWarning, match="label value 7"):
         rc = main(["infer", "--checkpoint", str(run_path), "--input", str(arrays / "case_a.npy"), "--out", str(out1),
@@ -254,7 +254,7 @@ def test_infer_on_real_authors_arrays(trained, tmp_path, real_data):
     if not root.is_dir():
         pytest.skip(f"{root} is absent")
     out = tmp_path / "dcm"
-    from u2ad_core.io import DataWarning
+    from u2ad_core.data.io import DataWarning
 
     with pytest.warns(DataWarning, match="clinical_dcm_1.npy: label value 7"):  # known, documented
         rc = main(["infer", "--checkpoint", str(run_path), "--input", str(root), "--out", str(out),

@@ -12,12 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from u2ad_core import labels as L
-from u2ad_core import phantom as P
-from u2ad_core.config import CohortSizes, DataConfig, get_preset
-from u2ad_core.datasets import SliceDataset, load_dataset, prepare_all
-from u2ad_core.io import DataError, SubjectFiles, detect_layout, load_subject, scan_cohort
-from u2ad_core.preprocess import preprocess_cohort, preprocess_subject, slice_offsets
+from u2ad_core.core import labels as L
+from u2ad_core.data import phantom as P
+from u2ad_core.core.config import CohortSizes, DataConfig, get_preset
+from u2ad_core.data.datasets import SliceDataset, load_dataset, prepare_all
+from u2ad_core.data.io import DataError, SubjectFiles, detect_layout, load_subject, scan_cohort
+from u2ad_core.data.preprocess import preprocess_cohort, preprocess_subject, slice_offsets
 
 CFG = replace(get_preset("smoke").data, image_size=(128, 48), pixel_mm=1.5, crop="cord_band")
 
@@ -316,7 +316,7 @@ def _array_folder(root: Path) -> Path:
 
 
 def test_u2ad_arrays_layout_reads_and_preprocesses(tmp_path):
-    from u2ad_core.io import AUTHORS_PIXEL_MM, DataWarning
+    from u2ad_core.data.io import AUTHORS_PIXEL_MM, DataWarning
 
     root = _array_folder(tmp_path / "train")
     assert detect_layout(root) == "u2ad_arrays"

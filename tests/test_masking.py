@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core.config import MaskingConfig
-from u2ad_core.masking import (
+from u2ad_core.core.config import MaskingConfig
+from u2ad_core.method.masking import (
     AUGuidedMasking,
     CoverageMasking,
     EUGuidedMasking,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core.config import MODEL_AUTHORS, MODEL_PAPER, ModelConfig
-from u2ad_core.masking import random_roi_mask
-from u2ad_core.model import EdgeMAE, build_model, count_parameters, get_2d_sincos_pos_embed, sobel
+from u2ad_core.core.config import MODEL_AUTHORS, MODEL_PAPER, ModelConfig
+from u2ad_core.method.masking import random_roi_mask
+from u2ad_core.method.model import EdgeMAE, build_model, count_parameters, get_2d_sincos_pos_embed, sobel
 
 H, W, P = 48, 32, 8  # grid 6 x 4 (non-square)
 
@@ -297,8 +297,8 @@ def test_context_window_trains():
 def test_full_depth_paper_model_runs_forward_backward_and_mc():
     """The paper's model itself (24 / 8 blocks, 256 x 256): ``paper_ci`` shrinks its depth, so
     the full-depth model gets one training step and one MC call here."""
-    from u2ad_core.bench import synthetic_images
-    from u2ad_core.uncertainty import mc_uncertainty
+    from u2ad_core.experiments.bench import synthetic_images
+    from u2ad_core.method.uncertainty import mc_uncertainty
 
     torch.manual_seed(0)
     model = build_model(MODEL_PAPER)

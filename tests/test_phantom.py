@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from u2ad_core import labels as L
-from u2ad_core import phantom as P
-from u2ad_core.config import get_preset
-from u2ad_core.realism import measure_slice
+from u2ad_core.core import labels as L
+from u2ad_core.data import phantom as P
+from u2ad_core.core.config import get_preset
+from u2ad_core.data.realism import measure_slice
 
 SMOKE = get_preset("smoke").data
 
@@ -167,7 +167,7 @@ def test_lesion_contrast_is_drawn_from_the_named_range():
 # --------------------------------------------------------------------------------------
 # Knobs (DataConfig.phantom)
 # --------------------------------------------------------------------------------------
-from u2ad_core.config import PhantomConfig  # noqa: E402
+from u2ad_core.core.config import PhantomConfig  # noqa: E402
 
 
 def _lesions(knobs: PhantomConfig, n: int = 60) -> list[dict]:

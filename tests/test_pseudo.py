@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from u2ad_core.pseudo import add_pseudo_anomalies, cord_axis
+from u2ad_core.data.pseudo import add_pseudo_anomalies, cord_axis
 
 
 def _batch(n=40, H=96, W=48, width=8, tilt=0.0, seed=0):

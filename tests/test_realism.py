@@ -1,4 +1,4 @@
-"""The realism report (u2ad_core.realism): each figure on hand-made arrays with known answers,
+"""The realism report (u2ad_core.data.realism): each figure on hand-made arrays with known answers,
 the stored real references recomputed from ../shared/data/real, bands and the comparison."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from u2ad_core import labels as L
-from u2ad_core import realism as R
-from u2ad_core.config import get_preset
-from u2ad_core.datasets import SliceData
-from u2ad_core.io import AUTHORS_PIXEL_MM
-from u2ad_core.notebook import repo_root
+from u2ad_core.core import labels as L
+from u2ad_core.data import realism as R
+from u2ad_core.core.config import get_preset
+from u2ad_core.data.datasets import SliceData
+from u2ad_core.data.io import AUTHORS_PIXEL_MM
+from u2ad_core.core.context import repo_root
 
 H, W = 128, 64
 
@@ -203,7 +203,7 @@ def test_compare_flags_inside_outside_and_not_measured():
 
 
 def test_measure_cohort_authors_view(tmp_path):
-    from u2ad_core import phantom as P
+    from u2ad_core.data import phantom as P
 
     cfg = replace(get_preset("smoke").data, n_sagittal_clinical=5)
     coh = P.generate_cohort("renji_like", 2, 3, tmp_path / "rj", cfg, show_progress=False)

@@ -1,4 +1,4 @@
-"""The real-MRI chapter's helpers (u2ad_core.realmri): synthetic data everywhere they can, the real
+"""The real-MRI chapter's helpers (u2ad_core.experiments.realmri): synthetic data everywhere they can, the real
 files in ../shared/data/real where they must (skipping, with the reason, when absent), and the
 notebook's no-data path."""
 
@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from u2ad_core import fetch as F
-from u2ad_core import realmri as RM
-from u2ad_core.config import get_preset
-from u2ad_core.datasets import SliceData
-from u2ad_core.io import DataError
+from u2ad_core.data import fetch as F
+from u2ad_core.experiments import realmri as RM
+from u2ad_core.core.config import get_preset
+from u2ad_core.data.datasets import SliceData
+from u2ad_core.data.io import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = get_preset("smoke")
@@ -47,7 +47,7 @@ def healthy_stack(n: int = 4, seed: int = 0, csf: bool = True) -> SliceData:
 # Synthetic lesions
 # --------------------------------------------------------------------------------------
 def test_insert_lesions_in_the_cord_with_the_phantom_contrast():
-    from u2ad_core.phantom import LESION_TYPES
+    from u2ad_core.data.phantom import LESION_TYPES
 
     d = healthy_stack(40)
     out, les, params = RM.insert_lesions(d.images, d.cord, d.csf, rng=0, conspicuity="mixed")
@@ -234,7 +234,7 @@ def test_healthy_slices_on_real_files(real_copy):
 def test_preprocessing_steps_on_real_files(real_copy):
     import warnings
 
-    from u2ad_core.io import DataWarning, SubjectFiles, load_subject
+    from u2ad_core.data.io import DataWarning, SubjectFiles, load_subject
 
     vol = RM.sct_t2_volume(real_copy)
     st = RM.preprocessing_steps(vol, SMOKE.data, real_copy / RM.SCT / RM.T2_FILES["full_fov"])

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core import runstore
-from u2ad_core.config import config_hash, get_preset
-from u2ad_core.runtime import make_generator
+from u2ad_core.core import runstore
+from u2ad_core.core.config import config_hash, get_preset
+from u2ad_core.core.runtime import make_generator
 
 SPEC = {"format": 1, "method": "toy", "lr": 0.1, "seed": 0}
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from u2ad_core import widgets
-from u2ad_core.notebook import setup
-from u2ad_core.runtime import atomic_path, atomic_write_json, make_generator, resolve_device
+from u2ad_core.book import widgets
+from u2ad_core.book.notebook import setup
+from u2ad_core.core.runtime import atomic_path, atomic_write_json, make_generator, resolve_device
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from u2ad_core import scoring as S
-from u2ad_core.config import ScoreConfig
-from u2ad_core.labels import SEGMENTS
+from u2ad_core.method import scoring as S
+from u2ad_core.core.config import ScoreConfig
+from u2ad_core.core.labels import SEGMENTS
 
 H, W = 64, 24
 
@@ -188,8 +188,8 @@ def test_score_dataset_runs_one_batched_mc_and_is_seeded():
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
-    from u2ad_core.config import get_preset
-    from u2ad_core.model import build_model
+    from u2ad_core.core.config import get_preset
+    from u2ad_core.method.model import build_model
 
     cfg = get_preset("smoke")
     h, w = cfg.model.image_size

@@ -1,11 +1,11 @@
-"""The built-book checker (u2ad_core.sitecheck) on tiny hand-made sites: it must find each
+"""The built-book checker (u2ad_core.book.sitecheck) on tiny hand-made sites: it must find each
 kind of problem, and pass a clean site."""
 
 from pathlib import Path
 
 import pytest
 
-from u2ad_core import sitecheck as SC
+from u2ad_core.book import sitecheck as SC
 
 
 def _site(root: Path, index_body: str, other_body: str = '<h1 id="top">Other</h1>') -> Path:

@@ -1,4 +1,4 @@
-"""Sweeps (u2ad_core.sweep) and results files (u2ad_core.results).
+"""Sweeps (u2ad_core.book.sweep) and results files (u2ad_core.book.results).
 
 The integration tests execute the tiny fixture notebook ``tests/fixtures/sweep_tiny.ipynb``
 with papermill on Dask LocalClusters of two single-threaded worker processes on 127.0.0.1
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from u2ad_core import results as R
-from u2ad_core import sweep as S
+from u2ad_core.book import results as R
+from u2ad_core.book import sweep as S
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_tiny.ipynb"
 
@@ -103,7 +103,7 @@ def test_ablation_grids_are_typed_and_paper_grid_is_table4():
     assert paper.mask_ratios[0] == 0.35 and paper.mask_ratios[-1] == 0.95 and len(paper.mask_ratios) == 7
     assert paper.grid_adapt_epochs is None  # never shrunk for the paper preset
     for name, g in S.ABLATION_GRIDS.items():
-        from u2ad_core.config import get_preset
+        from u2ad_core.core.config import get_preset
 
         assert get_preset(name).mc.k in g.k_values  # the preset's own K is a grid point
         assert set(g.downsample) == {2, 4} or name == "paper_ci"
@@ -200,7 +200,7 @@ def _fake_execute(behaviours, calls):
 
 
 def test_run_point_restarts_a_kernel_that_died_while_starting(tmp_path, monkeypatch, capsys):
-    from u2ad_core import book
+    from u2ad_core.book import build as book
 
     calls = []
     monkeypatch.setattr(book, "execute_notebook", _fake_execute(
@@ -220,7 +220,7 @@ def test_run_point_restarts_a_kernel_that_died_while_starting(tmp_path, monkeypa
 
 
 def test_run_point_never_reruns_a_failing_cell_or_a_kernel_that_died_later(tmp_path, monkeypatch):
-    from u2ad_core import book
+    from u2ad_core.book import build as book
 
     task = {"notebook": str(FIXTURE), "point_dir": str(tmp_path / "p"), "parameters": {}, "cwd": str(tmp_path),
             "point_id": "p0"}

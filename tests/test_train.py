@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core import train
-from u2ad_core.config import AdaptConfig, ModelConfig, TrainConfig, get_preset
-from u2ad_core.masking import patch_scores
-from u2ad_core.runtime import make_generator
+from u2ad_core.method import train
+from u2ad_core.core.config import AdaptConfig, ModelConfig, TrainConfig, get_preset
+from u2ad_core.method.masking import patch_scores
+from u2ad_core.core.runtime import make_generator
 
 SIZE = (32, 24)  # grid 4 x 3 patches of 8 px; the cord covers the middle column
 
@@ -316,7 +316,7 @@ def test_cli_pretrain_then_adapt(tmp_path, capsys):
     import json
 
     from u2ad_core.cli import main
-    from u2ad_core.datasets import SliceData
+    from u2ad_core.data.datasets import SliceData
 
     d = tiny_data(4)
     n = len(d.images)

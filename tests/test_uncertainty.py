@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from u2ad_core.bench import synthetic_images
-from u2ad_core.config import ModelConfig
-from u2ad_core.masking import n_masked
-from u2ad_core.model import EdgeMAE
-from u2ad_core.uncertainty import (
+from u2ad_core.experiments.bench import synthetic_images
+from u2ad_core.core.config import ModelConfig
+from u2ad_core.method.masking import n_masked
+from u2ad_core.method.model import EdgeMAE
+from u2ad_core.method.uncertainty import (
     MCResult,
     mc_plan,
     mc_uncertainty,
@@ -164,7 +164,7 @@ def test_bench_cli_is_registered_and_images_are_deterministic():
 
 def test_counts_come_from_the_executed_passes(trained, data, monkeypatch):
     """``counts`` is counted from the plan that ran: dropping a pass shows up in it."""
-    import u2ad_core.uncertainty as U
+    import u2ad_core.method.uncertainty as U
 
     x, roi = data
     real_plan = U.mc_plan
@@ -212,7 +212,7 @@ def test_mc_with_context_window_only_uses_the_window():
 
 
 def test_bench_op_split_and_overrides():
-    from u2ad_core.bench import op_split
+    from u2ad_core.experiments.bench import op_split
 
     m = tiny_model()
     x, roi = synthetic_images(2, SIZE, seed=1)

@@ -1,20 +1,21 @@
 """u2ad_core: the package behind the U2AD book.
 
-One module per idea:
+Folders are layers, listed bottom to top; a module imports only from its own folder or from the
+layers below it (``tests/test_architecture.py`` checks):
 
-- ``config``      typed presets (smoke / cpu / paper), defaults cite the paper
-- ``runtime``     devices, seeds, atomic writes, progress bars
-- ``phantom``     procedural cervical-spine phantom written as NIfTI cohorts
-- ``io``          NIfTI reading and layout detection (phantom, Spine Generic BIDS, authors')
-- ``preprocess``  reorient, slice, resample, crop, normalise -> dataset file; ``dataset``
-- ``pseudo``      pseudo-anomalies (paper Appendix A.1)
-- ``model``       EdgeMAE (masked-autoencoder ViT with an edge head)
-- ``masking``     random-ROI, EU-guided and AU-guided mask samplers
-- ``uncertainty`` Monte-Carlo engine (fast) and the paper's Algorithm 1 (reference)
-- ``train``       pretraining and two-stage uncertainty-guided adaptation
-- ``scoring``     anomaly maps, curves, segment and patient scores
-- ``evaluation``  cross-validated detection metrics
-- ``book``        executes the notebooks with papermill and builds the Jupyter Book
+- ``core/``        typed configuration and presets, devices and seeds, atomic files, the run
+                   store, label values, the run context
+- ``data/``        the phantom, NIfTI layouts, preprocessing, datasets, pseudo-anomalies,
+                   realism against real MRI, fetching the public real files
+- ``metrics/``     detection metrics and cross-validation, pixel / region metrics, label-free
+                   selection, reconstruction quality, verdict words
+- ``method/``      U2AD: EdgeMAE, mask samplers, the Monte-Carlo engine, training, scoring,
+                   inference
+- ``baselines/``   the other anomaly detectors, one module per method
+- ``detectors/``   supervised detectors trained from scratch
+- ``book/``        building the book, notebook set-up, sweeps, site checks, figures, widgets
+- ``experiments/`` what the chapters run: crossover grid, training budget, real MRI, benchmark
+- ``cli``          the ``u2ad`` command
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from u2ad_core.cli import main
 
 sys.exit(main())

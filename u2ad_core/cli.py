@@ -15,21 +15,21 @@ __all__ = ["main", "build_parser"]
 
 # module -> registers one or more subcommands (listed here in the order shown by --help)
 COMMAND_MODULES = (
-    "u2ad_core.book",  # book
-    "u2ad_core.phantom",  # phantom
-    "u2ad_core.preprocess",  # preprocess
-    "u2ad_core.bench",  # bench mc
-    "u2ad_core.train",  # pretrain, adapt
-    "u2ad_core.infer",  # infer
-    "u2ad_core.sweep",  # sweep
-    "u2ad_core.budget",  # budget
-    "u2ad_core.fetch",  # data fetch
-    "u2ad_core.sitecheck",  # sitecheck
+    "u2ad_core.book.build",  # book
+    "u2ad_core.data.phantom",  # phantom
+    "u2ad_core.data.preprocess",  # preprocess
+    "u2ad_core.experiments.bench",  # bench mc
+    "u2ad_core.method.train",  # pretrain, adapt
+    "u2ad_core.method.infer",  # infer
+    "u2ad_core.book.sweep",  # sweep
+    "u2ad_core.experiments.budget",  # budget
+    "u2ad_core.data.fetch",  # data fetch
+    "u2ad_core.book.sitecheck",  # sitecheck
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from u2ad_core import __version__
 
     parser = argparse.ArgumentParser(
         prog="u2ad",

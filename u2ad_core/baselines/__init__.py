@@ -40,7 +40,7 @@ Usage::
     model = fit("dae", preset, paths["spine_generic_like"], device, seed, ctx.run_dir)
     recon, maps = anomaly_maps("dae", model, data.middle(), device)
 
-Sizes per preset: :class:`u2ad_core.config.BaselineConfig` (``preset.baselines``).
+Sizes per preset: :class:`u2ad_core.core.config.BaselineConfig` (``preset.baselines``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AnoDDPMConfig, BaselineConfig
+from u2ad_core.core.config import AnoDDPMConfig, BaselineConfig
 from .common import Method, StepInfo
 from .nets import UNet
 

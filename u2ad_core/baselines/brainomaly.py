@@ -83,7 +83,7 @@ towards the generator's own outputs.
   instead of the original's random horizontal flip (a left-right flip of a sagittal spine
   slice swaps anterior and posterior);
 - the batch size, epochs and (in ``smoke`` / ``cpu``) the widths, residual blocks and critic
-  depth come from the preset (:class:`u2ad_core.config.BrainomalyConfig`); ``paper`` has the
+  depth come from the preset (:class:`u2ad_core.core.config.BrainomalyConfig`); ``paper`` has the
   original's sizes (generator 64 channels, 6 residual blocks; critic 64 channels, 6 levels);
 - the refiner's self-attention uses ``scaled_dot_product_attention`` with scale 1 (the same
   values as the explicit softmax, without the N x N matrix in memory: N = 16384 at 256 x 256);
@@ -103,7 +103,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BaselineConfig, BrainomalyConfig, to_dict
+from u2ad_core.core.config import BaselineConfig, BrainomalyConfig, to_dict
 from .common import Method, StepInfo
 from .fanogan import critic_step
 from .nets import _norm, channels, check_image_size, timestep_embedding

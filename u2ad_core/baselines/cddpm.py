@@ -95,7 +95,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BaselineConfig, CDDPMConfig
+from u2ad_core.core.config import BaselineConfig, CDDPMConfig
 from .anoddpm import AnoDDPM, linear_betas
 from .common import Method, StepInfo
 from .nets import ConvEncoder, UNet

@@ -30,12 +30,12 @@ Common interface (the same for both kinds)::
 
 ``recon`` is the reconstruction with the original pasted outside the cord (``None`` for the
 signal methods, which reconstruct nothing); ``maps`` is ``(N, H, W)`` float32, zero outside
-the cord: ``|x - recon|`` in the cord for the UAD methods (:func:`u2ad_core.scoring.anomaly_map`),
+the cord: ``|x - recon|`` in the cord for the UAD methods (:func:`u2ad_core.method.scoring.anomaly_map`),
 the method's own score for the signal methods. :func:`score_anomaly_maps` then applies the
-same post-processing, curve and scores as U2AD (:mod:`u2ad_core.scoring`), and
-:func:`evaluate_maps` the same cross-validation (:mod:`u2ad_core.evaluation`).
+same post-processing, curve and scores as U2AD (:mod:`u2ad_core.method.scoring`), and
+:func:`evaluate_maps` the same cross-validation (:mod:`u2ad_core.metrics`).
 
-Training runs are cached by the run store (:mod:`u2ad_core.runstore`), as U2AD's are: a run lives in
+Training runs are cached by the run store (:mod:`u2ad_core.core.runstore`), as U2AD's are: a run lives in
 ``run_dir / "baselines" / f"{name}-{hash}"`` where the hash covers the method and its
 configuration, the shared sizes, the number of epochs, the augmentation, the data arrays,
 the initial weights and the seed::
@@ -64,10 +64,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..config import BaselineConfig, Preset, get_preset, to_dict
-from ..datasets import data_hash
-from ..runstore import init_weights, load_state, open_run
-from ..runtime import make_generator, progress, resolve_device
+from u2ad_core.core.config import BaselineConfig, Preset, get_preset, to_dict
+from u2ad_core.data.datasets import data_hash
+from u2ad_core.core.runstore import init_weights, load_state, open_run
+from u2ad_core.core.runtime import make_generator, progress, resolve_device
 
 __all__ = [
     "Method",
@@ -197,13 +197,13 @@ def get_method(method: str | Method) -> Method:
 # --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _load_file(path: str, mtime_ns: int):
-    from ..datasets import load_dataset
+    from u2ad_core.data.datasets import load_dataset
 
     return load_dataset(path)
 
 
 def _load_data(data: Any):
-    """A dataset path (``.npz`` from :func:`u2ad_core.datasets.prepare_all`) or an object
+    """A dataset path (``.npz`` from :func:`u2ad_core.data.datasets.prepare_all`) or an object
     with ``images`` and ``cord`` ``(N, H, W)``. Files are read once per process (cached by
     path and modification time)."""
     if isinstance(data, (str, Path)):
@@ -262,7 +262,7 @@ def _init_identity(init: Any) -> tuple[dict[str, Any] | None, dict[str, torch.Te
     """(identity for the hash, state dict) of the initial weights (``None``: random init).
 
     init: ``None``, a :class:`BaselineRun`, a finished run directory / its ``model.pt``, or a
-    model (:func:`u2ad_core.runstore.init_weights`)."""
+    model (:func:`u2ad_core.core.runstore.init_weights`)."""
     if isinstance(init, BaselineRun):
         init = init.run_path if init.run_path is not None else init.model
     w = init_weights(init, files=("model.pt",))
@@ -428,7 +428,7 @@ def fit_run(
         g.set_state(state["generator"])
         start, history, wall_before = int(state["epoch"]), list(state["history"]), float(state["wall_s"])
 
-    from ..train import augment  # paper 4.3 augmentation, the same as U2AD's
+    from u2ad_core.method.train import augment  # paper 4.3 augmentation, the same as U2AD's
 
     images = torch.from_numpy(images_np)
     roi = torch.from_numpy(cord_np.astype(np.float32))
@@ -542,7 +542,7 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     score map, computed from the fields its ``Method.inputs`` names (a missing ``csf`` raises
     a ``ValueError``), 0 outside the cord.
     """
-    from ..scoring import anomaly_map
+    from u2ad_core.method.scoring import anomaly_map
 
     m = get_method(method)
     data, source = _load_data(data)
@@ -580,11 +580,11 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
 
     S1: pretrain on the healthy ``spine_generic_like`` cohort (shared by every cohort);
     S2: train from scratch on ``cohort`` (``adapt_epochs``); S3: the S1 model fine-tuned on
-    ``cohort``. ``cohort`` is any key of :func:`u2ad_core.datasets.prepare_all` other than the
+    ``cohort``. ``cohort`` is any key of :func:`u2ad_core.data.datasets.prepare_all` other than the
     healthy one (``renji_like``, ``ruijin_like``, ``pseudo``...). Signal methods return their
     :class:`SignalModel` for every strategy. ``paths``: the output of ``prepare_all`` when the
     caller already has it (otherwise it is called). Returns ``(model, run_path)`` like
-    :func:`u2ad_core.train.strategy_model`.
+    :func:`u2ad_core.method.train.strategy_model`.
 
     Paired methods (``Method.paired``, Brainomaly) need the healthy reference in every
     strategy: it is the healthy set of the pairs, and the strategy sets the target set (the
@@ -601,7 +601,7 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
     strategy (trained or reused) as ``init`` and trains on top of it on the same data, for the
     epochs of that model's last stage (S1 pretraining, S2 / S3 adaptation: :func:`stage_epochs`).
     """
-    from ..notebook import unpack_context
+    from u2ad_core.core.context import unpack_context
 
     preset, data_dir, run_dir, device, seed = unpack_context(ctx_or_preset, data_dir, run_dir, device, seed,
                                                              who="baselines.strategy_model")
@@ -611,7 +611,7 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
     if m.kind == "signal":
         return SignalModel(m.name, m.sub_config(preset.baselines)), None
     if paths is None:
-        from ..datasets import prepare_all
+        from u2ad_core.data.datasets import prepare_all
 
         paths = prepare_all(preset, data_dir, seed=preset.seed if seed is None else seed)
     if cohort == HEALTHY or cohort not in paths:
@@ -640,17 +640,17 @@ def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, 
 # Scoring and evaluation (the same as U2AD's)
 # --------------------------------------------------------------------------------------
 def score_anomaly_maps(maps: np.ndarray, data: Any, score_cfg=None, recon: np.ndarray | None = None):
-    """Score given anomaly maps with U2AD's pipeline (:mod:`u2ad_core.scoring`, paper 3.5).
+    """Score given anomaly maps with U2AD's pipeline (:mod:`u2ad_core.method.scoring`, paper 3.5).
 
     ``maps`` ``(N, H, W)`` raw maps (0 outside the cord) of the N slices of ``data`` (a
     ``SliceData`` with ``images``, ``cord``, ``segments`` and the per-slice metadata). The ROI
     is the cord eroded ``score_cfg.erode_cord`` times; then post-processing, curve, segment
-    and patient scores exactly as :func:`u2ad_core.scoring.score_maps` does from a
-    reconstruction. Returns a :class:`u2ad_core.scoring.ScoreResult` (``recon`` = ``recon``
+    and patient scores exactly as :func:`u2ad_core.method.scoring.score_maps` does from a
+    reconstruction. Returns a :class:`u2ad_core.method.scoring.ScoreResult` (``recon`` = ``recon``
     or the images, ``eu`` = None).
     """
-    from ..config import ScoreConfig
-    from ..scoring import (ScoreResult, anomaly_curve, centreline, cord_roi, curve_assignment,
+    from u2ad_core.core.config import ScoreConfig
+    from u2ad_core.method.scoring import (ScoreResult, anomaly_curve, centreline, cord_roi, curve_assignment,
                            point_segments, postprocess, scores_table)
 
     sc = score_cfg or ScoreConfig()
@@ -682,7 +682,7 @@ def evaluate_maps(maps: np.ndarray, data: Any, preset: Preset, recon: np.ndarray
 
     Returns ``(ScoreResult, CVResult, threshold_free dict)``.
     """
-    from ..evaluation import cross_validate, threshold_free
+    from u2ad_core.metrics import cross_validate, threshold_free
 
     res = score_anomaly_maps(maps, data, preset.score, recon)
     e = preset.eval
@@ -695,8 +695,8 @@ def results_row(cohort: str, strategy: str, model: str, cv, tf: Mapping[str, Any
                 **extra: Any) -> dict[str, Any]:
     """One results row in the layout of notebook 07's ``table1_u2ad.csv``: cohort, strategy,
     model, ``<metric>_mean`` / ``_std`` / ``_n_nan`` for every metric of
-    :func:`u2ad_core.evaluation.cross_validate`, the Table 1 cells as strings, AUROC/AUPRC."""
-    from ..evaluation import METRICS
+    :func:`u2ad_core.metrics.cross_validate`, the Table 1 cells as strings, AUROC/AUPRC."""
+    from u2ad_core.metrics import METRICS
 
     summ = cv.summary()
     row: dict[str, Any] = {"cohort": cohort, "strategy": strategy, "model": model}
@@ -719,7 +719,7 @@ def table_from_rows(rows, protocol: str = "paper", digits: int = 4, extra: tuple
     (e.g. ``"auroc"``) are appended as plain numbers."""
     import pandas as pd
 
-    from ..evaluation import TABLE1_COLUMNS, format_mean_std
+    from u2ad_core.metrics import TABLE1_COLUMNS, format_mean_std
 
     df = pd.DataFrame(rows)
     cols = pd.MultiIndex.from_tuples([(g, c) for g, c, _ in TABLE1_COLUMNS] + [("", e) for e in extra])

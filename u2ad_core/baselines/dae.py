@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import BaselineConfig
+from u2ad_core.core.config import BaselineConfig
 from .common import Method, StepInfo
 from .nets import UNet
 

@@ -5,7 +5,7 @@ Anomaly Detection in Brain MRI via Disentangled Anatomy Learning", arXiv:2512.21
 Its repository holds only a README ("The full code will be released soon"), so there is no
 code, equation or size to follow: this module implements the abstract's description, and every
 choice the description leaves open is listed (numbered, with the reason) at the end of this
-docstring. Sizes are in :class:`u2ad_core.config.DALConfig` (``preset.baselines.dal``).
+docstring. Sizes are in :class:`u2ad_core.core.config.DALConfig` (``preset.baselines.dal``).
 
 What the paper describes (abstract) and what is built here
 -----------------------------------------------------------
@@ -65,7 +65,7 @@ The paper works on brain MRI of nine public datasets; here single 2D sagittal T2
 the phantom, the whole slice reconstructed and its cord part used (the protocol of the other
 baselines, paper Appendix B.1), the anatomical prior is the cord mask instead of brain
 priors, the networks are the project's small U-Net (:class:`.nets.UNet`, the shared
-``width`` / ``levels`` of :class:`u2ad_core.config.BaselineConfig`) and the CPU presets
+``width`` / ``levels`` of :class:`u2ad_core.core.config.BaselineConfig`) and the CPU presets
 alternate the two modules' updates, so that a CPU trains it in about the time of the DAE and
 AnoDDPM baselines (two U-Nets instead of one: measured on one core, an epoch takes about as
 long as AnoDDPM's and 1.4-2x DAE's).
@@ -134,7 +134,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BaselineConfig, DALConfig
+from u2ad_core.core.config import BaselineConfig, DALConfig
 from .common import Method, StepInfo
 from .nets import UNet
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BaselineConfig
+from u2ad_core.core.config import BaselineConfig
 from .common import Method, StepInfo
 from .nets import ConvDecoder, ConvEncoder
 

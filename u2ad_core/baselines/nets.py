@@ -4,7 +4,7 @@ Every network here works on single-channel images ``(B, 1, H, W)`` whose sides a
 by ``2 ** levels``; channel widths start at ``width`` and double per level (capped at
 ``8 * width``). Sizes are not given in the paper (section 4.5 says only that the baselines
 follow their original papers and code); they are set per preset in
-:class:`u2ad_core.config.BaselineConfig`.
+:class:`u2ad_core.core.config.BaselineConfig`.
 
 - :class:`ConvEncoder`: ``levels`` stride-2 convs (the first straight from the image, so
   nothing runs at full resolution) -> flattened (or, with ``pool=True``, globally averaged)

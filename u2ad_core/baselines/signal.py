@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import SignalConfig
+from u2ad_core.core.config import SignalConfig
 from .common import Method
 
 __all__ = ["zscore_maps", "slic_maps", "dbscan_maps", "ZSCORE", "SLIC", "DBSCAN"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import BaselineConfig
+from u2ad_core.core.config import BaselineConfig
 from .common import Method, StepInfo
 from .nets import ConvDecoder, ConvEncoder
 

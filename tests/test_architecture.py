@@ -1,0 +1,116 @@
+"""The package's shape, checked by parsing its sources: imports point down the layers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "u2ad_core"
+
+# Bottom to top. A module may import from its own subpackage or from a lower layer, never from a
+# higher one or a peer on the same rank (baselines and detectors do not know each other).
+LAYERS = {
+    "core": 0,
+    "data": 1,
+    "metrics": 2,
+    "method": 3,
+    "baselines": 4,
+    "detectors": 4,
+    "book": 5,
+    "experiments": 6,
+    "cli": 7,
+    "__main__": 8,
+    "__init__": 8,
+}
+
+
+def _layer(module: str) -> str:
+    """'u2ad_core.method.train' -> 'method'; 'u2ad_core.cli' -> 'cli'; 'u2ad_core' -> '__init__'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
+    """(line, absolute module) of every ``u2ad_core`` import in the file, relative ones resolved;
+    ``module``: the file's dotted name (default: from its place in the package)."""
+    module = module or _module_name(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("u2ad_core")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("u2ad_core"):
+                if target == "u2ad_core" or target.count(".") == 1:  # from u2ad_core(.x) import y
+                    out += [(node.lineno, f"{target}.{a.name}") for a in node.names]
+                else:
+                    out.append((node.lineno, target))
+    return out
+
+
+def _sources() -> list[Path]:
+    return sorted(PKG.rglob("*.py"))
+
+
+def test_every_subpackage_has_a_layer():
+    for p in _sources():
+        layer = _layer(_module_name(p))
+        assert layer in LAYERS, f"{p.relative_to(PKG.parent)}: layer {layer!r} is not in LAYERS"
+
+
+def _violations(path: Path, module: str | None = None) -> list[str]:
+    module = module or _module_name(path)
+    here = _layer(module)
+    bad = []
+    for line, target in _imports(path, module):
+        there = _layer(target)
+        if there == here or there not in LAYERS:  # own subpackage; ``from u2ad_core import __version__``
+            continue
+        if LAYERS[there] >= LAYERS[here]:
+            bad.append(f"{module}:{line}: {here} imports {target} ({there})")
+    return bad
+
+
+def test_imports_point_down_the_layers():
+    bad = [v for p in _sources() for v in _violations(p)]
+    assert not bad, "imports that point up or sideways:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The rule is not vacuous: a data module importing the method layer (absolute or
+    relative) or a peer is caught; its own and lower layers pass."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from u2ad_core.method.train import pretrain\n"
+                     "from ..method import masking\n"
+                     "from ..core import config\n"
+                     "from .io import load_subject\n"
+                     "from u2ad_core import metrics\n")
+    bad = _violations(probe, "u2ad_core.data.probe")
+    assert [b.split(": ", 1)[1] for b in bad] == [
+        "data imports u2ad_core.method.train (method)",
+        "data imports u2ad_core.method.masking (method)",
+        "data imports u2ad_core.metrics (metrics)",
+    ]
+    peer = tmp_path / "peer.py"
+    peer.write_text("from u2ad_core.detectors import nets\n")
+    assert _violations(peer, "u2ad_core.baselines.peer")
+
+
+@pytest.mark.parametrize("layer", sorted(k for k in LAYERS if not k.startswith("_") and k != "cli"))
+def test_layer_is_a_folder(layer):
+    assert (PKG / layer / "__init__.py").is_file(), f"u2ad_core/{layer}/ is not a subpackage"

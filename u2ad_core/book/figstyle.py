@@ -1,0 +1,192 @@
+"""The book's figure standard: every figure is legible at the width the book shows it.
+
+A figure's smallest text must read at least :data:`MIN_RENDERED_PT` (8 pt) where the reader
+sees it. That size depends on three numbers, not one:
+
+- the smallest font size in the figure, in points of the figure (``f``);
+- the resolution it is drawn at (``dpi``; the book uses :data:`BOOK_DPI` = 120);
+- how much the page scales the image: an output image is never shown wider than the page
+  column, :data:`PAGE_IMAGE_PX` CSS pixels at a 1280-pixel-wide window (sphinx-book-theme 1.x,
+  measured in Chromium; the column is narrowest at that width, where the page's own table of
+  contents appears beside it).
+
+A PNG ``N`` pixels wide is shown ``min(N, PAGE_IMAGE_PX)`` CSS pixels wide; one CSS pixel is
+1/96 inch, so the smallest text renders at ``f * dpi / 96 * min(1, PAGE_IMAGE_PX / N)`` pt
+(:func:`rendered_pt`). With ``dpi = 120`` and ``f = 8`` a figure may be up to 825 pixels, about
+6.9 inches, wide; with ``f = 9`` about 7.7 inches (:func:`max_width_in`).
+
+:func:`use_book_figures` (called by :func:`u2ad_core.book.notebook.setup` inside a notebook kernel)
+sets the book's rcParams and makes every figure a notebook displays carry a record of its
+smallest font and dpi in the PNG (text chunks ``u2ad:min_font_pt`` and ``u2ad:dpi``), so that
+``u2ad sitecheck`` can check each image of the built book (:func:`read_record`).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BOOK_DPI", "MIN_RENDERED_PT", "PAGE_IMAGE_PX", "BOOK_RC", "min_font_pt", "rendered_pt",
+           "max_width_in", "figure_png", "add_png_text", "read_record", "use_book_figures",
+           "record_problems", "notebook_problems"]
+
+BOOK_DPI = 120
+MIN_RENDERED_PT = 8.0
+PAGE_IMAGE_PX = 660
+CSS_PX_PER_IN = 96.0
+BOOK_RC = {"figure.dpi": BOOK_DPI, "savefig.dpi": "figure", "font.size": 9.0}
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+KEY_FONT, KEY_DPI = "u2ad:min_font_pt", "u2ad:dpi"
+
+
+def min_font_pt(fig: Any) -> float | None:
+    """Smallest font size (pt) of the visible, non-empty text of a drawn figure (tick labels,
+    titles, legends, colour-bar labels, annotations); ``None`` when it has no text."""
+    from matplotlib.text import Text
+
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and _shown(t)]
+    return float(min(sizes)) if sizes else None
+
+
+def _shown(t: Any) -> bool:
+    """False for text that is not drawn: an invisible ancestor axes, or a tick label outside the
+    axis' view limits (matplotlib keeps those Text objects but does not draw them)."""
+    ax = t.axes
+    if ax is not None and not ax.get_visible():
+        return False
+    try:
+        bb = t.get_window_extent()
+    except Exception:  # noqa: BLE001 - text without a renderer yet
+        return True
+    return bb.width > 0 and bb.height > 0
+
+
+def rendered_pt(font_pt: float, dpi: float, width_px: int, shown_px: float | None = None) -> float:
+    """Size (pt) at which ``font_pt`` text of a ``dpi`` image ``width_px`` wide reads when the image is
+    shown ``shown_px`` CSS pixels wide (default: as the book shows it, at most :data:`PAGE_IMAGE_PX`)."""
+    shown = min(width_px, PAGE_IMAGE_PX) if shown_px is None else shown_px
+    return font_pt * dpi / CSS_PX_PER_IN * shown / width_px
+
+
+def max_width_in(font_pt: float = 8.0, dpi: float = BOOK_DPI) -> float:
+    """Widest figure (inches, as saved) whose ``font_pt`` text still renders at :data:`MIN_RENDERED_PT`."""
+    width_px = PAGE_IMAGE_PX * font_pt * dpi / CSS_PX_PER_IN / MIN_RENDERED_PT
+    return width_px / dpi
+
+
+def add_png_text(png: bytes, items: dict[str, str]) -> bytes:
+    """``png`` with a ``tEXt`` chunk per item inserted after its header chunk."""
+    if not png.startswith(_PNG_SIG):
+        raise ValueError("not a PNG")
+    ihdr_end = len(_PNG_SIG) + 8 + struct.unpack(">I", png[8:12])[0] + 4
+    chunks = b""
+    for k, v in items.items():
+        data = k.encode("latin-1") + b"\0" + v.encode("latin-1")
+        chunks += struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def read_record(png: bytes | str | Path) -> dict[str, Any]:
+    """``{"width_px", "dpi", "min_font_pt"}`` of a PNG (bytes or file); the last two are None when the
+    image carries no record (it was not drawn by a notebook using :func:`use_book_figures`)."""
+    data = Path(png).read_bytes() if isinstance(png, (str, Path)) else png
+    if not data.startswith(_PNG_SIG):
+        raise ValueError("not a PNG")
+    width = struct.unpack(">I", data[16:20])[0]
+    text: dict[str, str] = {}
+    pos = len(_PNG_SIG)
+    while pos + 8 <= len(data):
+        n, kind = struct.unpack(">I", data[pos:pos + 4])[0], data[pos + 4:pos + 8]
+        if kind == b"tEXt":
+            k, _, v = data[pos + 8:pos + 8 + n].partition(b"\0")
+            text[k.decode("latin-1")] = v.decode("latin-1")
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + n
+    font = text.get(KEY_FONT)
+    dpi = text.get(KEY_DPI)
+    return {"width_px": width, "dpi": float(dpi) if dpi else None,
+            "min_font_pt": (float(font) if font not in (None, "none") else None)}
+
+
+def figure_png(fig: Any, **kwargs: Any) -> bytes | None:
+    """The PNG a notebook shows for ``fig`` (IPython's ``print_figure``, tight bounding box), with the
+    figure's smallest font and dpi recorded in it; None for a figure with nothing drawn."""
+    from IPython.core.pylabtools import print_figure
+
+    dpi = kwargs.pop("dpi", None) or fig.dpi
+    png = print_figure(fig, "png", dpi=dpi, **kwargs)
+    if not png:
+        return png
+    font = min_font_pt(fig)  # after drawing: tick labels exist now
+    return add_png_text(png, {KEY_FONT: "none" if font is None else f"{font:g}", KEY_DPI: f"{dpi:g}"})
+
+
+def use_book_figures() -> bool:
+    """Apply :data:`BOOK_RC` and, inside IPython, show figures through :func:`figure_png`.
+
+    Returns True when the display hook was installed (inside a kernel), False elsewhere.
+    """
+    import matplotlib as mpl
+
+    mpl.rcParams.update(BOOK_RC)
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the notebooks
+        return False
+    ip = get_ipython()
+    if ip is None:
+        return False
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    # Load the backend now: the inline backend registers its own PNG formatter when it is first
+    # loaded, which would replace ours if that happened later.
+    plt.close(plt.figure())
+    mpl.rcParams.update(BOOK_RC)
+    ip.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+    return True
+
+
+def record_problems(rec: dict[str, Any], shown_px: float | None = None) -> list[str]:
+    """What breaks the book's figure standard in one PNG record (:func:`read_record`): no record,
+    dpi below :data:`BOOK_DPI`, smallest text under :data:`MIN_RENDERED_PT` when shown ``shown_px``
+    CSS px wide (default: as the book shows it). Empty when the figure is fine."""
+    if rec["dpi"] is None:
+        return ["no font record (draw it in a notebook that calls u2ad_core.book.notebook.setup, which installs "
+                "u2ad_core.book.figstyle)"]
+    out = []
+    if rec["dpi"] < BOOK_DPI:
+        out.append(f"{rec['dpi']:g} dpi (at least {BOOK_DPI})")
+    if rec["min_font_pt"] is not None:
+        pt = rendered_pt(rec["min_font_pt"], rec["dpi"], rec["width_px"], shown_px)
+        if pt < MIN_RENDERED_PT - 0.05:
+            shown = min(rec["width_px"], PAGE_IMAGE_PX) if shown_px is None else shown_px
+            out.append(f"its {rec['min_font_pt']:g}-pt text renders at {pt:.1f} pt ({rec['width_px']} px shown "
+                       f"{shown:.0f} px wide); make it at most {max_width_in(rec['min_font_pt'], rec['dpi']):.1f} in "
+                       "wide as saved, or its smallest text larger")
+    return out
+
+
+def notebook_problems(path: str | Path) -> tuple[list[str], int]:
+    """The legibility rule applied to the figures of an executed notebook, before any book is built:
+    ``(problems, figures checked)``; each problem names the cell (its index and first line)."""
+    import base64
+    import json
+
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    problems, n = [], 0
+    for i, cell in enumerate(nb.get("cells", [])):
+        first = "".join(cell.get("source", "")).strip().splitlines()[:1]
+        where = f"{Path(path).name} cell {i} ({first[0][:60] if first else 'empty'})"
+        for out in cell.get("outputs", []):
+            data = out.get("data", {}).get("image/png")
+            if not data:
+                continue
+            n += 1
+            rec = read_record(base64.b64decode("".join(data) if isinstance(data, list) else data))
+            problems += [f"{where}: {p}" for p in record_problems(rec)]
+    return problems, n

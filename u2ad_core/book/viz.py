@@ -1,0 +1,225 @@
+"""Shared plotting helpers (matplotlib): masks and segments over slices, anomaly curves.
+
+All functions draw on axes the caller passes (or create a small figure) and return them, so
+notebooks compose figures freely. Image arrays are ``(H, W)`` with rows = superior-inferior
+(top = cranial), as in the dataset files.
+
+- :func:`show_slice`: a slice with optional cord / lesion contours, an anomaly-map overlay
+  (with its colour bar) and segment boundaries (labelled at the right edge).
+- :func:`plot_curve`: an anomaly curve with segment bands, lesion segments shaded, an
+  optional threshold; ``vertical=True`` draws it beside a slice (rows on the y axis).
+- :func:`show_case`: slice + map + curve for one row of a :class:`~u2ad_core.method.scoring.ScoreResult`.
+- :func:`plot_roc_pr`: ROC and precision-recall curves of several score sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from u2ad_core.core.labels import SEGMENTS, parse_segments
+
+__all__ = ["segment_bounds", "show_slice", "plot_curve", "show_case", "plot_roc_pr", "grid"]
+
+LESION_COLOUR = "tab:red"
+CORD_COLOUR = "tab:cyan"
+SEGMENT_COLOURS = ("#e8eef7", "#f7f3e8")
+
+
+def grid(n: int, ncols: int = 4, size: tuple[float, float] = (2.2, 3.6), **kw):
+    """``(fig, axes)`` with ``n`` panels in rows of ``ncols`` (unused panels hidden)."""
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), dpi=120,
+                             squeeze=False, **kw)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()[:n]
+
+
+def segment_bounds(point_seg: np.ndarray) -> list[tuple[str, int, int]]:
+    """Runs of equal non-zero segment values along a curve: ``[(name, first_row, last_row)]``.
+
+    point_seg: ``(H,)`` int (0 none, 1..6), e.g. ``ScoreResult.point_segments[i]`` or the
+    per-row mode of a segment map.
+    """
+    point_seg = np.asarray(point_seg).astype(int)
+    out: list[tuple[str, int, int]] = []
+    start = None
+    for j, v in enumerate(np.r_[point_seg, 0]):
+        if start is not None and v != point_seg[start]:
+            out.append((SEGMENTS[point_seg[start] - 1], start, j - 1))
+            start = None
+        if start is None and v > 0 and j < len(point_seg):
+            start = j
+    return out
+
+
+def _rowwise_segments(segments: np.ndarray) -> np.ndarray:
+    """Per-row most frequent non-zero segment value of an ``(H, W)`` segment map."""
+    seg = np.asarray(segments).astype(int)
+    counts = np.stack([(seg == v).sum(1) for v in range(len(SEGMENTS) + 1)], 1)
+    counts[:, 0] = 0
+    out = counts.argmax(1)
+    out[counts.max(1) == 0] = 0
+    return out
+
+
+def show_slice(
+    image: np.ndarray,
+    ax=None,
+    cord: np.ndarray | None = None,
+    lesion: np.ndarray | None = None,
+    anomaly: np.ndarray | None = None,
+    segments: np.ndarray | None = None,
+    point_seg: np.ndarray | None = None,
+    centreline: np.ndarray | None = None,
+    title: str | None = None,
+    vmax: float | None = None,
+    label_segments: bool = True,
+):
+    """Draw a slice with overlays; returns the axes.
+
+    cord / lesion: ``(H, W)`` masks drawn as contours (cyan / red); anomaly: ``(H, W)`` map
+    shown with the ``hot`` colormap where > 0 (``vmax`` fixes its scale), with a colour bar
+    beside the axes; segments: ``(H, W)`` segment map or point_seg ``(H,)``: boundaries drawn
+    as short ticks with names; centreline: ``(H,)`` column per row (dotted line).
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(2.4, 4.0), dpi=120)
+    image = np.asarray(image, dtype=np.float32)
+    h, w = image.shape
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if anomaly is not None:
+        a = np.asarray(anomaly, dtype=np.float32)
+        top = float(vmax) if vmax else (float(a.max()) if a.max() > 0 else 1.0)
+        im = ax.imshow(np.ma.masked_less_equal(a, 0), cmap="hot", vmin=0, vmax=top, alpha=0.8,
+                       interpolation="nearest")
+        # segment names are written just right of the slice: leave them room before the colour bar
+        labels_right = label_segments and (point_seg is not None or segments is not None)
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.25 if labels_right else 0.02)
+        cb.ax.tick_params(labelsize=8)
+    if cord is not None and np.any(cord):
+        ax.contour(np.asarray(cord) > 0, levels=[0.5], colors=CORD_COLOUR, linewidths=0.6)
+    if lesion is not None and np.any(lesion):
+        ax.contour(np.asarray(lesion) > 0, levels=[0.5], colors=LESION_COLOUR, linewidths=0.9)
+    if centreline is not None:
+        ax.plot(centreline, np.arange(h), ":", color="white", lw=0.6)
+    if point_seg is None and segments is not None:
+        point_seg = _rowwise_segments(segments)
+    if point_seg is not None:
+        for name, a, b in segment_bounds(point_seg):
+            ax.plot([w - 5, w - 1], [a - 0.5, a - 0.5], color="yellow", lw=0.8)
+            if label_segments:
+                ax.text(w + 1, (a + b) / 2, name, va="center", ha="left", fontsize=8, clip_on=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def plot_curve(
+    curve: np.ndarray,
+    point_seg: np.ndarray | None = None,
+    ax=None,
+    lesion_segments: str | Sequence[str] = "",
+    threshold: float | None = None,
+    vertical: bool = False,
+    label: str | None = None,
+    colour: str = "k",
+    title: str | None = None,
+):
+    """Anomaly curve along the cord with segment bands (paper Figure 2 (e)); returns the axes.
+
+    curve: ``(H,)`` (NaN off the cord); point_seg: ``(H,)`` segment of each point; lesion
+    segments (``"C4-5;C5-6"`` or a list) are shaded red; ``threshold`` draws a dashed line.
+    ``vertical=True`` puts the rows on the y axis (top = cranial) to stand beside a slice.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 2.2) if not vertical else (1.8, 4.0), dpi=120)
+    curve = np.asarray(curve, dtype=np.float64)
+    rows = np.arange(len(curve))
+    lesions = parse_segments(lesion_segments) if isinstance(lesion_segments, str) else tuple(lesion_segments)
+    span = ax.axhspan if vertical else ax.axvspan
+    if point_seg is not None:
+        for k, (name, a, b) in enumerate(segment_bounds(point_seg)):
+            col = LESION_COLOUR if name in lesions else SEGMENT_COLOURS[k % 2]
+            span(a - 0.5, b + 0.5, color=col, alpha=0.25 if name in lesions else 1.0, lw=0)
+            txt = dict(fontsize=8, color=LESION_COLOUR if name in lesions else "0.3")
+            if vertical:
+                ax.text(1.02, (a + b) / 2, name, transform=ax.get_yaxis_transform(), va="center", **txt)
+            else:
+                # inside the axes, rotated: narrow segments' names neither overlap nor hit the title
+                ax.text((a + b) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                        rotation=90, **txt)
+    if vertical:
+        ax.plot(curve, rows, color=colour, lw=1.0, label=label)
+        ax.set_ylim(len(curve) - 0.5, -0.5)
+        ax.set_xlabel("anomaly", fontsize=8)
+        if threshold is not None:
+            ax.axvline(threshold, ls="--", color="tab:blue", lw=0.8)
+    else:
+        ax.plot(rows, curve, color=colour, lw=1.0, label=label)
+        ax.set_xlabel("position along the cord (row)", fontsize=8)
+        ax.set_ylabel("AnoCurve", fontsize=8)
+        if threshold is not None:
+            ax.axhline(threshold, ls="--", color="tab:blue", lw=0.8)
+    ax.tick_params(labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def show_case(result, data, i: int, axes=None, vmax: float | None = None, title: str | None = None):
+    """Slice ``i``: image with lesion / cord contours, the post-processed anomaly map, and the
+    anomaly curve beside it. ``result``: :class:`~u2ad_core.method.scoring.ScoreResult`; ``data``:
+    the :class:`~u2ad_core.data.datasets.SliceData` it was computed on. Returns the 3 axes."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(6.0, 3.6), dpi=120, gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    row = result.table.iloc[i]
+    lesion = np.asarray(data.lesion[i]) if getattr(data, "lesion", None) is not None else None
+    show_slice(data.images[i], axes[0], cord=result.roi[i], lesion=lesion,
+               point_seg=result.point_segments[i], title=title or f"{row['subject']}", label_segments=False)
+    show_slice(data.images[i], axes[1], anomaly=result.maps[i], lesion=lesion,
+               centreline=result.centreline[i], vmax=vmax, title="anomaly map")
+    plot_curve(result.curves[i], result.point_segments[i], axes[2], lesion_segments=row["lesion_segments"],
+               vertical=True, title=f"score {row['patient_score']:.3f}")
+    axes[2].set_ylim(result.curves.shape[1] - 0.5, -0.5)
+    return axes
+
+
+def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
+    """ROC and precision-recall curves; ``items``: name -> (labels, scores). Returns 2 axes."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), dpi=120, layout="constrained")
+    prevalence = None
+    for name, (y, s) in items.items():
+        y = np.asarray(y).astype(int)
+        s = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-np.inf)
+        s = np.where(np.isfinite(s), s, np.min(s[np.isfinite(s)]) - 1 if np.isfinite(s).any() else 0)
+        fpr, tpr, _ = roc_curve(y, s)
+        p, r, _ = precision_recall_curve(y, s)
+        axes[0].plot(fpr, tpr, lw=1.2, label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")
+        axes[1].plot(r, p, lw=1.2, label=f"{name} (AUPRC {average_precision_score(y, s):.3f})")
+        prevalence = y.mean()
+    axes[0].plot([0, 1], [0, 1], ":", color="0.5", lw=0.8)
+    if prevalence is not None:
+        axes[1].axhline(prevalence, ls=":", color="0.5", lw=0.8)
+    axes[0].set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (patients)")
+    axes[1].set(xlabel="recall", ylabel="precision", title="precision-recall (patients)")
+    for ax in axes:
+        ax.legend(fontsize=8, loc="lower right" if ax is axes[0] else "upper right")
+    return axes
