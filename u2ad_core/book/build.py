@@ -41,14 +41,19 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from u2ad_core.core.config import get_preset
-from u2ad_core.core.context import package_digest as _package_digest, repo_root
+from u2ad_core.core.context import package_digest as _package_digest
+from u2ad_core.core.context import repo_root
 from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
+from u2ad_core.data.datasets import prepare_all
 
 __all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "build_key",
            "solution_blocks", "with_solutions", "write_run_times", "repository", "launch_links", "set_repository",
@@ -126,7 +131,6 @@ def solution_blocks(nb: Any) -> list[str]:
     A solution is a ``{dropdown} Solution`` block (backtick or colon fence) in a markdown cell;
     every fenced ``python`` block inside it is code that runs after the notebook's own cells.
     """
-    import textwrap
 
     blocks: list[str] = []
     for cell in nb.cells:
@@ -156,7 +160,7 @@ def solution_blocks(nb: Any) -> list[str]:
 
 def with_solutions(src: Path, out: Path) -> int:
     """Write ``src`` plus one hidden code cell per solution block to ``out``; return their number."""
-    import nbformat
+    import nbformat  # here, not at the top: ~0.9 s to import, and every u2ad command imports this module
 
     nb = nbformat.read(src, as_version=4)
     blocks = solution_blocks(nb)
@@ -273,7 +277,7 @@ def execute_notebook(src: Path, out: Path, parameters: dict[str, Any], cwd: Path
 
     Raises :class:`NotebookFailed` naming the notebook and the failing cell.
     """
-    import papermill as pm
+    import papermill as pm  # here, not at the top: ~1.7 s to import, for every u2ad command
     from papermill.exceptions import PapermillExecutionError
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +304,7 @@ def _source_cell_number(executed: Path, cell_index: int | None) -> int | None:
     if cell_index is None:
         return None
     try:
-        import nbformat
+        import nbformat  # here: ~0.9 s to import (see execute_notebook)
 
         cells = nbformat.read(executed, as_version=4).cells[: cell_index + 1]
         injected = sum("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
@@ -362,7 +366,6 @@ _GITHUB = re.compile(r"https://github\.com/([\w.-]+)/([\w.-]+)")
 
 def repository(root: Path) -> tuple[str, str]:
     """``(url, branch)`` of ``repository`` in ``root/_config.yml`` (url "" when unset)."""
-    import yaml
 
     cfg = yaml.safe_load((Path(root) / "_config.yml").read_text(encoding="utf-8")) or {}
     repo = cfg.get("repository") or {}
@@ -426,7 +429,6 @@ def set_repository(root: Path, url: str, branch: str | None = None) -> list[Path
 
 
 def _check_toc(root: Path, executed: Sequence[Path]) -> None:
-    import yaml
 
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     files: list[str] = []
@@ -499,16 +501,11 @@ def build_book(
     t_all = time.perf_counter()
 
     if prepare_data:
-        try:
-            from u2ad_core.data.datasets import prepare_all
-        except ModuleNotFoundError:  # the data module has not landed
-            prepare_all = None
-        if prepare_all is not None:
-            t0 = time.perf_counter()
-            print("[data] generating / reusing phantom cohorts and dataset files ...", flush=True)
-            prepare_all(cfg, data_dir / preset, seed=seed)
-            result.seconds["data"] = time.perf_counter() - t0
-            print(f"[data] ok ({result.seconds['data']:.1f} s)", flush=True)
+        t0 = time.perf_counter()
+        print("[data] generating / reusing phantom cohorts and dataset files ...", flush=True)
+        prepare_all(cfg, data_dir / preset, seed=seed)
+        result.seconds["data"] = time.perf_counter() - t0
+        print(f"[data] ok ({result.seconds['data']:.1f} s)", flush=True)
 
     params = {"preset": preset, "device": dev, "seed": int(seed), "data_dir": str(data_dir),
               "run_dir": str(run_dir), "overrides": dict(overrides or {})}
@@ -576,7 +573,6 @@ def _cmd_book(args: argparse.Namespace) -> int:
         if not _:
             print(f"u2ad book: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
-        import yaml
 
         overrides[key] = yaml.safe_load(value)
     try:

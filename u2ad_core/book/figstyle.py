@@ -23,6 +23,8 @@ smallest font and dpi in the PNG (text chunks ``u2ad:min_font_pt`` and ``u2ad:dp
 
 from __future__ import annotations
 
+import base64
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -130,7 +132,7 @@ def use_book_figures() -> bool:
 
     Returns True when the display hook was installed (inside a kernel), False elsewhere.
     """
-    import matplotlib as mpl
+    import matplotlib as mpl  # matplotlib and IPython here: ~0.6 s that `u2ad sitecheck` does not need
 
     mpl.rcParams.update(BOOK_RC)
     try:
@@ -174,8 +176,6 @@ def record_problems(rec: dict[str, Any], shown_px: float | None = None) -> list[
 def notebook_problems(path: str | Path) -> tuple[list[str], int]:
     """The legibility rule applied to the figures of an executed notebook, before any book is built:
     ``(problems, figures checked)``; each problem names the cell (its index and first line)."""
-    import base64
-    import json
 
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
     problems, n = [], 0

@@ -1,7 +1,6 @@
 """Check a built HTML book the way a reader meets it: ``u2ad sitecheck _build/html [--browser]``.
 
 Static checks (no browser, always run by ``make test`` on the smoke book):
-
 - every ``<img>`` file exists and decodes (raster images through Pillow);
 - every internal link resolves: the target file exists and, for ``page.html#anchor``, the page
   has that ``id``;
@@ -28,10 +27,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from PIL import Image
 
 from u2ad_core.book import figstyle
 
@@ -182,8 +184,6 @@ def _decode_problem(f: Path) -> str | None:
         return "file missing"
     if f.suffix.lower() in RASTER:
         try:
-            from PIL import Image
-
             with Image.open(f) as im:
                 im.load()
         except Exception as exc:  # noqa: BLE001 - any decoder error is the finding
@@ -224,7 +224,6 @@ def render_page(path: Path, browser: str, width: int = 1280, timeout: float = 12
 
     Returns the rendered DOM and, per ``<img>``, its ``src``, natural width and shown width (CSS px).
     """
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="u2ad-sitecheck-") as tmp:
         frame = Path(tmp) / "frame.html"

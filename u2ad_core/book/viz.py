@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from u2ad_core.core.labels import SEGMENTS, parse_segments
 
@@ -29,7 +36,6 @@ SEGMENT_COLOURS = ("#e8eef7", "#f7f3e8")
 
 def grid(n: int, ncols: int = 4, size: tuple[float, float] = (2.2, 3.6), **kw):
     """``(fig, axes)`` with ``n`` panels in rows of ``ncols`` (unused panels hidden)."""
-    import matplotlib.pyplot as plt
 
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
@@ -88,7 +94,6 @@ def show_slice(
     beside the axes; segments: ``(H, W)`` segment map or point_seg ``(H,)``: boundaries drawn
     as short ticks with names; centreline: ``(H,)`` column per row (dotted line).
     """
-    import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(2.4, 4.0), dpi=120)
@@ -141,7 +146,6 @@ def plot_curve(
     segments (``"C4-5;C5-6"`` or a list) are shaded red; ``threshold`` draws a dashed line.
     ``vertical=True`` puts the rows on the y axis (top = cranial) to stand beside a slice.
     """
-    import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 2.2) if not vertical else (1.8, 4.0), dpi=120)
@@ -182,7 +186,6 @@ def show_case(result, data, i: int, axes=None, vmax: float | None = None, title:
     """Slice ``i``: image with lesion / cord contours, the post-processed anomaly map, and the
     anomaly curve beside it. ``result``: :class:`~u2ad_core.method.scoring.ScoreResult`; ``data``:
     the :class:`~u2ad_core.data.datasets.SliceData` it was computed on. Returns the 3 axes."""
-    import matplotlib.pyplot as plt
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(6.0, 3.6), dpi=120, gridspec_kw={"width_ratios": [1, 1, 0.8]})
@@ -200,8 +203,6 @@ def show_case(result, data, i: int, axes=None, vmax: float | None = None, title:
 
 def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
     """ROC and precision-recall curves; ``items``: name -> (labels, scores). Returns 2 axes."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), dpi=120, layout="constrained")

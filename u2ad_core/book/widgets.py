@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+import ipywidgets
+
 __all__ = ["headless", "interact"]
 
 
@@ -42,6 +44,5 @@ def interact(func: Callable[..., Any], defaults: dict[str, Any] | None = None, *
         kwargs = {k: _default(v) for k, v in specs.items()}
         kwargs.update(defaults or {})
         return func(**kwargs)
-    import ipywidgets
 
     return ipywidgets.interact(func, **specs)

@@ -2,7 +2,6 @@
 
 The real-MRI chapter (notebook 11) and a few tests use a handful of small, public, MIT-licensed
 files (:data:`MANIFEST`), the same as ``../shared/data/real/`` beside a project checkout:
-
 - from ``spinalcordtoolbox/sct_testing_data`` (copyright NeuroPoly, MIT): the ``t2/`` subject
   (a healthy 3D T2w crop with its manual cord mask, level-labelled cord, point labels and
   centreline), the same subject's whole-neck field of view from the repository's 2014 history,
@@ -18,7 +17,6 @@ Every file is downloaded from ``https://raw.githubusercontent.com/<repo>/<commit
 full-resolution PAM50 CSF mask) and exists in no repository: only ``--source`` provides it.
 
 How a file is fetched (:func:`fetch_file`):
-
 1. An existing file is re-verified (size and SHA-256); a good one is kept, a bad one is removed
    (it is never used) and fetched again.
 2. Bytes go to ``<name>.part`` beside the destination; a ``.part`` left by an interrupted
@@ -44,6 +42,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from u2ad_core.core.context import repo_root
 
 __all__ = [
     "FileEntry",
@@ -181,7 +181,6 @@ class FileResult:
 
 def default_dest() -> Path:
     """``data/real`` under the project root (git-ignored: ``data/*`` in ``.gitignore``)."""
-    from u2ad_core.core.context import repo_root
 
     return repo_root() / "data" / "real"
 

@@ -1,7 +1,6 @@
 """Reading cohorts of NIfTI volumes (or the authors' 2D arrays): layout detection, loading, clear errors.
 
 Four folder layouts are recognised automatically by :func:`detect_layout`:
-
 ``phantom``
     What :mod:`u2ad_core.data.phantom` writes: ``phantom.json``, ``participants.tsv`` and
     ``sub-<id>/sub-<id>_T2w.nii.gz`` + ``sub-<id>/sub-<id>_labels.nii.gz`` (label map).
@@ -32,12 +31,15 @@ Every problem raises :class:`DataError` naming the file and what is wrong.
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+from nibabel import orientations as O
 
 from u2ad_core.core import labels as L
 
@@ -150,7 +152,6 @@ def read_nifti(path: str | Path, what: str = "image"):
     corrupt file, a volume that is not 3D (trailing singleton dimensions are dropped), or
     (``what == "image"``) NaN / infinite / constant values.
     """
-    import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
@@ -179,7 +180,6 @@ def to_ras(data: np.ndarray, affine: np.ndarray):
 
     ``ornt`` is nibabel's orientation transform (row = stored axis: [RAS axis, flip]).
     """
-    from nibabel import orientations as O
 
     ornt = O.io_orientation(affine)
     out = O.apply_orientation(data, ornt)
@@ -203,7 +203,6 @@ def load_subject(sf: SubjectFiles) -> Volume:
     (missing labels), a file is unreadable / not 3D, an image is NaN or constant, a mask lies
     on another grid, or the cord mask is empty.
     """
-    import nibabel as nib
 
     if sf.problem:
         raise DataError(sf.problem)
@@ -388,8 +387,6 @@ def scan_cohort(root: str | Path) -> Cohort:
     subjects: list[SubjectFiles] = []
     meta: dict[str, Any] = {}
     if layout == "phantom":
-        import json
-
         meta = json.loads((root / "phantom.json").read_text())
         tsv = root / "participants.tsv"
         rows = {r["subject"]: r for r in _read_tsv(tsv)} if tsv.is_file() else {}

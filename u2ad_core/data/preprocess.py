@@ -2,7 +2,6 @@
 
 Per subject (:func:`preprocess_volume`), after :func:`u2ad_core.data.io.load_subject` has
 reoriented everything to RAS:
-
 1. **Middle slice**: the sagittal slice through the cord's lateral centroid; ``n_slices``
    consecutive slices around it (``slice_offset`` 0 is the middle; offsets ``-(n//2) ..``).
    A volume with fewer sagittal slices (the authors' 2D arrays: one) gives only the slices
@@ -50,9 +49,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from u2ad_core.core import labels as L
-from u2ad_core.core.config import DataConfig, config_hash
-from u2ad_core.data.io import DataError, DataWarning, SubjectFiles, Volume, load_subject, scan_cohort
+from u2ad_core.core.config import DataConfig, config_hash, get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, package_versions, progress
+from u2ad_core.data.io import DataError, DataWarning, SubjectFiles, Volume, load_subject, scan_cohort
 
 __all__ = [
     "PREPROCESS_VERSION",
@@ -447,8 +446,6 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
 # CLI
 # --------------------------------------------------------------------------------------
 def _cli(args: argparse.Namespace) -> int:
-    from u2ad_core.core.config import get_preset
-
     cfg = get_preset(args.preset).data
     n = args.n_slices if args.n_slices else getattr(cfg, f"slices_{args.purpose}")
     out = Path(args.out)

@@ -1,7 +1,6 @@
 """Pseudo-anomalies inside the cord (paper Appendix A.1, method.md section 7).
 
 For each 2D image, 1-3 elliptical regions are placed on the cord centre line:
-
 * width  = U(0.7, 1.0) x the local cord width ``w`` (measured across the cord axis),
 * length = U(1, 4) x ``w`` (this project reads "1-4 times the width" as the cord width
   ``w``, like the width; the ellipse's long axis follows the local cord axis),
@@ -23,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 
 __all__ = ["as_numpy_rng", "cord_axis", "add_pseudo_anomalies"]
@@ -38,8 +38,6 @@ def as_numpy_rng(rng: Any = None, generator: Any = None) -> np.random.Generator:
     if isinstance(rng, (int, np.integer)):
         return np.random.default_rng(int(rng))
     try:
-        import torch
-
         if isinstance(rng, torch.Generator):
             seed = int(torch.randint(0, 2**62, (1,), generator=rng).item())
             return np.random.default_rng(seed)
@@ -179,8 +177,6 @@ def add_pseudo_anomalies(images, cord, csf=None, rng: Any = None, generator: Any
         out[sl] = np.where(m_any, np.clip(vals, 0.0, 1.0), im)
         mask[sl] = m_any
     if is_torch:
-        import torch
-
         res = (torch.from_numpy(out), torch.from_numpy(mask))
     else:
         res = (out, mask)

@@ -40,6 +40,13 @@ from typing import Any
 
 import torch
 
+from u2ad_core.book.sweep import parse_value
+from u2ad_core.core.config import get_preset
+from u2ad_core.core.runtime import resolve_device
+from u2ad_core.method.masking import n_masked
+from u2ad_core.method.model import build_model, count_parameters
+from u2ad_core.method.uncertainty import CPU_MAX_TOKENS, _tokens_per_pass, mc_uncertainty, mc_uncertainty_reference
+
 __all__ = ["synthetic_images", "bench_mc", "op_split", "cli_register"]
 
 
@@ -114,7 +121,7 @@ _LINEAR_OPS = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul")
 
 def op_split(fn) -> dict[str, float]:
     """Self CPU seconds of ``fn()`` per category (attention / linear / other), torch profiler."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile  # here: ~1.4 s to import, for every u2ad command
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -141,10 +148,6 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
     overrides (e.g. ``{"model.context_radius": 3}``); ``profile_images``: images in the
     profiled run (default 4; 1 for ``paper``).
     """
-    from u2ad_core.core.config import get_preset
-    from u2ad_core.method.model import build_model, count_parameters
-    from u2ad_core.core.runtime import resolve_device
-    from u2ad_core.method.uncertainty import CPU_MAX_TOKENS, _tokens_per_pass, mc_uncertainty, mc_uncertainty_reference
 
     cfg = get_preset(preset, **(overrides or {}))
     k = int(k if k is not None else cfg.mc.k)
@@ -248,7 +251,6 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
 
 def _mean_tokens(model, roi: torch.Tensor, ratio: float) -> dict[str, float]:
     """Mean encoder / decoder tokens per MC pass (class token included) for these ROIs."""
-    from u2ad_core.method.masking import n_masked
 
     rp = model.roi_patches(roi)
     keep = model.context_patches(rp)
@@ -258,7 +260,6 @@ def _mean_tokens(model, roi: torch.Tensor, ratio: float) -> dict[str, float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from u2ad_core.book.sweep import parse_value
 
     overrides = {}
     for item in args.set or []:

@@ -1,7 +1,6 @@
 """``u2ad infer``: run a trained model on new data and write maps, curves and scores.
 
 Input is one of:
-
 - a preprocessed dataset file (``.npz``, see CONTRIBUTING.md);
 - one subject as NIfTI: a T2w volume plus its cord mask (``--mask``), optionally a label map
   with vertebral bodies / discs (``--labels``, the values of :mod:`u2ad_core.core.labels`) or a
@@ -20,7 +19,6 @@ NIfTI and array input go through the same preprocessing as the training data
 :class:`~u2ad_core.core.config.DataConfig` and the model's image size, so the outputs are the same.
 
 Outputs in ``--out`` (each written atomically)::
-
     maps.npz     images, maps (post-processed), raw_maps, recon (mean of K), eu, roi,
                  curves (N, H), point_segments (N, H), centreline (N, H), subject, slice_index
     curves.csv   long format: subject, slice, row, curve, segment
@@ -47,7 +45,17 @@ import pandas as pd
 
 from u2ad_core.core.config import get_preset, to_dict
 from u2ad_core.core.labels import SEGMENTS
-from u2ad_core.core.runtime import atomic_path, atomic_write_bytes, atomic_write_json, resolve_device
+from u2ad_core.core.runtime import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    resolve_device,
+)
+from u2ad_core.data.datasets import REQUIRED, SliceData, load_dataset
+from u2ad_core.data.io import DataError, SubjectFiles, scan_cohort
+from u2ad_core.data.preprocess import preprocess_subject
+from u2ad_core.method.scoring import score_dataset
+from u2ad_core.method.train import load_checkpoint
 
 __all__ = ["infer", "load_input", "write_outputs", "cli_register"]
 
@@ -90,16 +98,11 @@ def load_input(
         n = int(n_slices if n_slices is not None else data_cfg.slices_detect)
         return _load_subjects(p, data_cfg, n)
     if p.suffix == ".npz":
-        from u2ad_core.data.datasets import load_dataset
-
         data = load_dataset(p)
         return data.middle() if middle_only else data
     if _is_nifti(p):
         if mask is None:
             raise ValueError(f"--input {p} is NIfTI: pass its cord mask with --mask PATH")
-        from u2ad_core.data.datasets import REQUIRED, SliceData
-        from u2ad_core.data.io import SubjectFiles
-        from u2ad_core.data.preprocess import preprocess_subject
 
         for what, q in (("--mask", mask), ("--labels", labels), ("--levels", levels)):
             if q is not None and not Path(q).is_file():
@@ -125,9 +128,6 @@ def _load_subjects(p: Path, data_cfg, n_slices: int):
     label) are skipped and listed in ``manifest["skipped"]`` as ``{"subject", "error"}``; when
     every subject fails the first errors are raised as one ``DataError``.
     """
-    from u2ad_core.data.datasets import REQUIRED, SliceData
-    from u2ad_core.data.io import DataError, SubjectFiles, scan_cohort
-    from u2ad_core.data.preprocess import preprocess_subject
 
     if p.is_dir():
         subjects = scan_cohort(p).subjects
@@ -218,8 +218,6 @@ def infer(
     preprocessing of NIfTI input); the model configuration comes from the checkpoint.
     Returns ``(result, paths)``.
     """
-    from u2ad_core.method.scoring import score_dataset
-    from u2ad_core.method.train import load_checkpoint
 
     t0 = time.perf_counter()
     cfg = get_preset(preset)

@@ -4,7 +4,6 @@ Shapes: ``B`` images, ``L = (H / p) * (W / p)`` patches in row-major order (the 
 :meth:`u2ad_core.method.model.EdgeMAE.patchify`), masks are ``bool (B, L)`` with ``True`` = masked.
 
 Common rules (method.md sections 2 and 4):
-
 * Only ROI patches (any ROI pixel inside the patch) are ever masked; every non-ROI patch
   stays visible as context.
 * Each image masks exactly ``round(r * n_roi)`` of its *own* ROI patches (half-up rounding,
@@ -16,7 +15,6 @@ Common rules (method.md sections 2 and 4):
   :func:`u2ad_core.core.runtime.seed_everything`).
 
 Samplers (one interface, for the training loop)::
-
     sampler = make_sampler("eu", preset.masking)
     mask = sampler.sample(roi_patches, generator, eu_scores=patch_scores(eu, p))
 
@@ -52,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from u2ad_core.core.config import MaskingConfig
 
@@ -320,7 +319,6 @@ def au_protected_patches(
     number the surviving components of each image by descending score (1 = best; the
     protected ones are 1..top_k; 0 = background). Runs on the CPU (scipy), returns CPU tensors.
     """
-    from scipy import ndimage
 
     au = _squeeze_channel(_as_tensor(au_map, "au_map"), "au_map").detach().float().cpu().numpy()
     rm = _squeeze_channel(_as_tensor(roi, "roi"), "roi").detach().cpu().numpy() > 0

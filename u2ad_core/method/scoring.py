@@ -3,7 +3,6 @@
 Paper section 3.5 and method.md section 5 (this part is absent from the authors' code).
 Everything below works on stacks of N slices at once (numpy arrays ``(N, H, W)``, H = rows
 = superior-inferior, W = columns = anterior-posterior):
-
 1. **ROI** -- the cord mask, optionally eroded ``erode_cord`` times (:func:`cord_roi`). The
    lesion ground truth is never used to build it.
 2. **Anomaly map** -- ``|x - mean of K MC reconstructions|`` inside the ROI, 0 outside
@@ -44,8 +43,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from u2ad_core.core.config import ScoreConfig
+from u2ad_core.core.config import ScoreConfig, to_dict
 from u2ad_core.core.labels import SEGMENTS
+from u2ad_core.core.runtime import make_generator
+from u2ad_core.method.uncertainty import mc_uncertainty
 
 __all__ = [
     "ScoreResult",
@@ -415,7 +416,6 @@ def score_maps(
     else:
         line = centreline(roi, score_cfg.centreline_sigma)
     table = scores_table(curves, pseg, patient_span=score_cfg.patient_span, **(meta or {}))
-    from u2ad_core.core.config import to_dict
 
     return ScoreResult(
         maps=maps, raw_maps=raw, roi=roi, curves=curves, point_segments=pseg,
@@ -462,9 +462,6 @@ def score_dataset(
     else:
         k = int(mc_k if mc_k is not None else score_cfg.k)
     if mc is None:
-        from u2ad_core.core.runtime import make_generator
-        from u2ad_core.method.uncertainty import mc_uncertainty
-
         mc = mc_uncertainty(
             model, images, cord > 0, k=k, mask_ratio=mask_ratio, generator=make_generator(seed),
             ddof=ddof, batch_size=batch_size, device=device, progress=progress,

@@ -5,7 +5,6 @@ of the K reconstructions is ``mean``, their variance is ``eu`` (``ddof=1``: the 
 unbiased variance; the authors' code uses ``ddof=0``) and ``au = |x - mean|``.
 
 Two engines give the same estimator:
-
 * :func:`mc_uncertainty` (fast). Every pass masks exactly ``m = round(r * n_roi)`` of the
   image's ROI patches (like training; at least 1). The passes of an image come from one
   cyclic sequence of ``K`` random permutations of its ROI patches, cut into consecutive
@@ -35,13 +34,13 @@ images without ROI patches get no pass at all. Results are float32 CPU tensors.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from u2ad_core.core.runtime import progress as _progress
 from u2ad_core.method.masking import _uniform, n_masked, random_roi_mask
 
 __all__ = [
@@ -276,8 +275,6 @@ def mc_uncertainty(
         batch_size = min(int(batch_size), max(1, CPU_MAX_TOKENS // _tokens_per_pass(model, roi_p)))
     bar = None
     if progress:
-        from u2ad_core.core.runtime import progress as _progress
-
         n = roi_p.sum(1)
         m = n_masked(n, mask_ratio).clamp(min=1)
         bar = _progress(total=int(torch.where(n > 0, (k * n + m - 1) // m, 0).sum()), desc="MC passes")
