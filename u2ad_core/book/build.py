@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.context import package_digest as _package_digest, repo_root
 from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
 

@@ -447,7 +447,7 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
 # CLI
 # --------------------------------------------------------------------------------------
 def _cli(args: argparse.Namespace) -> int:
-    from u2ad_core.core.config import get_preset
+    from u2ad_core.core.presets import get_preset
 
     cfg = get_preset(args.preset).data
     n = args.n_slices if args.n_slices else getattr(cfg, f"slices_{args.purpose}")

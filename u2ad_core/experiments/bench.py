@@ -141,7 +141,7 @@ def bench_mc(preset: str = "cpu", k: int | None = None, n_images: int | None = N
     overrides (e.g. ``{"model.context_radius": 3}``); ``profile_images``: images in the
     profiled run (default 4; 1 for ``paper``).
     """
-    from u2ad_core.core.config import get_preset
+    from u2ad_core.core.presets import get_preset
     from u2ad_core.method.model import build_model, count_parameters
     from u2ad_core.core.runtime import resolve_device
     from u2ad_core.method.uncertainty import CPU_MAX_TOKENS, _tokens_per_pass, mc_uncertainty, mc_uncertainty_reference
