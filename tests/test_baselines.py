@@ -19,7 +19,7 @@ from u2ad_core.baselines.anoddpm import linear_betas, simplex_noise
 from u2ad_core.baselines.dae import coarse_noise
 from u2ad_core.baselines.fanogan import gan_epochs
 from u2ad_core.baselines.signal import dbscan_maps, slic_maps, zscore_maps
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import make_generator
 
 H, W = 48, 32

@@ -18,7 +18,7 @@ from u2ad_core.baselines import (BASELINES, NEW_METHODS, UAD_METHODS, anomaly_ma
                                  strategy_model)
 from u2ad_core.baselines import brainomaly as bm
 from u2ad_core.baselines.common import StepInfo
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import make_generator
 
 H, W = 32, 16

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from u2ad_core.experiments import budget as B
-from u2ad_core.core.config import PRESETS, get_preset
+from u2ad_core.core.presets import PRESETS, get_preset
 from u2ad_core.core.runstore import train_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,12 @@ def test_bad_factor_is_a_clear_error(bad):
 
 
 def test_every_preset_has_a_grid_with_the_book_budget():
-    for name in PRESETS:
-        g = B.budget_grid(name)
+    grids = {name: get_preset(name).grids.budget for name in PRESETS}
+    for g in grids.values():
         assert 1.0 in g.factors and len(g.factors) >= 2
-    assert not B.budget_grid("cpu").in_book and B.budget_grid("cpu").minutes_estimate
-    assert B.budget_grid("smoke").in_book and B.budget_grid("paper_ci").in_book and B.budget_grid("paper").in_book
+    assert not grids["cpu"].in_book and grids["cpu"].minutes_estimate
+    assert grids["smoke"].in_book and grids["paper_ci"].in_book and grids["paper"].in_book
+    assert grids["paper"].factors == (0.5, 1.0, 2.0, 4.0) and grids["paper_ci"].factors == (0.5, 1.0)
 
 
 def _table(s3_auroc: dict[float, float], std: float = 0.02) -> pd.DataFrame:

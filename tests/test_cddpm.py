@@ -17,7 +17,8 @@ from u2ad_core.baselines import BASELINES, NEW_METHODS, UAD_METHODS, anomaly_map
 from u2ad_core.baselines.anoddpm import AnoDDPM
 from u2ad_core.baselines.cddpm import CDDPM, cosine_betas, roi_median
 from u2ad_core.baselines.common import StepInfo
-from u2ad_core.core.config import CDDPMConfig, get_preset
+from u2ad_core.core.config import CDDPMConfig
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import make_generator
 
 H, W = 48, 32

@@ -1,8 +1,11 @@
 import json
+from dataclasses import fields, replace
 
 import pytest
 
-from u2ad_core.core.config import MODEL_AUTHORS, MODEL_PAPER, PRESETS, config_hash, get_preset
+from u2ad_core.core.config import COHORTS, MODEL_AUTHORS, MODEL_PAPER, CohortSizes, GridsConfig, config_hash
+from u2ad_core.core.presets import PAPER_CI_OVERRIDES, PRESETS, Preset, get_preset
+from u2ad_core.data.phantom import COHORTS as SPECS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -50,12 +53,6 @@ def test_bad_overrides_are_clear():
 def test_paper_ci_keeps_what_only_paper_does():
     """``paper_ci`` = ``paper`` + PAPER_CI_OVERRIDES: the paper's model, geometry and protocol
     switches, with small sizes only."""
-    from dataclasses import replace
-
-    from u2ad_core.core.config import PAPER_CI_OVERRIDES
-    from u2ad_core.experiments.crossover import crossover_grid
-    from u2ad_core.book.sweep import ablation_grid
-
     paper, ci = get_preset("paper"), get_preset("paper_ci")
     assert ci.model == replace(paper.model, depth=2, decoder_depth=1) and ci.model.context_radius is None
     assert (ci.data.image_size, ci.data.crop, ci.data.pixel_mm) == (paper.data.image_size, "centre", 1.0)
@@ -63,7 +60,54 @@ def test_paper_ci_keeps_what_only_paper_does():
     assert ci.baselines.s2_methods == paper.baselines.s2_methods and ci.baselines.pseudo_strategy == "S3"
     assert ci.eval.n_folds == paper.eval.n_folds and ci.masking == paper.masking
     assert get_preset("paper", **PAPER_CI_OVERRIDES).to_dict() | {"name": "paper_ci"} == ci.to_dict()
-    ag, pg = ablation_grid("paper_ci"), ablation_grid("paper")
+    ag, pg = ci.grids.ablation, paper.grids.ablation
     assert ag.grid_adapt_epochs is None and ag.cv_repeats is None and ag.grid_cohort == pg.grid_cohort
-    assert ci.mc.k in ag.k_values
-    assert crossover_grid("paper_ci").s3_points == "all"
+    assert ag.table3_cohorts == ag.control_cohorts == COHORTS
+    assert ci.mc.k in ag.k_values and len(ag.k_values) < len(pg.k_values)
+    assert ci.grids.crossover.s3_points == "all" and ci.grids.crossover.cohort == paper.grids.crossover.cohort
+
+
+def test_presets_are_dotted_overrides_on_the_paper_defaults():
+    assert get_preset("paper") == Preset(name="paper") and PRESETS["paper"] == {}
+    assert get_preset("paper").grids == GridsConfig() and get_preset("paper").model == MODEL_PAPER
+    for name, overrides in PRESETS.items():
+        assert all("." in k for k in overrides), name  # one way to write a preset: dotted keys only
+        assert get_preset(name) == Preset(name=name).override(**overrides)
+
+
+@pytest.mark.parametrize("key, value, read", [
+    ("grids.ablation.taus", [0.5, 2], lambda p: p.grids.ablation.taus),
+    ("grids.crossover.conspicuity", ["faint"], lambda p: p.grids.crossover.conspicuity),
+    ("grids.budget.factors", [1, 3], lambda p: p.grids.budget.factors),
+    ("grids.budget.in_book", "true", lambda p: p.grids.budget.in_book),
+])
+def test_grids_are_preset_fields_in_the_hash(key, value, read):
+    base = get_preset("cpu")
+    p = get_preset("cpu", **{key: value})
+    assert read(p) != read(base) and isinstance(read(p), type(read(base)))
+    assert p.hash() != base.hash()
+    # the grids are not in any run's hash: the sub-configs that training hashes are unchanged
+    for sub in ("data", "model", "masking", "mc", "pretrain", "adapt", "score", "eval", "baselines", "detectors"):
+        assert config_hash(getattr(p, sub)) == config_hash(getattr(base, sub)), sub
+    assert base.override(**{key: value}) == p
+
+
+def test_grids_override_as_a_nested_dict_and_reject_unknown_fields():
+    p = get_preset("smoke", grids={"budget": {"factors": [0.5, 1, 2]}, "crossover": {"s3_points": "all"}})
+    assert p.grids.budget.factors == (0.5, 1.0, 2.0) and p.grids.crossover.s3_points == "all"
+    assert p.grids.ablation == get_preset("smoke").grids.ablation
+    with pytest.raises(KeyError, match="unknown config field 'grids.ablation.tau'"):
+        get_preset("smoke", **{"grids.ablation.tau": [1.0]})
+
+
+def test_each_preset_has_its_own_grids():
+    g = {name: get_preset(name).grids for name in PRESETS}
+    assert g["cpu"].budget.in_book is False and g["cpu"].budget.minutes_estimate == 62.0
+    assert g["smoke"].ablation.cv_repeats == 2 and g["cpu"].ablation.cv_repeats is None
+    assert g["smoke"].crossover.s3_points == g["cpu"].crossover.s3_points == ()
+    assert len({config_hash(x) for x in g.values()}) == len(g)  # four different grid sets
+
+
+def test_cohorts_are_the_clinical_phantom_cohorts():
+    assert COHORTS == tuple(n for n, spec in SPECS.items() if spec.diagnosis == "DCM")
+    assert set(COHORTS) < {f.name for f in fields(CohortSizes)}

@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 
 from u2ad_core.experiments import crossover as X
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.config import CrossoverGrid
+from u2ad_core.core.presets import PRESETS, get_preset
 from u2ad_core.core.context import code_version
 
 
 def test_grids_are_valid_preset_overrides():
-    for name, g in X.CROSSOVER_GRIDS.items():
+    for name in PRESETS:
+        g = get_preset(name).grids.crossover
         grid = g.grid()
         assert list(grid) == list(X.KNOBS)
         for c in grid["data.phantom.lesion_conspicuity"]:
@@ -21,16 +23,17 @@ def test_grids_are_valid_preset_overrides():
                     get_preset("smoke", **{X.KNOBS[0]: c, X.KNOBS[1]: k, X.KNOBS[2]: a})  # raises if invalid
         for sub in g.s3_grids():
             assert sub["s3"] == [True]
-    assert X.crossover_grid("unknown") == X.CROSSOVER_GRIDS["paper"]
+    assert get_preset("paper").grids.crossover == CrossoverGrid()  # the paper preset: the full grid
+    assert len(CrossoverGrid().grid()[X.KNOBS[0]]) == 3 and get_preset("cpu").grids.crossover.s3_points == ()
 
 
 def test_s3_grids_cover_exactly_the_s3_points():
-    g = X.CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical", "strong"), artefacts=(True,),
-                        s3_points=(("faint", "clinical", True), ("intense", "strong", True)))
+    g = CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical", "strong"), artefacts=(True,),
+                      s3_points=(("faint", "clinical", True), ("intense", "strong", True)))
     grids = g.s3_grids()
     pts = {(gr[X.KNOBS[0]][0], gr[X.KNOBS[1]][0], gr[X.KNOBS[2]][0]) for gr in grids}
     assert len(grids) == 2 and pts == set(g.s3_points)  # not a product: one grid per point
-    full = X.CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical",), artefacts=(False, True))
+    full = CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical",), artefacts=(False, True))
     assert len(full.s3_grids()) == 1 and len(full.s3_list()) == 4
 
 

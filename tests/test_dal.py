@@ -15,7 +15,7 @@ from u2ad_core.baselines import BASELINES, NEW_METHODS, UAD_METHODS, anomaly_map
 from u2ad_core.baselines.common import StepInfo
 from u2ad_core.baselines.dal import (DAL, anatomy_edges, class_labels, class_statistics, dal_losses, step_part,
                                      straight_through_onehot)
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import make_generator
 
 H, W = 32, 32

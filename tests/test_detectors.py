@@ -11,7 +11,8 @@ import torch
 
 from u2ad_core import detectors as dt
 from u2ad_core import metrics as ev
-from u2ad_core.core.config import DetectorConfig, get_preset
+from u2ad_core.core.config import DetectorConfig
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import SliceData
 from u2ad_core.core.labels import SEGMENTS
 

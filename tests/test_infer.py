@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 nib = pytest.importorskip("nibabel")
 
 from u2ad_core.cli import main  # noqa: E402
-from u2ad_core.core.config import get_preset  # noqa: E402
+from u2ad_core.core.presets import get_preset  # noqa: E402
 from u2ad_core.core.labels import SEGMENTS  # noqa: E402
 
 # a tiny model on the smoke preset's image size (128 x 48, patch 8)

@@ -14,7 +14,8 @@ import pytest
 
 from u2ad_core.core import labels as L
 from u2ad_core.data import phantom as P
-from u2ad_core.core.config import CohortSizes, DataConfig, get_preset
+from u2ad_core.core.config import CohortSizes, DataConfig
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import SliceDataset, load_dataset, prepare_all
 from u2ad_core.data.io import DataError, SubjectFiles, detect_layout, load_subject, scan_cohort
 from u2ad_core.data.preprocess import preprocess_cohort, preprocess_subject, slice_offsets

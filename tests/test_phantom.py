@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 
 from u2ad_core.core import labels as L
 from u2ad_core.data import phantom as P
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.realism import measure_slice
 
 SMOKE = get_preset("smoke").data

@@ -15,7 +15,7 @@ import pytest
 from u2ad_core.core import labels as L
 from u2ad_core.data import phantom as P
 from u2ad_core.data import realism as R
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import load_dataset
 from u2ad_core.data.io import AUTHORS_PIXEL_MM, DataWarning, SubjectFiles, detect_layout, load_subject, scan_cohort
 from u2ad_core.data.preprocess import preprocess_cohort, preprocess_subject

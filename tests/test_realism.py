@@ -11,7 +11,7 @@ import pytest
 
 from u2ad_core.core import labels as L
 from u2ad_core.data import realism as R
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import SliceData
 from u2ad_core.data.io import AUTHORS_PIXEL_MM
 from u2ad_core.core.context import repo_root

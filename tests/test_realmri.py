@@ -15,7 +15,7 @@ import pytest
 
 from u2ad_core.data import fetch as F
 from u2ad_core.experiments import realmri as RM
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import SliceData
 from u2ad_core.data.io import DataError
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from u2ad_core.core import runstore
-from u2ad_core.core.config import config_hash, get_preset
+from u2ad_core.core.config import config_hash
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import make_generator
 
 SPEC = {"format": 1, "method": "toy", "lr": 0.1, "seed": 0}

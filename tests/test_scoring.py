@@ -188,7 +188,7 @@ def test_score_dataset_runs_one_batched_mc_and_is_seeded():
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
-    from u2ad_core.core.config import get_preset
+    from u2ad_core.core.presets import get_preset
     from u2ad_core.method.model import build_model
 
     cfg = get_preset("smoke")

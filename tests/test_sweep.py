@@ -15,6 +15,7 @@ import pytest
 
 from u2ad_core.book import results as R
 from u2ad_core.book import sweep as S
+from u2ad_core.core.presets import PRESETS, get_preset
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_tiny.ipynb"
 
@@ -96,21 +97,21 @@ def test_plan_routes_dotted_names_to_overrides_and_validates(tmp_path):
 
 
 def test_ablation_grids_are_typed_and_paper_grid_is_table4():
-    assert set(S.ABLATION_GRIDS) == {"smoke", "cpu", "paper", "paper_ci"}
-    paper = S.ABLATION_GRIDS["paper"]
+    assert set(PRESETS) == {"smoke", "cpu", "paper", "paper_ci"}
+    grids = {name: get_preset(name).grids.ablation for name in PRESETS}
+    paper = grids["paper"]
     assert paper.k_values == (3, 5, 10, 15, 20)
     assert paper.taus == (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
     assert paper.mask_ratios[0] == 0.35 and paper.mask_ratios[-1] == 0.95 and len(paper.mask_ratios) == 7
     assert paper.grid_adapt_epochs is None  # never shrunk for the paper preset
-    for name, g in S.ABLATION_GRIDS.items():
-        from u2ad_core.core.config import get_preset
-
+    for name, g in grids.items():
         assert get_preset(name).mc.k in g.k_values  # the preset's own K is a grid point
         assert set(g.downsample) == {2, 4} or name == "paper_ci"
         assert "renji_like" in g.table3_cohorts and set(g.control_cohorts) <= set(g.table3_cohorts)
     for name in ("paper", "paper_ci", "smoke"):  # Table 3 and its controls on both clinical cohorts
-        assert S.ABLATION_GRIDS[name].table3_cohorts == S.ABLATION_GRIDS[name].control_cohorts == (
+        assert grids[name].table3_cohorts == grids[name].control_cohorts == (
             "renji_like", "ruijin_like")
+    assert grids["cpu"].table3_cohorts == ("renji_like",) and grids["cpu"].grid_adapt_epochs == 2
 
 
 # --------------------------------------------------------------------------------------

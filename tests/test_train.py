@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from u2ad_core.method import train
-from u2ad_core.core.config import AdaptConfig, ModelConfig, TrainConfig, get_preset
+from u2ad_core.core.config import AdaptConfig, ModelConfig, TrainConfig
+from u2ad_core.core.presets import get_preset
 from u2ad_core.method.masking import patch_scores
 from u2ad_core.core.runtime import make_generator
 

@@ -64,7 +64,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from u2ad_core.core.config import BaselineConfig, Preset, get_preset, to_dict
+from u2ad_core.core.config import BaselineConfig, to_dict
+from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.data.datasets import data_hash
 from u2ad_core.core.runstore import init_weights, load_state, open_run
 from u2ad_core.core.runtime import make_generator, progress, resolve_device

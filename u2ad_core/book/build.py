@@ -49,9 +49,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from u2ad_core.core.config import get_preset
 from u2ad_core.core.context import package_digest as _package_digest
 from u2ad_core.core.context import repo_root
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
 from u2ad_core.data.datasets import prepare_all
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from u2ad_core.book.figstyle import use_book_figures
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.context import RunContext, repo_root
 from u2ad_core.core.runtime import package_versions, resolve_device, seed_everything
 

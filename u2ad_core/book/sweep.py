@@ -69,8 +69,8 @@ Slurm / PBS with dask-jobqueue (``pip install dask-jobqueue``; not a dependency)
     res = run_sweep("notebooks/08_ablations.ipynb", {"masking.tau": [0.1, 0.2, 0.5, 1, 2, 5, 10]},
                     preset="paper", device="cuda", out="sweeps/tau", scheduler=cluster)
 
-(``book/sweeps.md`` has the full recipe.) :data:`ABLATION_GRIDS` holds the grids that
-notebook 08 uses per preset.
+(``book/sweeps.md`` has the full recipe.) The grids that notebook 08 uses are the preset's
+(``preset.grids.ablation``, :class:`u2ad_core.core.config.AblationGrid`).
 """
 
 from __future__ import annotations
@@ -90,14 +90,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from u2ad_core.core.config import config_hash, get_preset
+from u2ad_core.core.config import AblationGrid, config_hash
+from u2ad_core.core.presets import get_preset
 from u2ad_core.book.results import SWEEP_ENV, find_results, read_results
 from u2ad_core.core.runtime import atomic_write_json, atomic_write_text
 
 __all__ = [
-    "AblationGrid",
-    "ABLATION_GRIDS",
-    "ablation_grid",
     "grid_point_overrides",
     "FailedPoint",
     "SweepPoint",
@@ -127,63 +125,8 @@ THREAD_ENV = {
 
 
 # --------------------------------------------------------------------------------------
-# Ablation grids of notebook 08 (typed, per preset)
+# Ablation grid points of notebook 08 (the grid itself: ``preset.grids.ablation``)
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AblationGrid:
-    """The sensitivity / robustness grids of notebook 08 (paper 4.8, Table 4, Figure 7).
-
-    ``table3_cohorts``: the cohorts of Table 3 (paper: both); ``control_cohorts``: those that
-    also get the project's coverage-only and EU-mean rows (each one adaptation).
-
-    ``grid_adapt_epochs``: adaptation epochs of every tau / mask-ratio grid point; ``None``
-    keeps ``preset.adapt.epochs`` (the paper's protocol: each grid point is a full
-    adaptation). The CPU presets shrink it (the notebook says so) and then also rerun the
-    default value in the same shortened setting, so that all points of a grid compare alike.
-    """
-
-    k_values: tuple[int, ...] = (3, 5, 10, 15, 20)  # paper Table 4: K values
-    taus: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # paper Table 4: tau values
-    mask_ratios: tuple[float, ...] = (0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # paper Table 4
-    grid_cohort: str = "renji_like"  # paper 4.8.1: sensitivity studies on RenjiDCM T2w
-    grid_adapt_epochs: int | None = None  # None = preset.adapt.epochs (paper: full adaptations)
-    grid_stage2_start: int | None = None  # None = preset.adapt.stage2_start
-    noise_sigmas: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.2, 0.4)  # paper 4.8.2 / Fig. 7a
-    downsample: tuple[int, ...] = (2, 4)  # paper 4.8.2 / Figure 7b: 2x and 4x
-    cv_repeats: int | None = None  # None = preset.eval.n_repeats (paper Appendix F: 20)
-    # Table 3 (paper: both clinical cohorts) and the project's coverage / EU-mean controls
-    table3_cohorts: tuple[str, ...] = ("renji_like", "ruijin_like")
-    control_cohorts: tuple[str, ...] = ("renji_like", "ruijin_like")
-
-
-ABLATION_GRIDS: dict[str, AblationGrid] = {
-    "smoke": AblationGrid(
-        k_values=(3, 5), taus=(10.0,), mask_ratios=(0.5,),
-        grid_adapt_epochs=1, grid_stage2_start=1, noise_sigmas=(0.0, 0.1), downsample=(2, 4),
-        cv_repeats=2,
-    ),
-    "cpu": AblationGrid(
-        k_values=(3, 5, 10, 15, 20), taus=(0.1, 1.0, 10.0), mask_ratios=(0.75, 0.95),
-        grid_adapt_epochs=2, grid_stage2_start=1, noise_sigmas=(0.0, 0.05, 0.1, 0.2),
-        downsample=(2, 4), cv_repeats=None,
-        # Table 3 on renji_like only: its models are trained by notebooks 04, 05 and 07 already;
-        # ruijin_like would need two more adaptations (~2 minutes of the book's 25)
-        table3_cohorts=("renji_like",), control_cohorts=("renji_like",),
-    ),
-    "paper": AblationGrid(),
-    # the paper's protocol (full adaptation per point, the preset's CV repeats) on few values
-    "paper_ci": AblationGrid(k_values=(2, 3), taus=(1.0,), mask_ratios=(0.75,), noise_sigmas=(0.0, 0.1),
-                             downsample=(2,)),
-}
-"""Grids per preset name. ``paper`` is the paper's full grid; the CPU grids are reduced;
-``paper_ci`` keeps the paper's protocol with one or two values per axis."""
-
-
-def ablation_grid(preset_name: str) -> AblationGrid:
-    """The grid for a preset name (an unknown name gets the paper's grid)."""
-    return ABLATION_GRIDS.get(preset_name, ABLATION_GRIDS["paper"])
-
-
 def grid_point_overrides(preset: Any, grid: AblationGrid) -> dict[str, Any]:
     """The preset overrides every tau / mask-ratio grid point of chapter 08 adapts with (the
     grid's shortened schedule, when it has one); a point adds its own value on top, e.g.

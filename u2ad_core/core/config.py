@@ -1,25 +1,23 @@
-"""Typed configuration and the named presets (``smoke``, ``cpu``, ``paper``, and ``paper_ci``).
+"""Typed configuration: one frozen dataclass per part of the pipeline, and the clinical cohorts.
 
 Every number that comes from the paper (Zhang et al., "U2AD", see ``book/references.bib``)
-is a named default here, with the section it comes from. Notebooks never hard-code sizes:
-they call :func:`get_preset` and read fields from the returned :class:`Preset`.
+is a named default here, with the section it comes from; the defaults of every dataclass are
+the paper's (the ``paper`` preset). The named presets (``smoke``, ``cpu``, ``paper``,
+``paper_ci``), which change some of these fields, are in :mod:`u2ad_core.core.presets`.
 
-A preset is a frozen tree of dataclasses; :func:`get_preset` accepts dotted overrides
-(``get_preset("cpu", **{"pretrain.epochs": 3})``) so that papermill parameters can change any
-field without editing code. :meth:`Preset.hash` gives a stable hash of the whole tree, and each
-sub-config has its own :func:`config_hash` so that cached artefacts (datasets, checkpoints) are
-reused only when the parts that produced them are unchanged.
+Each sub-config has its own :func:`config_hash` so that cached artefacts (datasets,
+checkpoints) are reused only when the parts that produced them are unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 __all__ = [
+    "COHORTS",
     "CohortSizes",
     "PhantomConfig",
     "DataConfig",
@@ -39,16 +37,25 @@ __all__ = [
     "AnoDDPMConfig",
     "SignalConfig",
     "CDDPMConfig",
+    "BrainomalyRefinerConfig",
+    "BrainomalyConfig",
     "DALConfig",
-    "Preset",
-    "PRESETS",
-    "PAPER_CI_OVERRIDES",
+    "AblationGrid",
+    "CrossoverGrid",
+    "BudgetGrid",
+    "GridsConfig",
+    "KNOBS",
+    "INHOMOGENEITY",
     "MODEL_PAPER",
     "MODEL_AUTHORS",
-    "get_preset",
     "config_hash",
     "to_dict",
 ]
+
+COHORTS: tuple[str, ...] = ("renji_like", "ruijin_like")
+"""The clinical (DCM) cohorts, in the book's order: every chapter adapts and detects on these
+(paper: RenjiDCM and RuijinDCM); the healthy ones (``spine_generic_like``, ``openneuro_like``)
+only train. :data:`u2ad_core.data.phantom.COHORTS` holds every cohort's phantom spec."""
 
 
 # --------------------------------------------------------------------------------------
@@ -373,7 +380,7 @@ class CDDPMConfig:
     noise levels at inference; median-filtered residual (:mod:`u2ad_core.baselines.cddpm`).
 
     Widths are the method's own (not ``baselines.width``); the paper preset has the authors'
-    U-Net width and conditioning size, the CPU presets shrink them (``_baselines_small``).
+    U-Net width and conditioning size, the CPU presets shrink them (:mod:`u2ad_core.core.presets`).
     """
 
     timesteps: int = 1000  # Behrendt 2025 code (cond_DDPM.py): T = 1000
@@ -477,7 +484,7 @@ class BaselineConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Preset
+# Supervised detectors (paper Table 2)
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -489,7 +496,7 @@ class DetectorConfig:
     IoU 0.7 / 0.3, 512 RoIs a quarter positive (Fast R-CNN), NMS 0.7; DETR, Carion et al. 2020:
     d_model 256, 8 heads, 6 + 6 layers, 100 queries, AdamW lr 1e-4 and weight decay 1e-4,
     no-object weight 0.1, gradient clipping 0.1) at one size for a CPU-free run; the CPU presets
-    shrink them (``_detectors_small``).
+    shrink them (:mod:`u2ad_core.core.presets`).
     """
 
     epochs: int = 50  # project (the paper does not say)
@@ -520,34 +527,115 @@ class DetectorConfig:
     kinds: tuple[str, ...] = ("faster_rcnn", "mask_rcnn", "detr")
 
 
+# --------------------------------------------------------------------------------------
+# Experiment grids (notebooks 08, 10 and 12)
+# --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Preset:
-    """One complete, named configuration of the whole pipeline."""
+class AblationGrid:
+    """The sensitivity / robustness grids of notebook 08 (paper 4.8, Table 4, Figure 7).
 
-    name: str
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    mc: MCConfig = field(default_factory=MCConfig)
-    pretrain: TrainConfig = field(default_factory=TrainConfig)
-    adapt: AdaptConfig = field(default_factory=AdaptConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    baselines: BaselineConfig = field(default_factory=BaselineConfig)
-    detectors: DetectorConfig = field(default_factory=DetectorConfig)
+    ``table3_cohorts``: the cohorts of Table 3 (paper: both); ``control_cohorts``: those that
+    also get the project's coverage-only and EU-mean rows (each one adaptation).
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+    ``grid_adapt_epochs``: adaptation epochs of every tau / mask-ratio grid point; ``None``
+    keeps ``preset.adapt.epochs`` (the paper's protocol: each grid point is a full
+    adaptation). The CPU presets shrink it (the notebook says so) and then also rerun the
+    default value in the same shortened setting, so that all points of a grid compare alike.
+    """
 
-    def hash(self) -> str:
-        return config_hash(self)
+    k_values: tuple[int, ...] = (3, 5, 10, 15, 20)  # paper Table 4: K values
+    taus: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # paper Table 4: tau values
+    mask_ratios: tuple[float, ...] = (0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # paper Table 4
+    grid_cohort: str = "renji_like"  # paper 4.8.1: sensitivity studies on RenjiDCM T2w
+    grid_adapt_epochs: int | None = None  # None = preset.adapt.epochs (paper: full adaptations)
+    grid_stage2_start: int | None = None  # None = preset.adapt.stage2_start
+    noise_sigmas: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.2, 0.4)  # paper 4.8.2 / Fig. 7a
+    downsample: tuple[int, ...] = (2, 4)  # paper 4.8.2 / Figure 7b: 2x and 4x
+    cv_repeats: int | None = None  # None = preset.eval.n_repeats (paper Appendix F: 20)
+    # Table 3 (paper: both clinical cohorts) and the project's coverage / EU-mean controls
+    table3_cohorts: tuple[str, ...] = COHORTS
+    control_cohorts: tuple[str, ...] = COHORTS
 
-    def override(self, **overrides: Any) -> "Preset":
-        """Return a copy with dotted-key overrides applied, e.g. ``{"pretrain.epochs": 3}``."""
-        return _apply_overrides(self, overrides)
+
+KNOBS = ("data.phantom.lesion_conspicuity", "data.phantom.coupling", "data.phantom.artefacts")
+"""The crossover grid's axes: dotted preset fields (they reach the point notebook as ``overrides``)."""
+INHOMOGENEITY = "data.phantom.inhomogeneity"
+"""The crossover grid's extra axis: bias-field amplitude along the cord (x the calibrated value)."""
 
 
+@dataclass(frozen=True)
+class CrossoverGrid:
+    """The knob grid of notebook 10 (:mod:`u2ad_core.experiments.crossover`); defaults: the full grid.
+
+    ``s3_points``: the (conspicuity, coupling, artefacts) points where U2AD S3 is also adapted
+    (an adaptation costs about a minute on a 2-core CPU under ``cpu``); ``"all"`` = every point.
+    """
+
+    conspicuity: tuple[str, ...] = ("faint", "mixed", "intense")
+    coupling: tuple[str, ...] = ("independent", "clinical", "strong")
+    artefacts: tuple[bool, ...] = (False, True)
+    s3_points: tuple[tuple[str, str, bool], ...] | str = "all"
+    cohort: str = "renji_like"
+    inhomogeneity: tuple[float, ...] = (2.0, 4.0, 8.0)  # extra axis at the default coupling, artefacts on
+
+    def inhomogeneity_grid(self) -> dict[str, list[Any]] | None:
+        """The along-cord inhomogeneity axis (``data.phantom.inhomogeneity``) for every
+        conspicuity, at the default coupling with artefacts on; ``None`` when empty."""
+        if not self.inhomogeneity:
+            return None
+        return {KNOBS[0]: list(self.conspicuity), KNOBS[1]: ["clinical"], KNOBS[2]: [True],
+                INHOMOGENEITY: [float(v) for v in self.inhomogeneity]}
+
+    def grid(self) -> dict[str, list[Any]]:
+        """``{dotted knob: values}`` for :func:`u2ad_core.book.sweep.run_sweep`."""
+        return dict(zip(KNOBS, (list(self.conspicuity), list(self.coupling), list(self.artefacts))))
+
+    def s3_list(self) -> list[tuple[str, str, bool]]:
+        if self.s3_points == "all":
+            return [(a, b, c) for a in self.conspicuity for b in self.coupling for c in self.artefacts]
+        return list(self.s3_points)
+
+    def s3_grids(self) -> list[dict[str, list[Any]]]:
+        """The S3 points as sweep grids: one grid when they form a full cartesian product
+        (e.g. ``"all"``), else one grid per point."""
+        pts = self.s3_list()
+        if not pts:
+            return []
+        axes = [sorted({p[i] for p in pts}, key=str) for i in range(3)]
+        if len(pts) == len(axes[0]) * len(axes[1]) * len(axes[2]):
+            return [{**dict(zip(KNOBS, axes)), "s3": [True]}]
+        return [{**{k: [v] for k, v in zip(KNOBS, p)}, "s3": [True]} for p in pts]
+
+
+@dataclass(frozen=True)
+class BudgetGrid:
+    """What the training-budget sweep of notebook 12 runs (:mod:`u2ad_core.experiments.budget`).
+
+    factors: the budget multipliers (1.0 must be among them: the book's own models);
+    in_book: the book's budget chapter runs the sweep (otherwise it reads a finished one);
+    cohorts: the clinical cohorts scored; minutes_estimate: the sweep's time on 2 CPU cores,
+    shown when the chapter only reads a sweep (measured; the preset says with which settings).
+    """
+
+    factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    in_book: bool = True
+    cohorts: tuple[str, ...] = COHORTS
+    minutes_estimate: float | None = None
+
+
+@dataclass(frozen=True)
+class GridsConfig:
+    """The experiment grids of a preset: notebook 08's ablations, notebook 10's knob grid and
+    notebook 12's budget sweep. Defaults: the paper's full grids (``paper``)."""
+
+    ablation: AblationGrid = field(default_factory=AblationGrid)
+    crossover: CrossoverGrid = field(default_factory=CrossoverGrid)
+    budget: BudgetGrid = field(default_factory=BudgetGrid)
+
+
+# --------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------
 def to_dict(cfg: Any) -> Any:
     """Dataclass tree -> plain JSON-able dict (tuples become lists)."""
     if is_dataclass(cfg):
@@ -563,249 +651,3 @@ def config_hash(cfg: Any, n: int = 12) -> str:
     """Stable short hash of a config (dataclass, dict or JSON-able value)."""
     blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
-def _coerce(value: Any, current: Any) -> Any:
-    """Coerce an override to the type of the current value (papermill passes lists); ``None``
-    stays ``None`` (an optional field such as ``adapt.refresh_k``)."""
-    if value is None:
-        return None
-    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
-        if len(value) != len(current):  # variable-length tuples (e.g. method lists)
-            return tuple(value)
-        return tuple(_coerce(v, c) for v, c in zip(value, current))
-    if isinstance(current, bool):
-        if isinstance(value, str):
-            return value.lower() in {"1", "true", "yes", "on"}
-        return bool(value)
-    if isinstance(current, int) and not isinstance(value, bool):
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
-    return value
-
-
-def _apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
-    grouped: dict[str, dict[str, Any]] = {}
-    direct: dict[str, Any] = {}
-    names = {f.name for f in fields(cfg)}
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if head not in names:
-            raise KeyError(
-                f"unknown config field {prefix + key!r} for {type(cfg).__name__}; "
-                f"known fields: {sorted(names)}"
-            )
-        if rest:
-            grouped.setdefault(head, {})[rest] = value
-        else:
-            direct[head] = value
-    changes: dict[str, Any] = {}
-    for head, value in direct.items():
-        current = getattr(cfg, head)
-        if is_dataclass(current):
-            if isinstance(value, dict):
-                grouped.setdefault(head, {}).update(value)
-                continue
-            if not isinstance(value, type(current)):
-                raise TypeError(f"{head} must be a {type(current).__name__} or a dict")
-            changes[head] = value
-        else:
-            changes[head] = _coerce(value, current)
-    for head, sub in grouped.items():
-        changes[head] = _apply_overrides(changes.get(head, getattr(cfg, head)), sub, f"{prefix}{head}.")
-    return replace(cfg, **changes)
-
-
-def _detectors_small(epochs: int, width: int, kinds: tuple[str, ...] = ("mask_rcnn", "detr")) -> DetectorConfig:
-    """The supervised detectors shrunk for a CPU: a ``width``-wide backbone, small heads, few
-    anchors and RoIs per image, a 64-wide DETR with 2 + 2 layers and 10 queries, AdamW at 1e-3
-    (from scratch at this size 1e-4 barely moves in a few epochs), a checkpoint every half run; the
-    paper's two detectors (Faster R-CNN is Mask R-CNN without the mask head)."""
-    return DetectorConfig(epochs=epochs, batch_size=8, lr=1e-3, width=width, head_dim=128, rpn_batch=64,
-                          roi_batch=64, rpn_pre_nms=300, rpn_post_nms=50, max_detections=20, d_model=64, heads=4,
-                          enc_layers=2, dec_layers=2, n_queries=10, checkpoint_every=max(1, epochs // 2),
-                          kinds=kinds)
-
-
-def _baselines_small(epochs: tuple[int, int], width: int, latent: int, batch: int,
-                     ddpm: tuple[int, int], s2: tuple[str, ...],
-                     beyond_epochs: tuple[int, int] | None = None) -> BaselineConfig:
-    """Baselines shrunk for a CPU: tiny nets, few epochs, S2 only for ``s2``, Figure 6 from
-    the pretrained (S1) models, AnoDDPM with T and the partial steps scaled down together
-    (paper: 40 of 1000 steps; ``ddpm`` = (T, partial steps)), cDDPM at ``width`` with a
-    ``latent``-sized conditioning vector (its T stays 1000: one U-Net pass per noise level),
-    Brainomaly with 2 residual blocks and a 4-level critic, its refiner with a 5-step chain (the
-    seed's 50, at the same noise level) and attention at H/8 x W/8, DAL's two modules
-    updated in alternate steps; ``beyond_epochs``: the epochs of those methods beyond the paper
-    (``None``: ``epochs``)."""
-    b = BaselineConfig()
-    return replace(
-        b, pretrain_epochs=epochs[0], adapt_epochs=epochs[1], batch_size=batch, width=width,
-        s2_methods=s2, pseudo_strategy="S1", beyond_epochs=beyond_epochs,
-        vae=replace(b.vae, latent_dim=latent, lr=1e-3),
-        vaegan=replace(b.vaegan, latent_dim=latent),
-        fanogan=replace(b.fanogan, latent_dim=latent, lr=2e-4),
-        anoddpm=replace(b.anoddpm, timesteps=ddpm[0], partial_steps=ddpm[1], lr=1e-3),
-        cddpm=replace(b.cddpm, unet_width=width, encoder_width=width, cond_dim=latent, lr=1e-3),
-        brainomaly=replace(b.brainomaly, g_width=width, g_blocks=2, d_width=2 * width, d_levels=4, lr=2e-4,
-                           refiner=replace(b.brainomaly.refiner, timesteps=5, steps=5, width=width, levels=3,
-                                           lr=1e-3)),
-        dal=replace(b.dal, alternate=True, lr=1e-3),
-    )
-
-
-def _smoke() -> Preset:
-    """Tiny: the whole book in a few minutes on a 2-core CPU (CI)."""
-    size = (128, 48)
-    return Preset(
-        name="smoke",
-        data=DataConfig(
-            pixel_mm=1.5,
-            image_size=size,
-            crop="cord_band",
-            slices_pretrain=3,
-            slices_pseudo=2,
-            cohorts=CohortSizes(spine_generic_like=12, openneuro_like=6, renji_like=20, ruijin_like=20),
-            n_sagittal_healthy=9,
-            n_sagittal_clinical=7,
-        ),
-        model=ModelConfig(
-            image_size=size, embed_dim=48, depth=2, num_heads=4,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
-        ),
-        mc=MCConfig(k=3, batch_size=16),  # 16 passes per forward: fastest on a 2-core CPU
-        pretrain=TrainConfig(epochs=2, lr=1e-3, lr_step=50, checkpoint_every=1),
-        adapt=AdaptConfig(epochs=2, lr=1e-3, lr_step=50, stage2_start=1, refresh_every=1,
-                          checkpoint_every=1, snapshot_every=1),
-        score=ScoreConfig(k=3),
-        eval=EvalConfig(n_repeats=2),
-        baselines=_baselines_small(epochs=(1, 1), width=4, latent=16, batch=16, ddpm=(100, 4),
-                                   s2=("dae",)),
-        detectors=_detectors_small(epochs=1, width=4),
-    )
-
-
-def _cpu() -> Preset:
-    """Default: meaningful results within the book's 25-minute budget on a 2-core CPU."""
-    size = (192, 64)
-    return Preset(
-        name="cpu",
-        data=DataConfig(
-            pixel_mm=1.0,
-            image_size=size,
-            crop="cord_band",
-            slices_pretrain=6,
-            slices_pseudo=4,
-            cohorts=CohortSizes(spine_generic_like=40, openneuro_like=12, renji_like=60, ruijin_like=48),
-            n_sagittal_healthy=15,
-            n_sagittal_clinical=11,
-        ),
-        model=ModelConfig(
-            image_size=size, embed_dim=128, depth=4, num_heads=8,  # depth 4: ~0.2 s per batch-8 step on 1 core
-            decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
-        ),
-        mc=MCConfig(k=10, batch_size=16),  # 16 passes per forward: fastest on a 2-core CPU
-        # measured (2 cores, quiet): ~5 s per pretraining epoch (240 slices), ~3.7 s per
-        # adaptation epoch (180 slices), ~12-16 s per MC refresh (K = 10 over 180 slices).
-        # Budget (chapter 12, issue 18): the sweep of 2026-12-01 (0.5x-4x every epoch count)
-        # moved U2AD S3 with the adaptation epochs, not with the pretraining ones (S1 barely
-        # moves from 1x to 2x), so the adaptation runs 2x the earlier 12 epochs with the same
-        # 3 refreshes (Q 4 -> 8), paid for by training adaptations two at a time on 2 cores
-        # (train_strategies); the pretraining keeps its 20 epochs.
-        pretrain=TrainConfig(epochs=20, lr=1e-3, lr_step=15, checkpoint_every=5),
-        # the refreshes in between steer the masking with K = 5 (the authors' inference script's
-        # K): half the passes, ~6 s less per refresh; the scoring maps keep K = 10
-        adapt=AdaptConfig(epochs=24, lr=1e-3, lr_step=12, stage2_start=16, refresh_every=8,
-                          refresh_k=5, checkpoint_every=8, snapshot_every=8),
-        score=ScoreConfig(k=10),
-        eval=EvalConfig(n_repeats=5),
-        # the methods beyond the paper (notebook 13) train 1 + 1 epochs, within that chapter's ~75 s of the
-        # budget (measured on 2 cores: the chapter 66-76 s, of which training its 12 runs 25-29 s)
-        baselines=_baselines_small(epochs=(3, 2), width=4, latent=32, batch=16, ddpm=(250, 10),
-                                   s2=("vae", "dae"), beyond_epochs=(1, 1)),
-        # measured (2 cores, ~110 slices of 192 x 64): ~0.6 s per epoch for each kind. Mask R-CNN on renji_like:
-        # 4 epochs put no top box on a lesion segment (0 of 37), 8 epochs 9, 12 epochs 21 (segment F1 0.61);
-        # DETR stays near chance at any epoch count a CPU affords. 20 runs (5 folds x 2 cohorts x 2 kinds)
-        # x 12 epochs, two 1-thread runs at a time (cross_validate_detectors)
-        detectors=_detectors_small(epochs=12, width=8),
-    )
-
-
-def _paper() -> Preset:
-    """The paper's sizes and epochs (section 4.3), for a GPU."""
-    return Preset(name="paper", data=DataConfig(), model=MODEL_PAPER)
-
-
-PAPER_CI_OVERRIDES: dict[str, Any] = {
-    # model: the paper's widths, heads and patch on the paper's 256 x 256 grid (1024 patches), but
-    # 2 / 1 blocks instead of 24 / 8: the same block code runs fewer times (24 / 8 costs ~0.65 s per
-    # MC pass on 2 cores, which made notebook 04 alone take minutes); tests/test_model.py runs the
-    # full-depth paper model once (forward, backward, MC)
-    "model.depth": 2, "model.decoder_depth": 1,
-    # data: the paper's geometry (1 mm, 256 x 256 centre crop, 11 thick clinical slices), few subjects
-    "data.cohorts.spine_generic_like": 4, "data.cohorts.openneuro_like": 2,
-    "data.cohorts.renji_like": 10, "data.cohorts.ruijin_like": 20,
-    "data.slices_pretrain": 2, "data.slices_pseudo": 2, "data.slices_adapt": 1, "data.n_sagittal_healthy": 9,
-    # training: one epoch, both adaptation stages, a map refresh every epoch
-    "pretrain.epochs": 1, "pretrain.checkpoint_every": 1,
-    "adapt.epochs": 2, "adapt.stage2_start": 1, "adapt.refresh_every": 1, "adapt.checkpoint_every": 1,
-    "mc.k": 2, "score.k": 2, "eval.n_repeats": 1,
-    # baselines: every method and strategy of the paper (S2 for all, Figure 6 from S3), tiny sizes
-    "baselines.pretrain_epochs": 1, "baselines.adapt_epochs": 1, "baselines.width": 4,
-    "baselines.infer_batch": 8, "baselines.anoddpm.partial_steps": 2,
-    "baselines.cddpm.unet_width": 4, "baselines.cddpm.encoder_width": 4, "baselines.cddpm.cond_dim": 16,
-    "baselines.brainomaly.g_width": 4, "baselines.brainomaly.d_width": 4, "baselines.brainomaly.refiner.width": 8,
-    "baselines.brainomaly.refiner.steps": 2,
-    # the refiner's self-attention at H/8 x W/8 (1024 pixels) instead of H/2 x W/2: at 128 x 128 (16384^2
-    # scores per image) notebook 13's kernel died training it on a 2-core CPU machine
-    "baselines.brainomaly.refiner.levels": 3,
-    # the supervised detectors (notebook 13): all three kinds, one epoch, tiny widths
-    "detectors.epochs": 1, "detectors.width": 4, "detectors.head_dim": 32, "detectors.rpn_batch": 64,
-    "detectors.roi_batch": 64, "detectors.d_model": 32, "detectors.heads": 4, "detectors.enc_layers": 1,
-    "detectors.dec_layers": 1, "detectors.n_queries": 10,
-}
-"""``paper_ci``: the ``paper`` preset shrunk by these overrides (CI runs it on CPU: ``make paper-ci``).
-
-It keeps what only ``paper`` does: the 256 x 256 centre crop and the paper's model widths on
-that grid (2 / 1 blocks instead of 24 / 8), full adaptations at every ablation grid point, S2 for every baseline and Figure 6 from
-S3 models, S3 at every crossover point, all cohorts in every control; and shrinks the sizes:
-subjects, slices, epochs, K, CV repeats, baseline widths, grid values
-(``u2ad_core.book.sweep.ABLATION_GRIDS`` and ``u2ad_core.experiments.crossover.CROSSOVER_GRIDS``)."""
-
-
-def _paper_ci() -> Preset:
-    """The paper's code paths in minutes on a CPU (CI): ``paper`` + :data:`PAPER_CI_OVERRIDES`."""
-    return replace(_paper().override(**PAPER_CI_OVERRIDES), name="paper_ci")
-
-
-PRESETS: dict[str, Any] = {"smoke": _smoke, "cpu": _cpu, "paper": _paper, "paper_ci": _paper_ci}
-
-
-def get_preset(name: str = "cpu", **overrides: Any) -> Preset:
-    """Build the named preset and apply dotted overrides.
-
-    >>> get_preset("smoke", **{"pretrain.epochs": 1}).pretrain.epochs
-    1
-    """
-    try:
-        factory = PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
-    preset = factory()
-    return preset.override(**overrides) if overrides else preset
-
-
-def _check_model_matches_data(p: Preset) -> None:  # pragma: no cover - sanity at import
-    assert p.model.image_size == p.data.image_size, p.name
-    h, w = p.model.image_size
-    assert h % p.model.patch_size == 0 and w % p.model.patch_size == 0, p.name
-
-
-for _factory in PRESETS.values():
-    _check_model_matches_data(_factory())
-del _factory
-
-_ = dataclasses  # re-exported helpers stay importable

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from u2ad_core.core.config import Preset, get_preset
+from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runtime import package_versions
 
 __all__ = ["RunContext", "code_version", "package_digest", "repo_root", "unpack_context"]

@@ -37,7 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from u2ad_core.core import labels as L
-from u2ad_core.core.config import DataConfig, Preset, config_hash, get_preset
+from u2ad_core.core.config import DataConfig, config_hash
+from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json
 
 __all__ = [

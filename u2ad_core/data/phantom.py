@@ -991,7 +991,7 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
 def _cli(args: argparse.Namespace) -> int:
     import yaml
 
-    from u2ad_core.core.config import get_preset
+    from u2ad_core.core.presets import get_preset
 
     knobs = {}
     for item in args.knob or []:

@@ -49,7 +49,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from u2ad_core.core import labels as L
-from u2ad_core.core.config import DataConfig, config_hash, get_preset
+from u2ad_core.core.config import DataConfig, config_hash
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, package_versions, progress
 from u2ad_core.data.io import DataError, DataWarning, SubjectFiles, Volume, load_subject, scan_cohort
 

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from u2ad_core.core.config import DetectorConfig, Preset, to_dict
+from u2ad_core.core.config import DetectorConfig, to_dict
+from u2ad_core.core.presets import Preset
 from u2ad_core.data.datasets import data_hash
 from u2ad_core.core.labels import SEGMENTS
 from u2ad_core.core.runstore import load_state, open_run, train_seconds

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from u2ad_core.book.sweep import parse_value
-from u2ad_core.core.config import get_preset
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import resolve_device
 from u2ad_core.method.masking import n_masked
 from u2ad_core.method.model import build_model, count_parameters

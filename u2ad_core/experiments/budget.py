@@ -25,7 +25,7 @@ sweep trains everything again with every epoch count multiplied by a factor (0.5
   :func:`budget_claims`: the verdict of each comparison at each budget
   (:func:`u2ad_core.metrics.compare`) and whether it holds at every budget or flips.
 
-What a preset sweeps is its :class:`BudgetGrid` (:data:`BUDGET_GRIDS`): ``smoke`` and
+What a preset sweeps is its :class:`u2ad_core.core.config.BudgetGrid` (``preset.grids.budget``): ``smoke`` and
 ``paper_ci`` run a small grid inside their books (so the code runs in the tests and in CI),
 ``paper`` runs the full grid in its book, and ``cpu`` only reads a finished sweep (about
 62 minutes measured on 2 cores with the earlier 12-epoch adaptation: ``make budget``).
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,7 +44,7 @@ import pandas as pd
 
 from u2ad_core.core.runstore import train_seconds
 
-__all__ = ["BudgetGrid", "BUDGET_GRIDS", "budget_grid", "budget_overrides", "evaluate_budget",
+__all__ = ["budget_overrides", "evaluate_budget",
            "run_budget_sweep", "sweep_dir", "read_budget_table", "budget_claims", "cli_register"]
 
 EPOCH_FIELDS = ("pretrain.epochs", "pretrain.lr_step", "pretrain.checkpoint_every",
@@ -55,36 +54,6 @@ EPOCH_FIELDS = ("pretrain.epochs", "pretrain.lr_step", "pretrain.checkpoint_ever
 """Preset fields counted in epochs: all of them are scaled together by a budget factor."""
 
 POINT_NOTEBOOK = Path("notebooks") / "points" / "budget_point.ipynb"
-
-
-@dataclass(frozen=True)
-class BudgetGrid:
-    """What one preset sweeps.
-
-    factors: the budget multipliers (1.0 must be among them: the book's own models);
-    in_book: the book's budget chapter runs the sweep (otherwise it reads a finished one);
-    cohorts: the clinical cohorts scored; minutes_estimate: the sweep's time on 2 CPU cores,
-    shown when the chapter only reads a sweep (measured, with its date, in the comment).
-    """
-
-    factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    in_book: bool = False
-    cohorts: tuple[str, ...] = ("renji_like", "ruijin_like")
-    minutes_estimate: float | None = None
-
-
-BUDGET_GRIDS: dict[str, BudgetGrid] = {
-    "smoke": BudgetGrid(factors=(0.5, 1.0), in_book=True),
-    # measured: 3740 s, 2 workers, 2026-12-01, with the cpu preset of 12 adaptation epochs (now 24)
-    "cpu": BudgetGrid(in_book=False, minutes_estimate=62.0),
-    "paper_ci": BudgetGrid(factors=(0.5, 1.0), in_book=True),
-    "paper": BudgetGrid(in_book=True),
-}
-
-
-def budget_grid(preset_name: str) -> BudgetGrid:
-    """The :class:`BudgetGrid` of a preset (the ``cpu`` grid for a preset without its own)."""
-    return BUDGET_GRIDS.get(preset_name, BUDGET_GRIDS["cpu"])
 
 
 def _get(preset: Any, dotted: str) -> Any:
@@ -146,7 +115,7 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
     from u2ad_core.method.scoring import anomaly_map
 
     cfg = ctx.preset
-    cohorts = tuple(cohorts or budget_grid(cfg.name).cohorts)
+    cohorts = tuple(cohorts or cfg.grids.budget.cohorts)
     methods = tuple(bl.UAD_METHODS if methods is None else methods)
     paths = prepare_all(cfg, ctx.data_dir, seed=ctx.seed, verbose=False, show_progress=False)
     rows: list[dict[str, Any]] = []
@@ -200,7 +169,7 @@ def run_budget_sweep(ctx: Any, factors: Sequence[float] | None = None, overrides
     from u2ad_core.book.sweep import run_sweep
 
     cfg = ctx.preset
-    grid = budget_grid(cfg.name)
+    grid = cfg.grids.budget
     factors = [float(f) for f in (factors or grid.factors)]
     if workers is None:
         workers = 1 if str(ctx.device).startswith("cuda") else max(1, min(len(factors), os.cpu_count() or 1))

@@ -33,17 +33,15 @@ turn the gathered sweep table into the comparisons the notebook states.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from u2ad_core.core.config import INHOMOGENEITY, KNOBS
+
 __all__ = [
-    "CrossoverGrid",
-    "CROSSOVER_GRIDS",
-    "crossover_grid",
     "KNOBS",
     "INHOMOGENEITY",
     "pixel_metrics_by_fold",
@@ -52,79 +50,6 @@ __all__ = [
     "crossover_statements",
     "paired_verdict",
 ]
-
-KNOBS = ("data.phantom.lesion_conspicuity", "data.phantom.coupling", "data.phantom.artefacts")
-"""The grid's axes: dotted preset fields (they reach the point notebook as ``overrides``)."""
-INHOMOGENEITY = "data.phantom.inhomogeneity"
-"""The extra axis: bias-field amplitude along the cord (x the calibrated value)."""
-
-
-@dataclass(frozen=True)
-class CrossoverGrid:
-    """The knob grid of notebook 10 for one preset.
-
-    ``s3_points``: the (conspicuity, coupling, artefacts) points where U2AD S3 is also adapted
-    (an adaptation costs about a minute on a 2-core CPU under ``cpu``); ``"all"`` = every point.
-    """
-
-    conspicuity: tuple[str, ...] = ("faint", "mixed", "intense")
-    coupling: tuple[str, ...] = ("independent", "clinical", "strong")
-    artefacts: tuple[bool, ...] = (False, True)
-    s3_points: tuple[tuple[str, str, bool], ...] | str = "all"
-    cohort: str = "renji_like"
-    inhomogeneity: tuple[float, ...] = (2.0, 4.0, 8.0)  # extra axis at the default coupling, artefacts on
-
-    def inhomogeneity_grid(self) -> dict[str, list[Any]] | None:
-        """The along-cord inhomogeneity axis (``data.phantom.inhomogeneity``) for every
-        conspicuity, at the default coupling with artefacts on; ``None`` when empty."""
-        if not self.inhomogeneity:
-            return None
-        return {KNOBS[0]: list(self.conspicuity), KNOBS[1]: ["clinical"], KNOBS[2]: [True],
-                INHOMOGENEITY: [float(v) for v in self.inhomogeneity]}
-
-    def grid(self) -> dict[str, list[Any]]:
-        """``{dotted knob: values}`` for :func:`u2ad_core.book.sweep.run_sweep`."""
-        return dict(zip(KNOBS, (list(self.conspicuity), list(self.coupling), list(self.artefacts))))
-
-    def s3_list(self) -> list[tuple[str, str, bool]]:
-        if self.s3_points == "all":
-            return [(a, b, c) for a in self.conspicuity for b in self.coupling for c in self.artefacts]
-        return list(self.s3_points)
-
-    def s3_grids(self) -> list[dict[str, list[Any]]]:
-        """The S3 points as sweep grids: one grid when they form a full cartesian product
-        (e.g. ``"all"``), else one grid per point."""
-        pts = self.s3_list()
-        if not pts:
-            return []
-        axes = [sorted({p[i] for p in pts}, key=str) for i in range(3)]
-        if len(pts) == len(axes[0]) * len(axes[1]) * len(axes[2]):
-            return [{**dict(zip(KNOBS, axes)), "s3": [True]}]
-        return [{**{k: [v] for k, v in zip(KNOBS, p)}, "s3": [True]} for p in pts]
-
-
-CROSSOVER_GRIDS: dict[str, CrossoverGrid] = {
-    "smoke": CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical",), artefacts=(True,),
-                           s3_points=(), inhomogeneity=(4.0,)),
-    # cpu: 2 grid points + 2 inhomogeneity points (each point regenerates and scores a 60-patient
-    # cohort: about a minute per pair of points on 2 workers; the 8-point grid put the cpu book over
-    # its 25 minutes, and 6 points still measured 23.5-25.5 minutes on 2 cores); artefacts on only
-    # (the calibrated default; in the 6-point runs switching them off moved no detector's patient
-    # AUROC by more than 0.04; the paper grid keeps both); no per-point adaptation (S3*, the book's S3 model, is scored
-    # everywhere instead); the compression-only AUROC of every coupling is still shown by Figure 2
-    "cpu": CrossoverGrid(conspicuity=("faint", "intense"), coupling=("clinical",),
-                         artefacts=(True,), s3_points=(), inhomogeneity=(4.0,)),
-    "paper": CrossoverGrid(),
-    # the paper's protocol (S3 adapted at every point) at one point and one inhomogeneity value
-    "paper_ci": CrossoverGrid(conspicuity=("intense",), coupling=("clinical",), artefacts=(True,),
-                              s3_points="all", inhomogeneity=(4.0,)),
-}
-
-
-def crossover_grid(preset_name: str) -> CrossoverGrid:
-    """The grid for a preset name (an unknown name gets the paper's full grid)."""
-    return CROSSOVER_GRIDS.get(preset_name, CROSSOVER_GRIDS["paper"])
-
 
 def pixel_metrics_by_fold(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray, subject: np.ndarray,
                           patient_label: np.ndarray, n_folds: int = 5, seed: int = 0) -> dict[str, float]:
@@ -196,7 +121,7 @@ def evaluate_point(ctx, recon_method: str = "dae", s3: bool = False, cohort: str
     from u2ad_core.method.train import adapt, load_checkpoint, mc_maps, pretrain
 
     cfg = ctx.preset
-    grid = crossover_grid(cfg.name)
+    grid = cfg.grids.crossover
     cohort = cohort or grid.cohort
     paths = prepare_all(cfg, ctx.data_dir, seed=ctx.seed, cohorts=["spine_generic_like", cohort],
                         verbose=False, show_progress=False)

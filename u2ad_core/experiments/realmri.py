@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from u2ad_core.core import labels as L
-from u2ad_core.core.config import DataConfig, Preset
+from u2ad_core.core.config import DataConfig
+from u2ad_core.core.presets import Preset
 
 __all__ = [
     "SCT", "T2_FILES", "PAM50_FILES", "ARRAYS_DIR", "LESION_GEOMETRY", "HEALTHY_SOURCES",

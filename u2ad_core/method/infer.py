@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from u2ad_core.core.config import get_preset, to_dict
+from u2ad_core.core.config import to_dict
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.labels import SEGMENTS
 from u2ad_core.core.runtime import (
     atomic_path,

@@ -70,16 +70,16 @@ import numpy as np
 import torch
 
 from u2ad_core.core.config import (
+    COHORTS,
     AdaptConfig,
     MaskingConfig,
     MCConfig,
     ModelConfig,
-    Preset,
     TrainConfig,
     config_hash,
-    get_preset,
     to_dict,
 )
+from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runstore import init_weights, load_state, open_run, save_state
 from u2ad_core.core.runtime import atomic_path, make_generator, progress, resolve_device
 from u2ad_core.metrics.reconstruction import reconstruction_metrics, ssim_map
@@ -107,7 +107,6 @@ __all__ = [
 FORMAT_VERSION = 1
 MASKINGS = ("random", "eu", "u2ad", "coverage", "eu_mean")
 STRATEGIES = ("S1", "S2", "S3")
-COHORTS = ("renji_like", "ruijin_like")
 CSV_COLUMNS = ("epoch", "stage", "lr", "loss", "mse", "psnr", "ssim", "eu_mean", "au_mean",
                "seconds", "refresh_seconds")
 SNAPSHOTS = "snapshots"  # run subfolder of the weight copies (adapt.snapshot_every)
