@@ -67,6 +67,8 @@ On disk (the *phantom layout*, read by :mod:`u2ad_core.data.io`)::
 
 from __future__ import annotations
 
+# Re-exported: the public names below, and the private ones that tests and notebooks reach as
+# ``phantom._sample_anatomy``, ``phantom._render``, ``phantom._reorient_ras_to``, ``phantom._segments_touched``.
 from u2ad_core.data.phantom.anatomy import (
     COUPLING,
     DISCS,

@@ -183,7 +183,8 @@ def _lesion_flags(cohort: str, n: int, seed: int) -> np.ndarray:
     return flags
 
 
-def _gen_one(args):
+def _gen_one(args: tuple) -> SubjectResult:
+    """:func:`generate_subject` on one job tuple (a module-level function, so a pool can pickle it)."""
     return generate_subject(*args)
 
 

@@ -56,6 +56,8 @@ def _capsule_dist(u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tup
 
 @dataclass
 class _Layer:
+    """One structure of the template, composited into the slabs by its lateral half-width."""
+
     name: str
     hw: np.ndarray  # (NY, NZ) lateral half-width (mm); <= 0 where absent
     value: np.ndarray | float  # intensity (2D map or constant)
