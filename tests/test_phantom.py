@@ -1,19 +1,27 @@
-"""Procedural phantom: cohort sizes, files, labels, orientation, determinism, anatomy."""
+"""Procedural phantom: cohort sizes, files, labels, orientation, determinism, anatomy, knobs and the
+render stages (each changes only what it names)."""
 
 from __future__ import annotations
 
+import copy
 import csv
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from sklearn.metrics import roc_auc_score
 
+from u2ad_core.cli import main
 from u2ad_core.core import labels as L
-from u2ad_core.data import phantom as P
+from u2ad_core.core.config import PhantomConfig
 from u2ad_core.core.presets import get_preset
+from u2ad_core.data import phantom as P
+from u2ad_core.data.phantom import render as R
+from u2ad_core.data.phantom import scene as S
 from u2ad_core.data.realism import measure_slice
 
 SMOKE = get_preset("smoke").data
@@ -143,8 +151,6 @@ def test_sites_differ_in_intensity_distribution(tmp_path):
 
 
 def test_cli_phantom_writes_a_cohort(tmp_path):
-    from u2ad_core.cli import main
-
     rc = main(["phantom", "--cohort", "openneuro_like", "--n", "2", "--seed", "1", "--out",
                str(tmp_path / "on"), "--preset", "smoke"])
     assert rc == 0
@@ -167,8 +173,6 @@ def test_lesion_contrast_is_drawn_from_the_named_range():
 # --------------------------------------------------------------------------------------
 # Knobs (DataConfig.phantom)
 # --------------------------------------------------------------------------------------
-from u2ad_core.core.config import PhantomConfig  # noqa: E402
-
 
 def _lesions(knobs: PhantomConfig, n: int = 60) -> list[dict]:
     out = []
@@ -210,8 +214,6 @@ def _severity_proxy(knobs: PhantomConfig, lesion: bool, n: int = 150) -> np.ndar
 
 
 def test_coupling_orders_the_compression_of_lesion_patients():
-    from sklearn.metrics import roc_auc_score
-
     aucs = {}
     for c in ("independent", "clinical", "strong"):
         k = PhantomConfig(coupling=c)
@@ -271,3 +273,171 @@ def test_a_lesion_records_every_segment_it_touches():
     assert P._segments_touched(15.0, 25.0, cent) == ["C2-3", "C3-4"]
     assert P._segments_touched(15.0, 65.0, cent) == ["C2-3", "C3-4", "C4-5", "C5-6"]
     assert P._segments_touched(-10.0, 5.0, cent) == ["C2-3"]  # above C2's centroid: no segment
+
+
+# --------------------------------------------------------------------------------------
+# Render stages (u2ad_core.data.phantom.render): each changes only what it names
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stage():
+    """One clinical subject with a lesion, built stage by stage up to the composite (5 slabs)."""
+    rng = np.random.default_rng(7)
+    knobs = PhantomConfig()
+    an = P._sample_anatomy(rng, dcm=True, lesion=True, knobs=knobs)
+    assert an.lesions and an.compressed
+    site = replace(P.SITES["renji"], fov_mm=(200.0, 180.0))
+    T = S._tissues(site, rng)
+    y, z = S._field_of_view(an, site, rng)
+    U, V = S._cord_coordinates(an, y, z)
+    canal = S._canal_profiles(an, U)
+    tex = S._textures(rng, U.shape, site.pixel_mm)
+    bg = S._background(an, T, U, V, canal, tex)
+    layers = S._structure_layers(an, T, U, V, canal, tex, bg, rng)
+    x = R._slice_positions(rng, 5, site.slice_mm)
+    vol, lab = R._composite(bg.img, layers, x, site.slice_mm)
+    return SimpleNamespace(an=an, knobs=knobs, site=site, T=T, U=U, V=V, canal=canal, x=x, vol=vol, lab=lab,
+                           shape=(5, *U.shape), scanner_rng=copy.deepcopy(rng))
+
+
+def test_composite_mixes_a_layer_by_the_slab_fraction_it_covers():
+    img = np.zeros((2, 3), np.float32)
+    x = np.array([-1.0, 0.0, 1.0])  # three 1 mm slabs
+    mask = np.zeros((2, 3), bool)
+    mask[0, 1] = True
+    wide = S._layer("wide", mask, S.BIG, 1.0, L.CORD)  # spans every slab
+    thin = S._layer("thin", np.ones((2, 3), bool), 0.25, 2.0, L.CSF)  # half of the middle slab
+    vol, lab = R._composite(img, [wide], x, 1.0)
+    assert vol.shape == lab.shape == (3, 6)
+    assert np.array_equal(vol[:, 1], [1, 1, 1]) and np.count_nonzero(vol) == 3
+    assert np.array_equal(lab[:, 1], [L.CORD] * 3)
+    vol, lab = R._composite(img, [wide, thin], x, 1.0)
+    base = np.r_[0, 1, 0, 0, 0, 0]  # the wide layer over the background
+    assert np.allclose(vol[1], 0.5 * base + 0.5 * 2.0)  # half the slab covered -> half way to the thin layer
+    assert np.array_equal(lab[1], [L.CSF] * 6)  # f = 0.5 labels the slab
+    assert np.array_equal(vol[0], base) and np.array_equal(vol[2], base)  # neighbour slabs: untouched
+
+
+def test_lesion_stage_changes_only_cord_pixels_inside_the_lesion(stage):
+    vol0, lab0 = stage.vol.copy(), stage.lab.copy()
+    vol, lab, info = R._add_lesions(stage.vol, stage.lab, stage.an, stage.T, stage.U, stage.V, stage.canal, stage.x)
+    assert np.array_equal(stage.vol, vol0) and np.array_equal(stage.lab, lab0)  # inputs left as they were
+    changed = vol != vol0
+    les = lab == L.HYPERINTENSITY
+    assert les.any() and changed.any()
+    assert np.all(lab0[changed] == L.CORD)  # only cord pixels change ...
+    assert np.array_equal(lab != lab0, les)  # ... and only the core is relabelled, from cord
+    assert np.all(lab0[les] == L.CORD)
+    # ... within the lesions' support r^2 < reach (in the plane)
+    support = np.zeros(stage.U.shape, bool)
+    for le in stage.an.lesions:
+        reach = P.LESION_TYPES[le["type"]]["reach"]
+        support |= ((stage.U - le["u"]) / le["half_len"]) ** 2 < reach
+    assert not changed.reshape(stage.shape)[:, ~support].any()
+    assert (vol[les] > vol0[les]).mean() > 0.9  # brighter than the cord: towards CSF
+    assert [i["type"] for i in info] == [le["type"] for le in stage.an.lesions]
+    assert all(i["segments"] for i in info)
+    # no lesion: nothing changes
+    none = replace(stage.an, lesions=[])
+    v2, l2, i2 = R._add_lesions(stage.vol, stage.lab, none, stage.T, stage.U, stage.V, stage.canal, stage.x)
+    assert np.array_equal(v2, vol0) and np.array_equal(l2, lab0) and i2 == []
+
+
+def test_artefact_stage_changes_only_cord_and_csf_and_ignores_the_lesion_label(stage):
+    vol, lab, _ = R._add_lesions(stage.vol, stage.lab, stage.an, stage.T, stage.U, stage.V, stage.canal, stage.x)
+    arng = np.random.default_rng(3)
+    off = R._draw_artefacts(arng, stage.an, stage.U.shape, None)
+    assert off.pv_amp == [] and off.flow is None
+    assert arng.random() == np.random.default_rng(3).random()  # off: no draw
+    args = (stage.an, stage.T, stage.U, stage.V, stage.canal, stage.site.pixel_mm)
+    assert np.array_equal(R._tissue_artefacts(vol, lab, off, None, *args), vol)
+
+    draw = R._draw_artefacts(np.random.default_rng(3), stage.an, stage.U.shape, stage.knobs)
+    assert len(draw.pv_amp) == len(stage.an.compressed) and draw.flow.shape == stage.U.shape
+    before = vol.copy()
+    out = R._tissue_artefacts(vol, lab, draw, stage.knobs, *args)
+    assert np.array_equal(vol, before)  # input left as it was
+    changed = out != vol
+    in_cord = (lab == L.CORD) | (lab == L.HYPERINTENSITY)
+    csf = lab == L.CSF
+    assert changed[in_cord].any() and changed[csf].any()
+    assert not changed[~(in_cord | csf)].any()
+    assert np.all(out[changed & csf] < vol[changed & csf])  # flow voids: signal loss
+    assert np.all(out[changed & in_cord] > vol[changed & in_cord])  # partial volume: towards CSF
+    # partial volume only at the compressed levels (within 10 mm of their disc centres)
+    near = np.zeros(stage.U.shape, bool)
+    for name in stage.an.compressed:
+        near |= np.abs(stage.U - stage.canal.disc_u[P.DISCS.index(name)]) < 10.0
+    assert not (changed & in_cord).reshape(stage.shape)[:, ~near].any()
+    # a lesion-free label map gets the same artefacts (the twin of a subject shares them)
+    twin_lab = np.where(lab == L.HYPERINTENSITY, np.uint8(L.CORD), lab)
+    assert np.array_equal(R._tissue_artefacts(vol, twin_lab, draw, stage.knobs, *args), out)
+
+
+def test_scanner_stage_is_local_except_ringing_along_ap(stage):
+    shape = stage.shape
+    vol = stage.vol.reshape(shape)
+    draw = R._draw_scanner(np.random.default_rng(1), shape)
+    assert draw.n1.shape == draw.n2.shape == shape and draw.bias.shape == (6,)
+    other = vol.copy()
+    s, j, k = 2, shape[1] // 2, shape[2] // 2
+    other[s, j, k] += 1.0  # one voxel differs
+    before = vol.copy()
+    a = R._scanner_image(vol, stage.site, draw.bias)
+    assert np.array_equal(vol, before)  # input left as it was
+    assert np.array_equal(a, R._scanner_image(vol, stage.site, draw.bias))  # no draws: deterministic
+    diff = R._scanner_image(other, stage.site, draw.bias) != a
+    r = int(np.ceil(3.0 * stage.site.blur_px))  # the blur's truncation radius
+    assert diff[s, j, k] and not diff[np.arange(shape[0]) != s].any()
+    box = np.zeros(shape, bool)
+    box[s, j - r:j + r + 1, k - r:k + r + 1] = True
+    assert not diff[~box].any()
+    # ringing spreads the change along AP (axis 1) only, over the whole column
+    ring = R._scanner_image(other, stage.site, draw.bias, 0.6) != R._scanner_image(vol, stage.site, draw.bias, 0.6)
+    col = np.zeros(shape, bool)
+    col[s, :, k - r:k + r + 1] = True
+    assert not ring[~col].any() and ring[s, :, k].mean() > 0.9
+
+
+def test_bias_field_is_flat_without_bias_and_falls_off_anteriorly():
+    shape = (3, 40, 50)
+    coeffs = np.random.default_rng(0).normal(0, 1, 6).astype(np.float32)
+    flat = replace(P.SITES["renji"], bias=0.0, bias_si=0.0)
+    assert np.array_equal(R._bias_field(shape, flat, coeffs), np.ones(shape, np.float32))
+    field_ = np.log(R._bias_field(shape, P.SITES["renji"], coeffs))
+    # the posterior surface coil: posterior (y = -1) brighter than anterior by 3 |c0| bias (log scale)
+    drop = field_[:, 0, :].mean() - field_[:, -1, :].mean()
+    assert drop == pytest.approx(3 * abs(coeffs[0]) * P.SITES["renji"].bias, rel=1e-4)
+
+
+def test_rician_noise_has_the_site_sigma_and_vanishes_without_noise():
+    shape = (4, 64, 64)
+    draw = R._draw_scanner(np.random.default_rng(2), shape)
+    clean = np.zeros(shape, np.float32)
+    clean[:, :, 32:] = 1.0
+    quiet = replace(P.SITES["ruijin"], noise=0.0)
+    assert np.array_equal(R._rician_noise(clean, quiet, draw), clean)
+    site = P.SITES["ruijin"]
+    sigma = site.noise * site.gamma
+    noisy = R._rician_noise(clean, site, draw)
+    assert noisy.dtype == np.float32 and noisy.min() >= 0
+    assert noisy[:, :, :32].mean() == pytest.approx(sigma * np.sqrt(np.pi / 2), rel=0.05)  # Rayleigh background
+    assert noisy[:, :, 32:].std() == pytest.approx(sigma, rel=0.05)  # high SNR: ~Gaussian
+
+
+def test_render_is_the_pipeline_of_its_stages(stage):
+    """``_render`` = template -> composite -> lesions -> artefacts -> scanner, the subject's draws
+    in this order (what keeps the cohorts on disk unchanged), the artefacts' from their own."""
+    rng = np.random.default_rng(7)  # as in the fixture
+    an = P._sample_anatomy(rng, dcm=True, lesion=True, knobs=stage.knobs)
+    img, lab, aff, ex = P._render(an, stage.site, 5, rng, knobs=stage.knobs, artefact_rng=np.random.default_rng(8))
+    vol, lab_l, info = R._add_lesions(stage.vol, stage.lab, stage.an, stage.T, stage.U, stage.V, stage.canal,
+                                      stage.x)
+    draw = R._draw_artefacts(np.random.default_rng(8), stage.an, stage.U.shape, stage.knobs)
+    vol = R._tissue_artefacts(vol, lab_l, draw, stage.knobs, stage.an, stage.T, stage.U, stage.V, stage.canal,
+                              stage.site.pixel_mm)
+    scan = R._draw_scanner(copy.deepcopy(stage.scanner_rng), stage.shape)
+    clean = R._scanner_image(vol.reshape(stage.shape), stage.site, scan.bias, stage.knobs.ringing)
+    assert np.array_equal(R._rician_noise(clean, stage.site, scan), img)
+    assert np.array_equal(lab_l.reshape(stage.shape), lab)
+    assert ex["slice_x_mm"] == list(stage.x) and ex["lesions"] == info

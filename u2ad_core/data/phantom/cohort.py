@@ -1,0 +1,302 @@
+"""Writing phantom subjects and cohorts: NIfTI images and labels, ``participants.tsv``,
+``phantom.json`` (the cache stamp), and the ``u2ad phantom`` command.
+
+A subject is deterministic in ``(seed, index)``: anatomy and scanner noise come from the
+generator ``SeedSequence([seed, index, 7])``, the artefacts from ``SeedSequence([seed, index, 8])``.
+Which patients carry a lesion is drawn once per cohort (:func:`_lesion_flags`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+from nibabel import orientations as O
+
+from u2ad_core.core import labels as L
+from u2ad_core.core.config import DataConfig, PhantomConfig, config_hash
+from u2ad_core.core.presets import get_preset
+from u2ad_core.core.runtime import atomic_path, atomic_write_json, atomic_write_text, progress
+from u2ad_core.data.phantom.anatomy import _sample_anatomy
+from u2ad_core.data.phantom.render import _render
+from u2ad_core.data.phantom.sites import COHORTS, SITES, SiteProfile, effective_site, n_lesion_patients
+
+PHANTOM_VERSION = 3
+"""Bumped whenever the generator changes what it writes (invalidates cached cohorts)."""
+
+
+# --------------------------------------------------------------------------------------
+# NIfTI
+# --------------------------------------------------------------------------------------
+def _reorient_ras_to(data: np.ndarray, affine: np.ndarray, codes: str):
+    """Store a RAS array in another orientation (``"PSR"``, ``"LAS"`` ...), affine updated."""
+    ornt = O.ornt_transform(O.axcodes2ornt(("R", "A", "S")), O.axcodes2ornt(tuple(codes)))
+    out = O.apply_orientation(data, ornt)
+    new_aff = affine @ O.inv_ornt_aff(ornt, data.shape)
+    assert nib.aff2axcodes(new_aff) == tuple(codes)
+    return np.ascontiguousarray(out), new_aff
+
+
+def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``data`` with ``affine`` as qform and sform (mm), atomically."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+
+
+# --------------------------------------------------------------------------------------
+# Subjects
+# --------------------------------------------------------------------------------------
+@dataclass
+class SubjectResult:
+    """One generated subject (row of ``participants.tsv``)."""
+
+    subject: str
+    site: str
+    diagnosis: str
+    lesion_segments: str
+    lesion_types: str
+    compressed_segments: str
+    cord_ap_mm: float
+    orientation: str
+    n_slices: int
+    image: str
+    labels: str
+
+
+def _subject_site(site_name: str, knobs: PhantomConfig | None) -> SiteProfile:
+    """The profile a subject is rendered with: the site itself for healthy cohorts (``knobs``
+    ``None``); moved by ``scanner_shift`` and with its along-cord bias scaled by
+    ``inhomogeneity`` for clinical ones."""
+    if knobs is None:
+        return SITES[site_name]
+    sp = effective_site(SITES[site_name], knobs.scanner_shift)
+    if knobs.inhomogeneity != 1.0:
+        if knobs.inhomogeneity < 0:
+            raise ValueError(f"PhantomConfig.inhomogeneity must be >= 0, got {knobs.inhomogeneity}")
+        sp = replace(sp, bias_si=float(knobs.inhomogeneity) * (sp.bias if sp.bias_si is None else sp.bias_si))
+    return sp
+
+
+def _stored(vol: np.ndarray, site: SiteProfile) -> np.ndarray:
+    """``vol`` (CSF = 1) in the site's stored scale and integer dtype (rounded, clipped)."""
+    stored = vol * np.float32(site.scale)
+    info = np.iinfo(np.dtype(site.dtype))
+    return np.clip(np.rint(stored), info.min, info.max).astype(site.dtype)
+
+
+def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_slices: int,
+                     lesion: bool, site: str | None = None, knobs: PhantomConfig | None = None) -> SubjectResult:
+    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``).
+
+    ``knobs`` (:class:`~u2ad_core.core.config.PhantomConfig`, default: the calibrated defaults) apply
+    to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
+    artefacts from another, so a knob changes only what it names.
+    """
+    spec = COHORTS[cohort]
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
+    arng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 8]))
+    site_name = site or spec.sites[index % len(spec.sites)]
+    dcm = spec.diagnosis == "DCM"
+    knobs = (knobs or PhantomConfig()) if dcm else None
+    sp = _subject_site(site_name, knobs)
+    an = _sample_anatomy(rng, dcm=dcm, lesion=lesion, knobs=knobs)
+    vol, lab, aff, extras = _render(an, sp, n_slices, rng, knobs=knobs, artefact_rng=arng)
+    sid = f"{cohort.split('_')[0]}{index + 1:03d}"
+    out = Path(out_dir) / f"sub-{sid}"
+    out.mkdir(parents=True, exist_ok=True)
+    img_o, aff_o = _reorient_ras_to(_stored(vol, sp), aff, sp.orientation)
+    lab_o, _ = _reorient_ras_to(lab, aff, sp.orientation)
+    f_img = out / f"sub-{sid}_T2w.nii.gz"
+    f_lab = out / f"sub-{sid}_labels.nii.gz"
+    _save_nifti(f_img, img_o, aff_o)
+    _save_nifti(f_lab, lab_o, aff_o)
+    segs = sorted({sg for le in extras["lesions"] for sg in le["segments"]}, key=L.SEGMENTS.index)
+    return SubjectResult(
+        subject=f"sub-{sid}", site=site_name, diagnosis=spec.diagnosis,
+        lesion_segments=";".join(segs), lesion_types=";".join(le["type"] for le in extras["lesions"]),
+        compressed_segments=";".join(an.compressed),
+        cord_ap_mm=round(an.cord_ap, 2), orientation=sp.orientation, n_slices=n_slices,
+        image=str(f_img.relative_to(out_dir)), labels=str(f_lab.relative_to(out_dir)),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Cohorts
+# --------------------------------------------------------------------------------------
+def generation_config(cohort: str, n: int, seed: int, data_cfg: DataConfig | None = None) -> dict[str, Any]:
+    """What determines a generated cohort (its hash is the cache stamp in ``phantom.json``)."""
+    if cohort not in COHORTS:
+        raise KeyError(f"unknown cohort {cohort!r}; choose one of {sorted(COHORTS)}")
+    data_cfg = data_cfg or DataConfig()
+    spec = COHORTS[cohort]
+    n_sl = data_cfg.n_sagittal_healthy if spec.volume == "healthy" else data_cfg.n_sagittal_clinical
+    out = {
+        "cohort": cohort, "n": int(n), "seed": int(seed), "n_sagittal": int(n_sl),
+        "phantom_version": PHANTOM_VERSION,
+        "sites": {s: asdict(SITES[s]) for s in spec.sites},
+    }
+    if spec.diagnosis == "DCM":  # the knobs change clinical cohorts only
+        out["knobs"] = asdict(data_cfg.phantom)
+    return out
+
+
+def phantom_dir_name(cohort: str, data_cfg: DataConfig | None = None) -> str:
+    """Folder name of a cohort under ``data/<preset>/raw/``: the cohort's name with the default
+    knobs, ``<cohort>~<hash>`` otherwise (so a knob grid never overwrites the book's cohorts)."""
+    data_cfg = data_cfg or DataConfig()
+    if COHORTS[cohort].diagnosis != "DCM" or data_cfg.phantom == PhantomConfig():
+        return cohort
+    return f"{cohort}~{config_hash(data_cfg.phantom, n=8)}"
+
+
+def cohort_is_current(out_dir: str | Path, gen_cfg: dict[str, Any]) -> bool:
+    """True when ``out_dir`` holds a complete cohort generated with exactly ``gen_cfg``."""
+    stamp = Path(out_dir) / "phantom.json"
+    if not stamp.is_file() or not (Path(out_dir) / "participants.tsv").is_file():
+        return False
+    try:
+        meta = json.loads(stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("generation_hash") == config_hash(gen_cfg) and meta.get("complete", False)
+
+
+def _lesion_flags(cohort: str, n: int, seed: int) -> np.ndarray:
+    """Which of the ``n`` subjects carry a lesion (:func:`n_lesion_patients` of them, at random)."""
+    k = n_lesion_patients(cohort, n)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 99991]))
+    flags = np.zeros(n, bool)
+    flags[rng.permutation(n)[:k]] = True
+    return flags
+
+
+def _gen_one(args: tuple) -> SubjectResult:
+    """:func:`generate_subject` on one job tuple (a module-level function, so a pool can pickle it)."""
+    return generate_subject(*args)
+
+
+def _generate_subjects(name: str, jobs: list[tuple], workers: int, show_progress: bool) -> list[SubjectResult]:
+    """Run :func:`generate_subject` on every job (in a fork pool when ``workers > 1``), in order."""
+    bar = progress(total=len(jobs), desc=f"phantom {name}", unit="subj", disable=None if show_progress else True)
+    rows: list[SubjectResult] = []
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for r in pool.imap(_gen_one, jobs, chunksize=2):
+                rows.append(r)
+                bar.update(1)
+    else:
+        for j in jobs:
+            rows.append(_gen_one(j))
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+def _participants_tsv(rows: list[SubjectResult]) -> str:
+    """The ``participants.tsv`` text of ``rows`` (empty lists written as ``n/a``)."""
+    df = pd.DataFrame([asdict(r) for r in rows])
+    df["lesion_segments"] = df["lesion_segments"].replace("", "n/a")
+    df["compressed_segments"] = df["compressed_segments"].replace("", "n/a")
+    df["lesion_types"] = df["lesion_types"].replace("", "n/a")
+    return df.to_csv(sep="\t", index=False)
+
+
+def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
+                    data_cfg: DataConfig | None = None, workers: int = 1,
+                    show_progress: bool = True, force: bool = False) -> Path:
+    """Generate a phantom cohort into ``out_dir``; returns ``out_dir``.
+
+    name: one of :data:`COHORTS` (``spine_generic_like``, ``openneuro_like``, ``renji_like``,
+    ``ruijin_like``). n: subjects (``None`` -> ``data_cfg.cohorts.<name>``). The fraction of
+    lesion patients of the paper is kept (:func:`n_lesion_patients`). Volumes have
+    ``data_cfg.n_sagittal_healthy`` or ``n_sagittal_clinical`` sagittal slices.
+
+    Idempotent: when ``out_dir/phantom.json`` carries the same generation hash the cohort is
+    reused (``force=True`` regenerates). The cohort is written into a temporary sibling
+    folder and renamed into place, so a half-written cohort is never mistaken for a result.
+    """
+    data_cfg = data_cfg or DataConfig()
+    if name not in COHORTS:
+        raise KeyError(f"unknown cohort {name!r}; choose one of {sorted(COHORTS)}")
+    if n is None:
+        n = int(getattr(data_cfg.cohorts, name))
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out_dir = Path(out_dir)
+    gcfg = generation_config(name, n, seed, data_cfg)
+    if not force and cohort_is_current(out_dir, gcfg):
+        return out_dir
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{int(time.time() * 1e3) % 10**9}"
+    tmp.mkdir(parents=True, exist_ok=False)
+    t0 = time.perf_counter()
+    try:
+        flags = _lesion_flags(name, n, seed)
+        knobs = data_cfg.phantom if COHORTS[name].diagnosis == "DCM" else None
+        jobs = [(name, i, seed, tmp, gcfg["n_sagittal"], bool(flags[i]), None, knobs) for i in range(n)]
+        rows = _generate_subjects(name, jobs, workers, show_progress)
+        atomic_write_text(tmp / "participants.tsv", _participants_tsv(rows))
+        atomic_write_json(tmp / "phantom.json", {
+            "generation": gcfg, "generation_hash": config_hash(gcfg), "complete": True,
+            "n_lesion": int(flags.sum()), "seconds": round(time.perf_counter() - t0, 2),
+            "layout": "phantom",
+        })
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{int(time.time() * 1e3) % 10**9}"
+            out_dir.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+def _cli(args: argparse.Namespace) -> int:
+    knobs = {}
+    for item in args.knob or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--knob expects NAME=VALUE (a PhantomConfig field), got {item!r}")
+        knobs[f"data.phantom.{key.strip()}"] = yaml.safe_load(value)
+    cfg = get_preset(args.preset, **knobs).data
+    t0 = time.perf_counter()
+    out = generate_cohort(args.cohort, args.n, args.seed, args.out, cfg, workers=args.workers, force=args.force)
+    meta = json.loads((out / "phantom.json").read_text())
+    print(f"{args.cohort}: {meta['generation']['n']} subjects ({meta['n_lesion']} with lesion) -> {out} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cli_register(subparsers) -> None:
+    """Add ``u2ad phantom`` (generate one cohort) to ``subparsers``."""
+    p = subparsers.add_parser("phantom", help="generate a phantom cohort (NIfTI + participants.tsv)",
+                              description="Procedural phantom of the cervical spine: sagittal T2w-like NIfTI "
+                                          "cohorts (no external files).")
+    p.add_argument("--cohort", required=True, choices=sorted(COHORTS))
+    p.add_argument("--n", type=int, default=None, help="subjects (default: the preset's cohort size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--preset", default="paper", help="preset giving the slices per volume (default paper)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="regenerate even if the folder is current")
+    p.add_argument("--knob", action="append", metavar="NAME=VALUE",
+                   help="a difficulty knob for clinical cohorts (PhantomConfig field), e.g. coupling=independent, "
+                        "lesion_conspicuity=faint, artefacts=false, scanner_shift=0.5 (repeatable)")
+    p.set_defaults(func=_cli)
