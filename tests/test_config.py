@@ -5,7 +5,7 @@ import pytest
 
 from u2ad_core.core.config import COHORTS, MODEL_AUTHORS, MODEL_PAPER, CohortSizes, GridsConfig, config_hash
 from u2ad_core.core.presets import PAPER_CI_OVERRIDES, PRESETS, Preset, get_preset
-from u2ad_core.data.phantom import COHORTS as SPECS
+from u2ad_core.data.phantom import COHORT_SPECS as SPECS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -55,7 +55,7 @@ __all__ = [
 COHORTS: tuple[str, ...] = ("renji_like", "ruijin_like")
 """The clinical (DCM) cohorts, in the book's order: every chapter adapts and detects on these
 (paper: RenjiDCM and RuijinDCM); the healthy ones (``spine_generic_like``, ``openneuro_like``)
-only train. :data:`u2ad_core.data.phantom.COHORTS` holds every cohort's phantom spec."""
+only train. :data:`u2ad_core.data.phantom.COHORT_SPECS` holds every cohort's phantom spec."""
 
 
 # --------------------------------------------------------------------------------------

@@ -267,9 +267,9 @@ def build_pseudo_set(source: SliceData, seed: int) -> tuple[SliceData, list[dict
 # --------------------------------------------------------------------------------------
 def cohort_seed(seed: int, cohort: str) -> int:
     """Per-cohort generation seed derived from the run seed (cohorts differ, runs repeat)."""
-    from u2ad_core.data.phantom import COHORTS
+    from u2ad_core.data.phantom import COHORT_SPECS
 
-    idx = list(COHORTS).index(cohort)
+    idx = list(COHORT_SPECS).index(cohort)
     return int(np.random.SeedSequence([int(seed), idx, 2024]).generate_state(1)[0])
 
 
@@ -302,7 +302,7 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
     ``raw/<cohort>~<hash>/`` (:func:`u2ad_core.data.phantom.phantom_dir_name`). ``cohorts``: only
     these (e.g. ``["renji_like"]`` for a knob grid); ``"pseudo"`` comes with ``openneuro_like``.
     """
-    from u2ad_core.data.phantom import COHORTS, generate_cohort, phantom_dir_name
+    from u2ad_core.data.phantom import COHORT_SPECS, generate_cohort, phantom_dir_name
     from u2ad_core.data.preprocess import preprocess_cohort
 
     cfg = _data_config(preset)
@@ -312,10 +312,10 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
     paths: dict[str, Path] = {}
     t_all = time.perf_counter()
     if cohorts is not None:
-        unknown = set(cohorts) - set(COHORTS)
+        unknown = set(cohorts) - set(COHORT_SPECS)
         if unknown:
-            raise KeyError(f"unknown cohorts {sorted(unknown)}; choose from {list(COHORTS)}")
-    for name in COHORTS:
+            raise KeyError(f"unknown cohorts {sorted(unknown)}; choose from {list(COHORT_SPECS)}")
+    for name in COHORT_SPECS:
         if cohorts is not None and name not in cohorts:
             continue
         t0 = time.perf_counter()

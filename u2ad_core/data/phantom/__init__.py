@@ -46,7 +46,7 @@ settings give the same subjects (a paired design).
 
 Modules, bottom to top:
 
-- :mod:`.sites`: scanner / protocol profiles (:data:`SITES`), cohorts (:data:`COHORTS`), base
+- :mod:`.sites`: scanner / protocol profiles (:data:`SITES`), cohorts (:data:`COHORT_SPECS`), base
   tissue intensities, the scanner-shift knob (:func:`effective_site`).
 - :mod:`.anatomy`: one subject's geometry (:class:`Anatomy`, ``_sample_anatomy``), compression
   and lesions (:data:`LESION_TYPES`, :data:`COUPLING`), the segments a lesion touches.
@@ -93,7 +93,7 @@ from u2ad_core.data.phantom.cohort import (
 )
 from u2ad_core.data.phantom.render import _render
 from u2ad_core.data.phantom.sites import (
-    COHORTS,
+    COHORT_SPECS,
     REFERENCE_SITE,
     SITES,
     TISSUE,
@@ -114,7 +114,7 @@ __all__ = [
     "SiteProfile",
     "CohortSpec",
     "SITES",
-    "COHORTS",
+    "COHORT_SPECS",
     "SubjectResult",
     "n_lesion_patients",
     "generation_config",

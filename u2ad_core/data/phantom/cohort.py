@@ -29,7 +29,7 @@ from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, atomic_write_text, progress
 from u2ad_core.data.phantom.anatomy import _sample_anatomy
 from u2ad_core.data.phantom.render import _render
-from u2ad_core.data.phantom.sites import COHORTS, SITES, SiteProfile, effective_site, n_lesion_patients
+from u2ad_core.data.phantom.sites import COHORT_SPECS, SITES, SiteProfile, effective_site, n_lesion_patients
 
 PHANTOM_VERSION = 3
 """Bumped whenever the generator changes what it writes (invalidates cached cohorts)."""
@@ -106,7 +106,7 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
     to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
     artefacts from another, so a knob changes only what it names.
     """
-    spec = COHORTS[cohort]
+    spec = COHORT_SPECS[cohort]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
     arng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 8]))
     site_name = site or spec.sites[index % len(spec.sites)]
@@ -139,10 +139,10 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
 # --------------------------------------------------------------------------------------
 def generation_config(cohort: str, n: int, seed: int, data_cfg: DataConfig | None = None) -> dict[str, Any]:
     """What determines a generated cohort (its hash is the cache stamp in ``phantom.json``)."""
-    if cohort not in COHORTS:
-        raise KeyError(f"unknown cohort {cohort!r}; choose one of {sorted(COHORTS)}")
+    if cohort not in COHORT_SPECS:
+        raise KeyError(f"unknown cohort {cohort!r}; choose one of {sorted(COHORT_SPECS)}")
     data_cfg = data_cfg or DataConfig()
-    spec = COHORTS[cohort]
+    spec = COHORT_SPECS[cohort]
     n_sl = data_cfg.n_sagittal_healthy if spec.volume == "healthy" else data_cfg.n_sagittal_clinical
     out = {
         "cohort": cohort, "n": int(n), "seed": int(seed), "n_sagittal": int(n_sl),
@@ -158,7 +158,7 @@ def phantom_dir_name(cohort: str, data_cfg: DataConfig | None = None) -> str:
     """Folder name of a cohort under ``data/<preset>/raw/``: the cohort's name with the default
     knobs, ``<cohort>~<hash>`` otherwise (so a knob grid never overwrites the book's cohorts)."""
     data_cfg = data_cfg or DataConfig()
-    if COHORTS[cohort].diagnosis != "DCM" or data_cfg.phantom == PhantomConfig():
+    if COHORT_SPECS[cohort].diagnosis != "DCM" or data_cfg.phantom == PhantomConfig():
         return cohort
     return f"{cohort}~{config_hash(data_cfg.phantom, n=8)}"
 
@@ -220,7 +220,7 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
                     show_progress: bool = True, force: bool = False) -> Path:
     """Generate a phantom cohort into ``out_dir``; returns ``out_dir``.
 
-    name: one of :data:`COHORTS` (``spine_generic_like``, ``openneuro_like``, ``renji_like``,
+    name: one of :data:`COHORT_SPECS` (``spine_generic_like``, ``openneuro_like``, ``renji_like``,
     ``ruijin_like``). n: subjects (``None`` -> ``data_cfg.cohorts.<name>``). The fraction of
     lesion patients of the paper is kept (:func:`n_lesion_patients`). Volumes have
     ``data_cfg.n_sagittal_healthy`` or ``n_sagittal_clinical`` sagittal slices.
@@ -230,8 +230,8 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
     folder and renamed into place, so a half-written cohort is never mistaken for a result.
     """
     data_cfg = data_cfg or DataConfig()
-    if name not in COHORTS:
-        raise KeyError(f"unknown cohort {name!r}; choose one of {sorted(COHORTS)}")
+    if name not in COHORT_SPECS:
+        raise KeyError(f"unknown cohort {name!r}; choose one of {sorted(COHORT_SPECS)}")
     if n is None:
         n = int(getattr(data_cfg.cohorts, name))
     if n < 1:
@@ -245,7 +245,7 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
     t0 = time.perf_counter()
     try:
         flags = _lesion_flags(name, n, seed)
-        knobs = data_cfg.phantom if COHORTS[name].diagnosis == "DCM" else None
+        knobs = data_cfg.phantom if COHORT_SPECS[name].diagnosis == "DCM" else None
         jobs = [(name, i, seed, tmp, gcfg["n_sagittal"], bool(flags[i]), None, knobs) for i in range(n)]
         rows = _generate_subjects(name, jobs, workers, show_progress)
         atomic_write_text(tmp / "participants.tsv", _participants_tsv(rows))
@@ -289,7 +289,7 @@ def cli_register(subparsers) -> None:
     p = subparsers.add_parser("phantom", help="generate a phantom cohort (NIfTI + participants.tsv)",
                               description="Procedural phantom of the cervical spine: sagittal T2w-like NIfTI "
                                           "cohorts (no external files).")
-    p.add_argument("--cohort", required=True, choices=sorted(COHORTS))
+    p.add_argument("--cohort", required=True, choices=sorted(COHORT_SPECS))
     p.add_argument("--n", type=int, default=None, help="subjects (default: the preset's cohort size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")

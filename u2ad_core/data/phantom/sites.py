@@ -77,7 +77,7 @@ SITES: dict[str, SiteProfile] = {
                           {"cord": 1.5, "fat": 2.1, "marrow": 0.8, "muscle": 1.1}, bias_si=0.07),
 }
 
-COHORTS: dict[str, CohortSpec] = {
+COHORT_SPECS: dict[str, CohortSpec] = {
     "spine_generic_like": CohortSpec("spine_generic_like", ("sg_a", "sg_b", "sg_c", "sg_d"), "healthy", 270),
     "openneuro_like": CohortSpec("openneuro_like", ("on_a",), "healthy", 50),
     "renji_like": CohortSpec("renji_like", ("renji",), "DCM", 125, 78, 0, "clinical"),
@@ -120,7 +120,7 @@ def n_lesion_patients(cohort: str, n: int) -> int:
 
     renji_like keeps 78/125, ruijin_like 9/95 with at least 2 positives when ``n >= 20``.
     """
-    spec = COHORTS[cohort]
+    spec = COHORT_SPECS[cohort]
     if spec.paper_lesion == 0:
         return 0
     k = int(round(n * spec.paper_lesion / spec.paper_n))
