@@ -27,6 +27,7 @@ into ``data_dir/raw/<cohort>/`` (skipped when the stamp matches), preprocesses t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -35,11 +36,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
+import torch
 
 from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig, config_hash
 from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json
+from u2ad_core.data.phantom import COHORT_SPECS, generate_cohort, phantom_dir_name
+from u2ad_core.data.preprocess import preprocess_cohort
+from u2ad_core.data.pseudo import add_pseudo_anomalies
 
 __all__ = [
     "data_hash",
@@ -133,7 +139,6 @@ class SliceData:
 
     def patient_table(self):
         """One row per subject: subject, site, patient_label, lesion_segments (pandas)."""
-        import pandas as pd
 
         _, first = np.unique(self.subject, return_index=True)
         first = np.sort(first)
@@ -161,7 +166,6 @@ def data_hash(data: Any, fields: Sequence[str] = ("images", "cord")) -> str:
     Training runs (U2AD and the baselines) put it in their run hash, so that a run is reused
     only on the very same slices; the supervised detectors add ``("segments", "lesion")``.
     """
-    import hashlib
 
     h = hashlib.sha256()
     for name in fields:
@@ -215,7 +219,6 @@ class SliceDataset(_TorchDatasetBase):
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
 
         d = self.data
         item = {
@@ -244,7 +247,6 @@ def build_pseudo_set(source: SliceData, seed: int) -> tuple[SliceData, list[dict
     ``patient_label`` = 1 where an anomaly was placed, ``lesion_segments`` = the segments
     the anomaly pixels fall in.
     """
-    from u2ad_core.data.pseudo import add_pseudo_anomalies
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 424242]))
     anom, mask, params = add_pseudo_anomalies(source.images, source.cord, source.csf, rng=rng, return_params=True)
@@ -267,7 +269,6 @@ def build_pseudo_set(source: SliceData, seed: int) -> tuple[SliceData, list[dict
 # --------------------------------------------------------------------------------------
 def cohort_seed(seed: int, cohort: str) -> int:
     """Per-cohort generation seed derived from the run seed (cohorts differ, runs repeat)."""
-    from u2ad_core.data.phantom import COHORT_SPECS
 
     idx = list(COHORT_SPECS).index(cohort)
     return int(np.random.SeedSequence([int(seed), idx, 2024]).generate_state(1)[0])
@@ -302,8 +303,6 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
     ``raw/<cohort>~<hash>/`` (:func:`u2ad_core.data.phantom.phantom_dir_name`). ``cohorts``: only
     these (e.g. ``["renji_like"]`` for a knob grid); ``"pseudo"`` comes with ``openneuro_like``.
     """
-    from u2ad_core.data.phantom import COHORT_SPECS, generate_cohort, phantom_dir_name
-    from u2ad_core.data.preprocess import preprocess_cohort
 
     cfg = _data_config(preset)
     data_dir = Path(data_dir)
