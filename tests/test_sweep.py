@@ -204,7 +204,7 @@ def test_run_point_restarts_a_kernel_that_died_while_starting(tmp_path, monkeypa
     from u2ad_core.book import build as book
 
     calls = []
-    monkeypatch.setattr(book, "execute_notebook", _fake_execute(
+    monkeypatch.setattr(S, "execute_notebook", _fake_execute(
         [RuntimeError("Kernel died before replying to kernel_info"), [{"y": 4}]], calls))
     task = {"notebook": str(FIXTURE), "point_dir": str(tmp_path / "p"), "parameters": {}, "cwd": str(tmp_path),
             "point_id": "p0"}
@@ -214,7 +214,7 @@ def test_run_point_restarts_a_kernel_that_died_while_starting(tmp_path, monkeypa
     assert "did not start" in capsys.readouterr().err
     # it gives up after start_attempts, reporting the last error
     calls.clear()
-    monkeypatch.setattr(book, "execute_notebook", _fake_execute(
+    monkeypatch.setattr(S, "execute_notebook", _fake_execute(
         [RuntimeError("zmq.error.ZMQError: Address already in use")] * 2, calls))
     out = S.run_point(task)
     assert out["status"] == "failed" and out["attempts"] == 2 and "Address already in use" in out["error"]
@@ -227,7 +227,7 @@ def test_run_point_never_reruns_a_failing_cell_or_a_kernel_that_died_later(tmp_p
             "point_id": "p0"}
     for exc in (book.NotebookFailed(FIXTURE, 4, 3, "ValueError", "boom", None), MemoryError("killed")):
         calls = []
-        monkeypatch.setattr(book, "execute_notebook", _fake_execute([exc, [{"y": 1}]], calls))
+        monkeypatch.setattr(S, "execute_notebook", _fake_execute([exc, [{"y": 1}]], calls))
         out = S.run_point(task)
         assert out["status"] == "failed" and out["attempts"] == 1 and len(calls) == 1
 
