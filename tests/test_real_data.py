@@ -90,11 +90,11 @@ def test_full_fov_reorients_psr(real_data):
 
 def test_phantom_realism_against_real_mri(real_data, tmp_path):
     """CSF / cord ratio, cord AP diameter and vertebral spacing of the phantom inside the bands
-    around the real references (realism.compare, in the authors' view the references use)."""
+    around the real references (realism.compare_to_bands, in the authors' view the references use)."""
     cfg = replace(CPU, n_sagittal_healthy=7)
     coh = P.generate_cohort("spine_generic_like", 4, 0, tmp_path / "sg", cfg, show_progress=False)
     df = R.measure_cohort(coh)
-    c = R.compare(R.summarise(df, by=("cohort",))).set_index("figure")
+    c = R.compare_to_bands(R.summarise(df, by=("cohort",))).set_index("figure")
     for f in ("csf_cord_ratio", "cord_ap_mm", "vertebral_spacing_mm"):
         assert c.loc[f, "status"] == "inside band", (f, c.loc[f, ["median", "lo", "hi"]].tolist())
 

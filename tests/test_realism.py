@@ -194,12 +194,12 @@ def test_compare_flags_inside_outside_and_not_measured():
         {"cohort": "c", "site": "y", "figure": "csf_cord_ratio", "median": 99.0, "q25": 99, "q75": 99, "n": 3},
         {"cohort": "c", "site": "x", "figure": "noise_std", "median": np.nan, "q25": np.nan, "q75": np.nan, "n": 0},
     ])
-    c = R.compare(s, view="preset")
+    c = R.compare_to_bands(s, view="preset")
     assert list(c.status) == ["inside band", "outside band", "not measured"]
     assert c.reason.iloc[0] == "" and "normalisation" in c.reason.iloc[1] and "clips air" in c.reason.iloc[2]
-    assert R.compare(s).reason.iloc[1] == ""  # authors' view: no known departure, a calibration target
+    assert R.compare_to_bands(s).reason.iloc[1] == ""  # authors' view: no known departure, a calibration target
     with pytest.raises(ValueError, match="view"):
-        R.compare(s, view="other")
+        R.compare_to_bands(s, view="other")
 
 
 def test_measure_cohort_authors_view(tmp_path):

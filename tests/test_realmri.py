@@ -113,7 +113,7 @@ def _fake(scores, maps, roi):
     return SimpleNamespace(table=pd.DataFrame({"patient_score": scores}), raw_maps=maps, roi=roi)
 
 
-def test_detection_table_perfect_tied_and_grouped():
+def test_pair_detection_table_perfect_tied_and_grouped():
     d = healthy_stack(10)
     pairs, pair, params = RM.lesion_pairs(d, np.random.default_rng(1), copies=1)
     m = len(params)
@@ -121,7 +121,7 @@ def test_detection_table_perfect_tied_and_grouped():
     perfect = _fake(np.r_[np.ones(m), np.zeros(m)], les, pairs.cord > 0)
     tied = _fake(np.zeros(2 * m), np.zeros_like(les), pairs.cord > 0)
     groups = np.array([p["type"] for p in params])
-    tab, folds = RM.detection_table({"perfect": perfect, "tied": tied}, pairs, pair, n_folds=5, seed=0,
+    tab, folds = RM.pair_detection_table({"perfect": perfect, "tied": tied}, pairs, pair, n_folds=5, seed=0,
                                     reference="tied", groups=groups)
     a = tab[tab["group"] == "all"].set_index("method")
     assert a.loc["perfect", "patient_auroc_mean"] == 1.0 and a.loc["perfect", "win_rate_mean"] == 1.0
@@ -131,7 +131,7 @@ def test_detection_table_perfect_tied_and_grouped():
     assert set(tab["group"]) == {"all", *set(groups)}
     assert a.loc["perfect", "n_pairs"] == m and folds["fold"].nunique() == 5
     with pytest.raises(ValueError, match="groups"):
-        RM.detection_table({"p": perfect}, pairs, pair, groups=groups[:-1])
+        RM.pair_detection_table({"p": perfect}, pairs, pair, groups=groups[:-1])
 
 
 def test_paired_change_shift_table_and_schedule():

@@ -201,7 +201,6 @@ def _fake_execute(behaviours, calls):
 
 
 def test_run_point_restarts_a_kernel_that_died_while_starting(tmp_path, monkeypatch, capsys):
-    from u2ad_core.book import build as book
 
     calls = []
     monkeypatch.setattr(S, "execute_notebook", _fake_execute(

@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from u2ad_core.metrics import compare
+
 from .common import Method
 
 __all__ = ["MorphologyConfig", "row_widths", "compression_profile", "morphology_maps", "compression_scores",
@@ -131,15 +133,16 @@ def compression_scores(cord: np.ndarray, csf: np.ndarray, percentile: float = 5.
 def versus_anatomy(mean, std, ref_mean: float, ref_std: float) -> np.ndarray:
     """Verdict per method: ``"beats anatomy"`` when ``mean - ref_mean > max(std, ref_std)``,
     ``"below anatomy"`` when ``ref_mean - mean`` exceeds it, else ``"no clear difference"``;
-    ``"n/a"`` when a number is missing. ``mean``, ``std``: fold mean and std of each method's
+    ``"n/a"`` when a number is missing (:func:`u2ad_core.metrics.compare`'s rule, its words
+    renamed). ``mean``, ``std``: fold mean and std of each method's
     patient AUROC, scalars or ``(M,)``; ``ref_*``: the morphology baseline's."""
     mean = np.atleast_1d(np.asarray(mean, dtype=np.float64))
     std = np.broadcast_to(np.asarray(std, dtype=np.float64), mean.shape)
-    spread = np.maximum(std, float(ref_std))
-    diff = mean - float(ref_mean)
-    out = np.where(diff > spread, "beats anatomy", np.where(-diff > spread, "below anatomy", "no clear difference"))
-    bad = ~(np.isfinite(diff) & np.isfinite(spread))
-    return np.where(bad, "n/a", out).astype(object)
+    words = {"better": "beats anatomy", "worse": "below anatomy", "no clear difference": "no clear difference",
+             "not measured": "n/a"}
+    # the rule of u2ad_core.metrics.compare; an unknown std here means "cannot be compared" (n/a)
+    return np.array([words[compare(m, s, ref_mean, ref_std) if np.isfinite(s) and np.isfinite(ref_std)
+                           else "not measured"] for m, s in zip(mean, std)], dtype=object)
 
 
 def compare_with_anatomy(rows: pd.DataFrame, reference: str = LABEL) -> pd.DataFrame:

@@ -45,10 +45,10 @@ The real references are stored in :data:`REFERENCES` (values computed by
 in :func:`bands`. :func:`measure_dataset` measures a dataset file (the preset's view: what the
 model sees), :func:`measure_cohort` a raw cohort in the authors' view (their pixel size, field
 of view and normalisation, as the real references), :func:`summarise` gives median and IQR per
-group and :func:`compare` puts them beside the bands::
+group and :func:`compare_to_bands` puts them beside the bands::
 
     df = measure_cohort("data/cpu/raw/renji_like")          # or measure_dataset(load_dataset(p), "renji_like")
-    compare(summarise(df))                                  # one row per group and figure
+    compare_to_bands(summarise(df))                         # one row per group and figure
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ __all__ = [
     "bands",
     "NOT_MEASURED",
     "KNOWN_DEPARTURES",
-    "compare",
+    "compare_to_bands",
 ]
 
 ERODE_MM = 2 * AUTHORS_PIXEL_MM  # 1.5625 mm: 2 px at the authors' pixel size
@@ -590,7 +590,7 @@ KNOWN_DEPARTURES: dict[str, dict[str, str]] = {
                                 "references use the authors' normalisation",
     },
 }
-"""Explained departures, by view and figure, quoted by :func:`compare` for a figure outside its
+"""Explained departures, by view and figure, quoted by :func:`compare_to_bands` for a figure outside its
 band. Nothing is listed for the authors' view: a departure there is a calibration target."""
 
 
@@ -640,7 +640,7 @@ def bands():
     return pd.DataFrame(rows).set_index("figure").loc[list(FIGURES)].reset_index()
 
 
-def compare(summary, view: str = "authors", departures: Mapping[str, str] | None = None):
+def compare_to_bands(summary, view: str = "authors", departures: Mapping[str, str] | None = None):
     """Phantom beside real: each row of ``summary`` (:func:`summarise`) with its figure's band.
 
     Adds lo, hi, real_min, real_max, references, rule, status (``"inside band"``,
@@ -650,7 +650,7 @@ def compare(summary, view: str = "authors", departures: Mapping[str, str] | None
     ``view``: ``"authors"`` (:func:`measure_cohort`) or ``"preset"`` (:func:`measure_dataset`).
     """
     if view not in KNOWN_DEPARTURES:
-        raise ValueError(f"compare: view must be one of {sorted(KNOWN_DEPARTURES)}, got {view!r}")
+        raise ValueError(f"compare_to_bands: view must be one of {sorted(KNOWN_DEPARTURES)}, got {view!r}")
     dep = KNOWN_DEPARTURES[view] if departures is None else departures
     why_not = NOT_MEASURED[view]
     b = bands().set_index("figure")

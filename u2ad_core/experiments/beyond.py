@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from u2ad_core.core.config import Preset
+from u2ad_core.core.presets import Preset
 from u2ad_core.data.datasets import SliceData
 from u2ad_core.metrics import patient_table
 from u2ad_core.method.scoring import ScoreResult, score_dataset

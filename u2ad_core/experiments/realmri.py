@@ -27,28 +27,45 @@ Functions, on N slices of H x W (rows superior -> inferior, columns anterior -> 
   drawn like the phantom's (:data:`u2ad_core.data.phantom.LESION_TYPES`: faint / intense contrast
   between cord and CSF, edge profile; the phantom's size ranges, :data:`LESION_GEOMETRY`).
 - :func:`lesion_pairs`: lesion copies of slices and their clean twins (the detection set);
-  :func:`score_methods` and :func:`detection_table`: U2AD against Z-scoring and the
+  :func:`score_methods` and :func:`pair_detection_table`: U2AD against Z-scoring and the
   morphology-only score on it, with pixel AUROC / AUPRC and patient-level separation, mean and
   std over folds of pairs.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
+from sklearn.metrics import roc_auc_score
 
+from u2ad_core.baselines import SignalModel, anomaly_maps, get_method, score_anomaly_maps
 from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig
+from u2ad_core.core.context import repo_root
 from u2ad_core.core.presets import Preset
+from u2ad_core.core.runtime import make_generator
+from u2ad_core.data.datasets import REQUIRED, SliceData
+from u2ad_core.data.fetch import MANIFEST, verify_file
+from u2ad_core.data.io import DataError, DataWarning, SubjectFiles, Volume, load_subject, read_array, read_nifti, to_ras
+from u2ad_core.data.phantom import LESION_TYPES
+from u2ad_core.data.preprocess import preprocess_volume
+from u2ad_core.data.pseudo import as_numpy_rng, cord_axis
+from u2ad_core.data.realism import MIN_CSF_MM2, RING_MM
+from u2ad_core.method.scoring import score_dataset
+from u2ad_core.method.uncertainty import mc_uncertainty
+from u2ad_core.metrics import compare, pixel_metrics, reconstruction_metrics, verdict
 
 __all__ = [
     "SCT", "T2_FILES", "PAM50_FILES", "ARRAYS_DIR", "LESION_GEOMETRY", "HEALTHY_SOURCES",
     "real_dir_candidates", "missing_files", "find_real_dir", "sct_t2_volume", "pam50_subject",
     "healthy_slices", "preprocessing_steps", "recon_stats", "shift_table", "paired_change", "adapt_overrides",
-    "tissue_means", "insert_lesions", "lesion_pairs", "score_methods", "detection_table",
+    "tissue_means", "insert_lesions", "lesion_pairs", "score_methods", "pair_detection_table",
 ]
 
 SCT = "sct_testing_data"
@@ -73,8 +90,6 @@ for the synthetic lesions in real slices."""
 # --------------------------------------------------------------------------------------
 def real_dir_candidates(root: str | Path | None = None) -> list[Path]:
     """``data/real`` under the project root, then ``../shared/data/real`` beside it."""
-    from u2ad_core.core.context import repo_root
-
     r = Path(root) if root is not None else repo_root()
     return [r / "data" / "real", r.parent / "shared" / "data" / "real"]
 
@@ -83,8 +98,6 @@ def missing_files(real_dir: str | Path) -> list[str]:
     """Problems with ``real_dir`` (missing or corrupt files, checked by size and SHA-256 against
     :data:`u2ad_core.data.fetch.MANIFEST`); empty when everything this chapter needs is there. The
     derived CSF mask of the template is optional (without it the CSF is estimated)."""
-    from u2ad_core.data.fetch import MANIFEST, verify_file
-
     root = Path(real_dir)
     return [why for e in MANIFEST if e.path is not None and (why := verify_file(root / e.dest, e))]
 
@@ -112,10 +125,6 @@ def sct_t2_volume(real_dir: str | Path):
     the full grid with the same axes and zooms, or when the full image under the crop differs
     from the crop.
     """
-    import nibabel as nib
-
-    from u2ad_core.data.io import DataError, Volume, read_nifti, to_ras
-
     d = Path(real_dir) / SCT
     full_p, crop_p = d / T2_FILES["full_fov"], d / T2_FILES["image"]
     full, fa = read_nifti(full_p, "image")
@@ -153,8 +162,6 @@ def sct_t2_volume(real_dir: str | Path):
 
 def pam50_subject(real_dir: str | Path):
     """The PAM50 template as a :class:`~u2ad_core.data.io.SubjectFiles` (CSF mask when present)."""
-    from u2ad_core.data.io import SubjectFiles
-
     d = Path(real_dir) / SCT
     csf = d / PAM50_FILES["csf"]
     return SubjectFiles("pam50", d / PAM50_FILES["image"], cord=d / PAM50_FILES["cord"],
@@ -171,10 +178,6 @@ def healthy_slices(real_dir: str | Path, data_cfg: DataConfig, n_slices: int):
     :class:`~u2ad_core.data.datasets.SliceData` of ``2 * n_slices`` slices (subject = source name,
     site ``"sct"`` / ``"template"``, patient_label 0).
     """
-    from u2ad_core.data.datasets import REQUIRED, SliceData
-    from u2ad_core.data.io import load_subject
-    from u2ad_core.data.preprocess import preprocess_volume
-
     parts = []
     for name, vol, site in (("sct_t2", sct_t2_volume(real_dir), "sct"),
                             ("pam50", load_subject(pam50_subject(real_dir)), "template")):
@@ -193,15 +196,7 @@ def healthy_slices(real_dir: str | Path, data_cfg: DataConfig, n_slices: int):
 def _stored_plane(path: Path, vol) -> tuple[np.ndarray, str, float]:
     """The middle sagittal plane of ``path`` as stored (no reorientation), its axis codes and its
     pixel aspect (row mm / column mm)."""
-    import nibabel as nib
-
-    from u2ad_core.data.io import read_array, read_nifti
-
     if path.suffix == ".npy":
-        import warnings
-
-        from u2ad_core.data.io import DataWarning
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)  # label 7: reported where the data is loaded
             return read_array(path)[0], "channel 0 of (3, 256, 256): rows S-I, columns A-P", 1.0
@@ -229,8 +224,6 @@ def preprocessing_steps(vol, data_cfg: DataConfig, stored_path: str | Path | Non
     min-max; skipped for the authors' arrays, already in [0, 1]); resampled and cropped onto
     the preset's grid, with the masks (:func:`u2ad_core.data.preprocess.preprocess_volume`).
     """
-    from u2ad_core.data.preprocess import preprocess_volume
-
     out = preprocess_volume(vol, data_cfg, 1)
     cord = vol.cord
     x_mid = int(round(float((cord.sum(axis=(1, 2)) * np.arange(cord.shape[0])).sum() / cord.sum())))
@@ -267,10 +260,6 @@ def recon_stats(model, data, preset: Preset, device: str = "cpu", seed: int = 0,
     ``eu_mean`` (mean EU over the cord), ``ssim`` and ``au_mean``; ``mc`` the MC result
     (``mean``, ``eu`` (N, H, W) tensors).
     """
-    from u2ad_core.core.runtime import make_generator
-    from u2ad_core.method.train import reconstruction_metrics
-    from u2ad_core.method.uncertainty import mc_uncertainty
-
     images = np.asarray(data.images, np.float32)
     roi = np.asarray(data.cord) > 0
     mc = mc_uncertainty(model, images, roi, k=preset.mc.k, mask_ratio=preset.masking.mask_ratio,
@@ -283,11 +272,14 @@ def recon_stats(model, data, preset: Preset, device: str = "cpu", seed: int = 0,
     return df, mc
 
 
-def _words(a_mean: float, a_std: float, b_mean: float, b_std: float) -> str:
-    from u2ad_core.metrics import compare
-
-    v = compare(a_mean, a_std, b_mean, b_std, higher_is_better=True)
+def _words_of(v: str) -> str:
+    """A verdict of :mod:`u2ad_core.metrics.verdicts` in this chapter's words (``"higher"`` /
+    ``"lower"`` for A: the metrics here are measurements, not scores to maximise)."""
     return {"better": "higher", "worse": "lower"}.get(v, v)
+
+
+def _words(a_mean: float, a_std: float, b_mean: float, b_std: float) -> str:
+    return _words_of(compare(a_mean, a_std, b_mean, b_std, higher_is_better=True))
 
 
 def shift_table(df: pd.DataFrame, a: str, b: str, metrics: Sequence[str] = ("mse", "eu_mean")) -> pd.DataFrame:
@@ -312,13 +304,14 @@ def paired_change(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
 
     Returns before / after means, the mean and std (over slices) of ``after - before``, and the
     words: ``"lower"`` / ``"higher"`` only when the mean change exceeds the std of the changes,
-    else ``"no clear difference"``.
+    else ``"no clear difference"`` (:func:`u2ad_core.metrics.verdict`; ``"not measured"`` when
+    no slice has both values).
     """
     b = np.asarray(before, np.float64)
     a = np.asarray(after, np.float64)
     d = a - b
     md, sd = float(np.nanmean(d)), float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
-    words = ("no clear difference" if not np.isfinite(sd) or abs(md) <= sd else ("lower" if md < 0 else "higher"))
+    words = _words_of(verdict(md, sd))
     return {"before": float(np.nanmean(b)), "after": float(np.nanmean(a)), "change": md, "change_std": sd,
             "relative_change": md / float(np.nanmean(b)) if np.nanmean(b) else float("nan"), "words": words}
 
@@ -346,10 +339,6 @@ def tissue_means(images: np.ndarray, cord: np.ndarray, csf: np.ndarray | None = 
     the cord (the realism report's estimate, :data:`u2ad_core.data.realism.RING_MM`). NaN for a
     slice without cord.
     """
-    from scipy import ndimage as ndi
-
-    from u2ad_core.data.realism import MIN_CSF_MM2, RING_MM
-
     x = np.asarray(images, np.float64)
     c = np.asarray(cord) > 0
     f = np.zeros_like(c) if csf is None else np.asarray(csf) > 0
@@ -395,9 +384,6 @@ def insert_lesions(images: np.ndarray, cord: np.ndarray, csf: np.ndarray | None 
     slice (row, col, type, contrast, target, length_mm, width_fraction, n_pixels; ``n_pixels``
     0 and the slice unchanged when its cord is too thin or absent).
     """
-    from u2ad_core.data.phantom import LESION_TYPES
-    from u2ad_core.data.pseudo import as_numpy_rng, cord_axis
-
     if conspicuity not in (*LESION_TYPES, "mixed"):
         raise ValueError(f"conspicuity must be one of {[*LESION_TYPES, 'mixed']}, got {conspicuity!r}")
     g = as_numpy_rng(rng)
@@ -469,8 +455,6 @@ def lesion_pairs(data, rng: Any, copies: int = 3, **insert_kw):
     (lesion copy and clean twin share it), and the lesion parameters (M dicts, with
     ``source`` and ``slice_offset``).
     """
-    from u2ad_core.data.datasets import SliceData
-
     idx = np.repeat(np.arange(len(data)), int(copies))
     out, les, params = insert_lesions(data.images[idx], data.cord[idx], data.csf[idx], rng=rng, **insert_kw)
     keep = les.reshape(len(idx), -1).any(1)
@@ -508,9 +492,6 @@ def score_methods(models: Mapping[str, Any], data, preset: Preset, device: str =
     baseline (:func:`u2ad_core.baselines.anomaly_maps` with ``preset.baselines``, then the same
     scoring). Returns name -> :class:`~u2ad_core.method.scoring.ScoreResult` (baselines named by their
     label)."""
-    from u2ad_core.baselines import SignalModel, anomaly_maps, get_method, score_anomaly_maps
-    from u2ad_core.method.scoring import score_dataset
-
     out: dict[str, Any] = {}
     for name, model in models.items():
         out[name] = score_dataset(model, data, preset.score, mc_k=preset.score.k,
@@ -524,13 +505,11 @@ def score_methods(models: Mapping[str, Any], data, preset: Preset, device: str =
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
     s = np.nan_to_num(np.asarray(s, np.float64), nan=-np.inf)
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
-def detection_table(results: Mapping[str, Any], data, pair: np.ndarray, n_folds: int = 5, seed: int = 0,
+def pair_detection_table(results: Mapping[str, Any], data, pair: np.ndarray, n_folds: int = 5, seed: int = 0,
                     reference: str | None = None, groups: np.ndarray | None = None
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pixel and patient-level detection of each method on a :func:`lesion_pairs` set.
@@ -547,8 +526,6 @@ def detection_table(results: Mapping[str, Any], data, pair: np.ndarray, n_folds:
     the same group: ``"better"`` / ``"worse"`` only beyond the larger fold std), and the per-fold
     rows.
     """
-    from u2ad_core.metrics import compare, pixel_metrics
-
     pair = np.asarray(pair)
     m = int(pair.max()) + 1
     fold_of_pair = np.random.default_rng(seed).permutation(m) % n_folds
@@ -557,7 +534,7 @@ def detection_table(results: Mapping[str, Any], data, pair: np.ndarray, n_folds:
     lesion = np.asarray(data.lesion)
     grp = np.full(m, "all", dtype=object) if groups is None else np.asarray(groups, dtype=object)
     if len(grp) != m:
-        raise ValueError(f"detection_table: groups has {len(grp)} labels for {m} pairs")
+        raise ValueError(f"pair_detection_table: groups has {len(grp)} labels for {m} pairs")
     names = ["all"] + ([] if groups is None else sorted(set(grp.tolist())))
     rows = []
     for (name, res), gname in ((nr, gn) for nr in results.items() for gn in names):

@@ -54,15 +54,11 @@ Summaries are the mean ± std (ddof 1) over all ``n_repeats x n_folds`` test fol
 matches the paper's per-fold spread (Table 1) and uses every repeat;
 :meth:`CVResult.repeat_means` gives one mean per repeat (Appendix F box plots).
 
-Other metrics: patient AUROC / AUPRC (:func:`threshold_free`); label-free model selection,
-Brainomaly's AUCp (:func:`aucp`); pixel AUROC / AUPRC / best Dice on the pseudo-anomaly set
-(:func:`pixel_metrics`), AUPRO (:func:`aupro`, :func:`pro_curve`), Dice at a given threshold
-(:func:`dice_at_threshold`), at a threshold chosen on the training folds or at a fixed
-false-positive rate (:func:`threshold_at_fpr`, :func:`dice_cv`); reconstruction SSIM / PSNR /
-MSE in the ROI and mean variance (:func:`reconstruction_metrics`).
-
-Pixel metrics pool the ROI pixels of all slices; a pixel is flagged when its map value is
-``>= threshold``; a NaN map value counts as 0; lesion pixels outside the ROI are ignored.
+Also here: patient AUROC / AUPRC (:func:`threshold_free`), the share of lesion patients whose
+top segment is a lesion segment (:func:`peak_in_lesion_fraction`) and the Table 1 layout
+(:func:`table1`). Pixel metrics are in :mod:`u2ad_core.metrics.pixel`, label-free selection in
+:mod:`u2ad_core.metrics.selection`, reconstruction quality in
+:mod:`u2ad_core.metrics.reconstruction`, the verdict rule in :mod:`u2ad_core.metrics.verdicts`.
 """
 
 from __future__ import annotations
@@ -74,14 +70,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, recall_score, roc_auc_score
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from u2ad_core.core.labels import SEGMENTS, parse_segments
+from u2ad_core.metrics.verdicts import format_mean_std
 
 __all__ = [
     "TABLE1_COLUMNS",
     "METRICS",
     "CVResult",
     "patient_table",
+    "scores_by_subject",
     "threshold_at_sensitivity",
     "fold_metrics",
     "binary_metrics",
@@ -91,23 +91,10 @@ __all__ = [
     "stratified_folds",
     "cross_validate",
     "threshold_free",
-    "format_mean_std",
-    "table1",
-    "pixel_metrics",
-    "best_dice_threshold",
-    "dice_at_threshold",
-    "threshold_at_fpr",
-    "dice_cv",
-    "pro_curve",
-    "aupro",
-    "aucp",
-    "aucp_reference_splits",
-    "rank_correlation",
-    "patient_scores",
-    "reconstruction_metrics",
     "peak_in_lesion_fraction",
-    "compare",
+    "table1",
 ]
+
 
 TABLE1_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Patient-level", "Accuracy", "patient_accuracy"),
@@ -167,6 +154,12 @@ def patient_table(scores: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
+def scores_by_subject(table: pd.DataFrame, subjects) -> np.ndarray:
+    """``(P,)`` patient scores of a scores table (:func:`patient_table`) in the order of ``subjects``
+    (``(P,)`` subject ids); ``KeyError`` for a subject without a labelled row."""
+    return patient_table(table).set_index("subject").loc[list(subjects), "score"].to_numpy(dtype=float)
+
+
 # --------------------------------------------------------------------------------------
 # Thresholds and counts
 # --------------------------------------------------------------------------------------
@@ -205,9 +198,6 @@ def _no_score_lowest(scores) -> np.ndarray:
 def binary_metrics(labels: np.ndarray, pred: np.ndarray, scores: np.ndarray | None = None) -> dict[str, float]:
     """Accuracy, F1, sensitivity, specificity (scikit-learn, ``zero_division=nan``) and,
     when ``scores`` is given and both classes are present, AUROC and AUPRC."""
-    from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
-                                 recall_score, roc_auc_score)
-
     y = np.asarray(labels).astype(int)
     p = np.asarray(pred).astype(int)
     out = {
@@ -298,8 +288,6 @@ def stratified_folds(labels: np.ndarray, n_folds: int = 5, seed: int = 0) -> lis
     class with fewer members than folds is silenced here (callers count folds without
     positives). Raises ``ValueError`` when there are fewer patients than folds.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     y = np.asarray(labels).astype(int)
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")
@@ -457,36 +445,6 @@ def peak_in_lesion_fraction(scores: pd.DataFrame) -> float:
     return _ratio(les["top_is_lesion"].sum(), len(les))
 
 
-# --------------------------------------------------------------------------------------
-# Comparing two rows: words follow numbers
-# --------------------------------------------------------------------------------------
-def compare(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_better: bool = True) -> str:
-    """Is A better or worse than B, given how much each varies from fold to fold?
-
-    a_mean, a_std, b_mean, b_std: a metric's mean and standard deviation over the test folds
-    (e.g. ``CVResult.summary()``) for rows A and B. Returns ``"better"`` or ``"worse"`` (for A)
-    only when the gap ``|a_mean - b_mean|`` exceeds the larger of the two stds, else
-    ``"no clear difference"``; an unknown std (NaN) counts as no clear difference, a NaN mean
-    gives ``"not measured"``. ``higher_is_better=False`` for errors (MSE, variance, time).
-    """
-    a, b = float(a_mean), float(b_mean)
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return "not measured"
-    stds = (float(a_std), float(b_std))
-    if not all(math.isfinite(v) for v in stds) or abs(a - b) <= max(stds):
-        return "no clear difference"
-    return "better" if (a > b) == bool(higher_is_better) else "worse"
-
-
-# --------------------------------------------------------------------------------------
-# Formatting
-# --------------------------------------------------------------------------------------
-def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
-    """``0.7740 ± 0.0124``; ``nan`` parts print as ``n/a``."""
-    f = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"  # noqa: E731
-    return f"{f(mean)} ± {f(std)}"
-
-
 def table1(results: dict[str, CVResult], protocol: str = "paper", digits: int = 4) -> pd.DataFrame:
     """Paper Table 1 layout: rows = ``results`` keys (e.g. ``"S3 U2AD"``), two-level columns
     (Patient-level: Accuracy, F1, Specificity; Segment-level: F1, Recall, Specificity),
@@ -494,305 +452,3 @@ def table1(results: dict[str, CVResult], protocol: str = "paper", digits: int = 
     cols = pd.MultiIndex.from_tuples([(g, c) for g, c, _ in TABLE1_COLUMNS])
     data = [[res.row(protocol, digits)[c] for c in cols] for res in results.values()]
     return pd.DataFrame(data, index=list(results.keys()), columns=cols)
-
-
-# --------------------------------------------------------------------------------------
-# Pixel and reconstruction metrics
-# --------------------------------------------------------------------------------------
-def pixel_metrics(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray) -> dict[str, float]:
-    """Pixel AUROC, AUPRC and best Dice over thresholds, pooled over all ROI pixels.
-
-    maps: ``(N, H, W)`` anomaly maps; lesion: ``(N, H, W)`` ground-truth mask; roi: ``(N, H, W)``
-    (only ROI pixels are scored). Best Dice = max over thresholds of 2PR / (P + R) from
-    :func:`sklearn.metrics.precision_recall_curve` (the Dice of the pooled pixel set).
-    """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    maps, lesion, roi = _pixel_arrays(maps, lesion, roi)
-    y = lesion[roi].astype(int)
-    s = maps[roi]
-    out = {"n_pixels": int(y.size), "n_lesion_pixels": int(y.sum()),
-           "auroc": float("nan"), "auprc": float("nan"), "best_dice": float("nan"),
-           "best_dice_threshold": float("nan")}
-    if y.any() and (y == 0).any():
-        out["auroc"] = float(roc_auc_score(y, s))
-        out["auprc"] = float(average_precision_score(y, s))
-        out["best_dice"], out["best_dice_threshold"] = _best_dice(y, s)
-    return out
-
-
-def _pixel_arrays(maps, lesion, roi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(maps float64 with NaN -> 0, lesion bool inside the ROI, roi bool), all (N, H, W)."""
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float64), nan=0.0)
-    lesion = np.asarray(lesion) > 0
-    roi = np.asarray(roi) > 0
-    if not (maps.shape == lesion.shape == roi.shape):
-        raise ValueError(f"maps {maps.shape}, lesion {lesion.shape}, roi {roi.shape} differ")
-    return maps, lesion & roi, roi
-
-
-def _best_dice(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    """(best Dice, its threshold) over the pooled pixels ``y`` (0/1) with scores ``s`` (ties:
-    the lowest threshold); requires a lesion pixel."""
-    from sklearn.metrics import precision_recall_curve
-
-    p, r, t = precision_recall_curve(y, s)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)[:-1]
-    i = int(np.argmax(d))
-    return float(d[i]), float(t[i])
-
-
-def best_dice_threshold(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray) -> float:
-    """The threshold with the best Dice over the pooled ROI pixels (``pixel_metrics``'
-    ``best_dice_threshold``); NaN without a lesion pixel. maps, lesion, roi: ``(N, H, W)``."""
-    maps, lesion, roi = _pixel_arrays(maps, lesion, roi)
-    y = lesion[roi]
-    return _best_dice(y.astype(int), maps[roi])[1] if y.any() else float("nan")
-
-
-def dice_at_threshold(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray, threshold: float) -> float:
-    """Dice 2TP / (2TP + FP + FN) of the ROI pixels flagged by ``map >= threshold``, pooled
-    over all slices. maps, lesion, roi: ``(N, H, W)``. NaN when there is no lesion pixel and
-    nothing is flagged (0 / 0); a NaN threshold gives NaN."""
-    maps, lesion, roi = _pixel_arrays(maps, lesion, roi)
-    if np.isnan(threshold):
-        return float("nan")
-    flag = roi & (maps >= threshold)
-    tp = int((flag & lesion).sum())
-    return _ratio(2 * tp, int(flag.sum()) + int(lesion.sum()))
-
-
-def threshold_at_fpr(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray, fpr: float) -> float:
-    """The lowest threshold whose false-positive rate is at most ``fpr``.
-
-    False-positive rate = flagged share of the ROI pixels outside the lesions. The threshold
-    is the lowest ROI map value ``t`` with ``#(normal pixels >= t) <= floor(fpr * n_normal)``
-    (between observed values nothing changes), so it flags as many lesion pixels as that
-    rate allows; ``+inf`` (flag nothing) when even the highest value exceeds it. maps,
-    lesion, roi: ``(N, H, W)``; fpr in [0, 1]. Raises ``ValueError`` when the ROI holds no
-    pixel outside the lesions (the rate is undefined).
-    """
-    if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must be in [0, 1], got {fpr!r}")
-    maps, lesion, roi = _pixel_arrays(maps, lesion, roi)
-    normal = np.sort(maps[roi & ~lesion])
-    if normal.size == 0:
-        raise ValueError("threshold_at_fpr: no ROI pixel outside the lesions, so the false-positive rate is undefined")
-    allowed = math.floor(fpr * normal.size + 1e-9)
-    cand = np.unique(maps[roi])  # ascending
-    n_flagged = normal.size - np.searchsorted(normal, cand, side="left")  # normals >= each candidate, decreasing
-    ok = np.flatnonzero(n_flagged <= allowed)
-    return float(cand[ok[0]]) if ok.size else float("inf")
-
-
-def dice_cv(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray, subject: np.ndarray, n_folds: int = 5,
-            n_repeats: int = 1, seed: int = 0, fpr: float = 0.05) -> pd.DataFrame:
-    """Dice on held-out patients at thresholds chosen on the other folds.
-
-    maps, lesion, roi: ``(N, H, W)``; subject: ``(N,)`` the patient of each slice. Patients
-    are split by :func:`stratified_folds` (label: the patient has a lesion pixel in the ROI;
-    repeat r uses seed ``seed + r``, as :func:`cross_validate`). For each test fold, on the
-    pooled pixels of the training folds: ``dice_threshold`` = :func:`best_dice_threshold`
-    and ``fpr_threshold`` = :func:`threshold_at_fpr` at ``fpr``; on the test fold: ``dice``
-    (at ``dice_threshold``), ``dice_at_fpr`` and ``test_fpr`` (at ``fpr_threshold``). One row
-    per (repeat, fold), with ``n_test`` (slices) and ``n_test_lesion_pixels``.
-    """
-    maps, lesion, roi = _pixel_arrays(maps, lesion, roi)
-    subject = np.asarray(subject).astype(str)
-    if subject.shape != maps.shape[:1]:
-        raise ValueError(f"subject {subject.shape} must give one patient per slice of maps {maps.shape}")
-    subjects, inverse = np.unique(subject, return_inverse=True)
-    labels = np.zeros(len(subjects), int)
-    np.maximum.at(labels, inverse, lesion.reshape(len(maps), -1).any(1).astype(int))
-    rows = []
-    for r in range(int(n_repeats)):
-        for f, te in enumerate(stratified_folds(labels, n_folds, seed + r)):
-            test = np.isin(inverse, te)
-            tr = ~test
-            thr = best_dice_threshold(maps[tr], lesion[tr], roi[tr])
-            fthr = threshold_at_fpr(maps[tr], lesion[tr], roi[tr], fpr)
-            normal = roi[test] & ~lesion[test]
-            rows.append({"repeat": r, "fold": f, "n_test": int(test.sum()),
-                         "n_test_lesion_pixels": int(lesion[test].sum()),
-                         "dice_threshold": thr, "dice": dice_at_threshold(maps[test], lesion[test], roi[test], thr),
-                         "fpr_threshold": fthr,
-                         "dice_at_fpr": dice_at_threshold(maps[test], lesion[test], roi[test], fthr),
-                         "test_fpr": _ratio(int((normal & (maps[test] >= fthr)).sum()), int(normal.sum()))})
-    return pd.DataFrame(rows)
-
-
-def pro_curve(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-region overlap (PRO) against false-positive rate, at every distinct map value.
-
-    maps, lesion, roi: ``(N, H, W)``. Regions are the connected components of the lesion
-    mask in the ROI, 8-connected within a slice (slices never join). At threshold ``t``
-    (flag ``map >= t``) the PRO is the mean over regions of the flagged share of each region,
-    and the false-positive rate the flagged share of the ROI pixels outside the lesions
-    (Bergmann et al. 2021, MVTec AD). Returns ``(fpr, pro, thresholds)``, each ``(T + 1,)``,
-    from ``(0, 0, +inf)`` to ``(1, 1, lowest value)``, fpr and pro non-decreasing. Raises
-    ``ValueError`` without a lesion region or without a pixel outside the lesions.
-    """
-    curve = _pro_points(*_pixel_arrays(maps, lesion, roi))
-    if isinstance(curve, str):
-        raise ValueError(curve)
-    return curve
-
-
-def _pro_points(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray):
-    """:func:`pro_curve` on checked arrays; a message string when it is undefined."""
-    from scipy import ndimage
-
-    if lesion.ndim != 3:
-        raise ValueError(f"the PRO curve needs (N, H, W) maps, lesion and roi; got shape {lesion.shape}")
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = True
-    regions, n_regions = ndimage.label(lesion, structure=in_plane)
-    region = regions[roi]  # (P,) 0 outside the lesions, k for region k
-    n_normal = int((region == 0).sum())
-    if n_regions == 0 or n_normal == 0:
-        return (f"the PRO curve needs a lesion region and a pixel outside the lesions in the ROI; got "
-                f"{n_regions} region(s) and {n_normal} other pixel(s)")
-    size = np.bincount(region, minlength=n_regions + 1)
-    share = np.where(region > 0, 1.0 / (size[region] * n_regions), 0.0)  # each region sums to 1 / n_regions
-    s = maps[roi]
-    order = np.argsort(-s, kind="stable")
-    s = s[order]
-    last = np.r_[s[1:] != s[:-1], True]  # last pixel of each run of equal values
-    fpr = np.cumsum(region[order] == 0)[last] / n_normal
-    pro = np.minimum(np.cumsum(share[order])[last], 1.0)
-    return np.r_[0.0, fpr], np.r_[0.0, pro], np.r_[np.inf, s[last]]
-
-
-def aupro(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray, fpr_limit: float = 0.3) -> float:
-    """Area under the PRO curve (:func:`pro_curve`) for false-positive rates in
-    ``[0, fpr_limit]``, divided by ``fpr_limit`` (MVTec AD's AUPRO; 1 for a perfect map).
-
-    Exact: every distinct map value is a threshold, the curve is linear between them (and
-    interpolated at ``fpr_limit``), integrated by the trapezoidal rule. maps, lesion, roi:
-    ``(N, H, W)``. NaN without a lesion region or without a pixel outside the lesions.
-    """
-    if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
-    curve = _pro_points(*_pixel_arrays(maps, lesion, roi))
-    if isinstance(curve, str):
-        return float("nan")
-    fpr, pro, _ = curve
-    i = int(np.searchsorted(fpr, fpr_limit, side="right"))  # points [:i] have fpr <= fpr_limit
-    x, y = fpr[:i], pro[:i]
-    if i < len(fpr):  # the curve crosses fpr_limit between points i - 1 and i
-        w = (fpr_limit - fpr[i - 1]) / (fpr[i] - fpr[i - 1])
-        x, y = np.r_[x, fpr_limit], np.r_[y, pro[i - 1] + w * (pro[i] - pro[i - 1])]
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / fpr_limit)
-
-
-# --------------------------------------------------------------------------------------
-# Label-free model selection
-# --------------------------------------------------------------------------------------
-def aucp(healthy_scores, clinical_scores) -> float:
-    """Brainomaly's AUCp (Siddiquee et al., WACV 2023): the AUROC of the scores with the
-    healthy reference scans as negatives and the unlabelled clinical scans as positives.
-
-    No lesion label is used, so it can choose a model (an epoch, a masking ratio) on the
-    clinical cohort itself: a detector that separates the clinical scans from healthy ones
-    scores high. healthy_scores: ``(H,)``, clinical_scores: ``(C,)`` (e.g. patient scores);
-    ties count half (Mann-Whitney); a non-finite score (no score) ranks lowest, as in
-    :func:`binary_metrics`. Raises ``ValueError`` when either set is empty.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    h = np.asarray(healthy_scores, dtype=np.float64).ravel()
-    c = np.asarray(clinical_scores, dtype=np.float64).ravel()
-    if h.size == 0 or c.size == 0:
-        raise ValueError(f"aucp needs healthy and clinical scores; got {h.size} healthy and {c.size} clinical")
-    y = np.r_[np.zeros(h.size, int), np.ones(c.size, int)]
-    return float(roc_auc_score(y, _no_score_lowest(np.r_[h, c])))
-
-
-
-def aucp_reference_splits(scores, labels, other_reference=None, n_splits: int = 20,
-                          seed: int = 0, n_reference: int | None = None) -> pd.DataFrame:
-    """AUCp with a same-scanner reference, over random (reference, pool) splits of one cohort.
-
-    A cohort without healthy scans of its own scanner can still lend AUCp a reference: a random
-    half of its lesion-free patients, read as normal and held out; the rest of the cohort is the
-    unlabelled pool (``n_reference`` patients instead of half, when given). scores, labels:
-    ``(P,)`` patient scores and labels (0/1) in one order;
-    other_reference: ``(H,)`` scores of healthy scans from elsewhere (optional). Returns one row
-    per split: ``aucp_same_scanner`` (reference half vs pool), ``aucp_other_reference`` (the
-    other reference vs the same pool; NaN without one) and ``auroc_labels`` (the pool's AUROC
-    with its labels, what AUCp stands in for). The splits depend only on the labels and the
-    seed, so every model scored on the same patients gets the same ones.
-    """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel()
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
-    neg = np.flatnonzero(labels == 0)
-    if len(neg) < 2 or not (labels == 1).any():
-        raise ValueError(f"a reference split needs >= 2 lesion-free and >= 1 lesion patients; "
-                         f"got {len(neg)} and {int((labels == 1).sum())}")
-    n_ref = len(neg) // 2 if n_reference is None else int(n_reference)
-    if not 1 <= n_ref < len(neg) + 1:
-        raise ValueError(f"n_reference must be 1..{len(neg)} (the lesion-free patients); got {n_reference}")
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n_splits):
-        ref = rng.choice(neg, n_ref, replace=False)
-        pool = np.setdiff1d(np.arange(len(scores)), ref)
-        ps, pl = scores[pool], labels[pool]
-        rows.append({"aucp_same_scanner": aucp(scores[ref], ps),
-                     "aucp_other_reference": (aucp(other_reference, ps) if other_reference is not None
-                                              else float("nan")),
-                     "auroc_labels": aucp(ps[pl == 0], ps[pl == 1])})
-    return pd.DataFrame(rows)
-
-
-def rank_correlation(a, b) -> float:
-    """Spearman rank correlation of two score lists; NaN when either is constant."""
-    a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
-    if a.nunique() < 2 or b.nunique() < 2:
-        return float("nan")
-    return float(a.rank().corr(b.rank()))
-
-
-def patient_scores(table: pd.DataFrame, subjects) -> np.ndarray:
-    """``(P,)`` patient scores of a scores table (:func:`patient_table`) in the order of ``subjects``."""
-    return patient_table(table).set_index("subject").loc[list(subjects), "score"].to_numpy(dtype=float)
-
-def reconstruction_metrics(
-    target: np.ndarray,
-    recon: np.ndarray,
-    roi: np.ndarray,
-    eu: np.ndarray | None = None,
-    data_range: float = 1.0,
-) -> pd.DataFrame:
-    """Per image: SSIM, PSNR, MSE inside the ROI and mean variance (EU) inside the ROI.
-
-    target, recon, roi, eu: ``(N, H, W)``. SSIM is
-    :func:`skimage.metrics.structural_similarity` (``data_range=1``, full map) averaged over
-    the ROI pixels; MSE is the mean squared error over the ROI; PSNR =
-    ``10 log10(data_range^2 / MSE)`` (inf when MSE is 0). NaN for an image without ROI.
-    """
-    from skimage.metrics import structural_similarity
-
-    target = np.asarray(target, dtype=np.float64)
-    recon = np.asarray(recon, dtype=np.float64)
-    roi = np.asarray(roi) > 0
-    if target.ndim == 2:
-        target, recon, roi = target[None], recon[None], roi[None]
-        eu = None if eu is None else np.asarray(eu)[None]
-    if not (target.shape == recon.shape == roi.shape):
-        raise ValueError(f"target {target.shape}, recon {recon.shape}, roi {roi.shape} differ")
-    rows = []
-    for i in range(len(target)):
-        m = roi[i]
-        if not m.any():
-            rows.append({"ssim": np.nan, "psnr": np.nan, "mse": np.nan, "variance": np.nan})
-            continue
-        _, smap = structural_similarity(target[i], recon[i], data_range=data_range, full=True)
-        mse = float(((target[i] - recon[i])[m] ** 2).mean())
-        psnr = float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
-        var = float(np.asarray(eu[i], dtype=np.float64)[m].mean()) if eu is not None else np.nan
-        rows.append({"ssim": float(smap[m].mean()), "psnr": psnr, "mse": mse, "variance": var})
-    return pd.DataFrame(rows)

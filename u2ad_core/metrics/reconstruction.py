@@ -2,7 +2,16 @@
 
 :func:`ssim_map` is SSIM per pixel, vectorised over a batch in torch (the definition of
 ``skimage.metrics.structural_similarity``, tested against it); :func:`reconstruction_metrics`
-reduces it, with MSE, PSNR and the mean EU / AU, over a region of each image.
+reduces it, with MSE, PSNR and the mean EU / AU, over a region of each image: the means over
+the images (training's refresh, ``metrics.csv``) or, with ``reduce=False``, one value per image;
+:func:`reconstruction_table` is the per-image form as a DataFrame (one row per image).
+
+SSIM of a region is computed with the reconstruction pasted into the reference outside the
+region: the 7 x 7 SSIM window of a pixel near the region's border then sees the reference, not
+the reconstruction, beyond the border, so the number depends only on the reconstruction inside
+the region, as MSE and PSNR do. For the cord (the ROI the Monte-Carlo reconstruction is pasted
+onto the input outside of) this changes nothing; for a smaller region (a lesion inside the cord)
+it keeps the rest of the cord's reconstruction out of the lesion's SSIM.
 """
 
 from __future__ import annotations
@@ -10,10 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ssim_map", "reconstruction_metrics"]
+__all__ = ["RECONSTRUCTION_COLUMNS", "ssim_map", "reconstruction_metrics", "reconstruction_table"]
+
+RECONSTRUCTION_COLUMNS: tuple[str, ...] = ("mse", "psnr", "ssim", "au_mean", "eu_mean")
+"""The per-image values of :func:`reconstruction_metrics`; ``eu_mean`` is the mean MC variance (the
+paper's "variance"), ``au_mean`` the mean |image - mean|."""
 
 
 def _symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -69,8 +83,9 @@ def reconstruction_metrics(
     SSIM = mean of the SSIM map (:func:`ssim_map`, computed on the whole image with the
     reconstruction pasted into the reference outside the region) over the region's pixels;
     mean EU and mean AU = |image - mean| over the region. Returned values are means over the
-    images that have a non-empty region (NaN when none has); ``reduce=False`` returns the
-    per-image values instead, as (N,) numpy arrays (NaN for an empty region).
+    images that have a non-empty region (NaN when none has; ``eu_mean`` NaN when ``eu`` is None),
+    with ``n`` the number of such images; ``reduce=False`` returns the per-image values instead,
+    as (N,) numpy arrays (NaN for an empty region), keys :data:`RECONSTRUCTION_COLUMNS`.
     """
     t = lambda a: torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a  # noqa: E731
     img = t(images).float()
@@ -82,7 +97,7 @@ def reconstruction_metrics(
                          f"{tuple(reg.shape)} must have the same (N, H, W) shape")
     counts = reg.flatten(1).sum(1).float()
     ok = counts > 0
-    if not bool(ok.any()):
+    if reduce and not bool(ok.any()):
         nan = float("nan")
         return {"mse": nan, "psnr": nan, "ssim": nan, "eu_mean": nan, "au_mean": nan, "n": 0}
     rec = torch.where(reg, mu, ref)
@@ -93,10 +108,9 @@ def reconstruction_metrics(
     au = ((img - mu).abs() * reg).flatten(1).sum(1) / c
     if not reduce:
         nan = torch.tensor(float("nan"))
-        per = {"mse": mse, "psnr": psnr, "ssim": ssim, "au_mean": au}
-        if eu is not None:
-            per["eu_mean"] = (t(eu).float() * reg).flatten(1).sum(1) / c
-        return {k: torch.where(ok, v.float(), nan).numpy() for k, v in per.items()}
+        eu_mean = (t(eu).float() * reg).flatten(1).sum(1) / c if eu is not None else torch.full_like(mse, float("nan"))
+        per = {"mse": mse, "psnr": psnr, "ssim": ssim, "au_mean": au, "eu_mean": eu_mean}
+        return {k: torch.where(ok, v.float(), nan).cpu().numpy() for k, v in per.items()}
     out = {
         "mse": float(mse[ok].mean()),
         "psnr": float(psnr[ok].mean()),
@@ -106,3 +120,18 @@ def reconstruction_metrics(
     }
     out["eu_mean"] = float(((t(eu).float() * reg).flatten(1).sum(1) / c)[ok].mean()) if eu is not None else float("nan")
     return out
+
+
+def reconstruction_table(
+    images: torch.Tensor | np.ndarray,
+    mean: torch.Tensor | np.ndarray,
+    eu: torch.Tensor | np.ndarray | None,
+    region: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """:func:`reconstruction_metrics` per image as a table: one row per image (N rows), columns
+    :data:`RECONSTRUCTION_COLUMNS` (NaN for an image with an empty region; ``eu_mean`` NaN when
+    ``eu`` is None). Arguments as :func:`reconstruction_metrics`; the table's column means over
+    its non-NaN rows are the reduced values."""
+    per = reconstruction_metrics(images, mean, eu, region, reference=reference, reduce=False)
+    return pd.DataFrame({k: per[k] for k in RECONSTRUCTION_COLUMNS})
