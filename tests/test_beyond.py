@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core.core.config import ModelConfig, ScoreConfig, get_preset
+from u2ad_core.core.config import ModelConfig, ScoreConfig
+from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import SliceData
 from u2ad_core.experiments.beyond import middle_scores, u2ad_scores
 from u2ad_core.method.model import EdgeMAE
