@@ -78,6 +78,9 @@ __all__ = [
     "SignalModel",
     "get_method",
     "data_hash",
+    "load_data",
+    "image_arrays",
+    "config_from_dict",
     "reconstruct",
     "anomaly_maps",
     "score_anomaly_maps",
@@ -182,7 +185,7 @@ def _load_file(path: str, mtime_ns: int):
     return load_dataset(path)
 
 
-def _load_data(data: Any):
+def load_data(data: Any):
     """A dataset path (``.npz`` from :func:`u2ad_core.data.datasets.prepare_all`) or an object
     with ``images`` and ``cord`` ``(N, H, W)``. Files are read once per process (cached by
     path and modification time)."""
@@ -196,7 +199,8 @@ def _load_data(data: Any):
     return data, "<in memory>"
 
 
-def _arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+def image_arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, H, W) float32, cord (N, H, W) bool)`` of ``data``, checked (``source`` names it in errors)."""
     images = np.asarray(data.images, dtype=np.float32)
     cord = np.asarray(data.cord) > 0
     if images.ndim != 3 or len(images) == 0:
@@ -207,8 +211,7 @@ def _arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 
-
-def _from_dict(cls, d: Mapping[str, Any]):
+def config_from_dict(cls, d: Mapping[str, Any]):
     """Rebuild a (nested) frozen config dataclass from :func:`to_dict` output."""
     kw = {}
     for f in fields(cls):
@@ -217,7 +220,7 @@ def _from_dict(cls, d: Mapping[str, Any]):
         v = d[f.name]
         default = getattr(cls(), f.name)
         if is_dataclass(default):
-            v = _from_dict(type(default), v)
+            v = config_from_dict(type(default), v)
         elif isinstance(default, tuple) and isinstance(v, list):
             v = tuple(v)
         kw[f.name] = v
@@ -266,8 +269,8 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     a ``ValueError``), 0 outside the cord.
     """
     m = get_method(method)
-    data, source = _load_data(data)
-    images, cord = _arrays(data, source)
+    data, source = load_data(data)
+    images, cord = image_arrays(data, source)
     if m.kind == "signal":
         cfg = getattr(model, "cfg", None) or m.sub_config(BaselineConfig())
         arrays = {"images": images, "cord": cord}

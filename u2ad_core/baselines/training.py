@@ -31,7 +31,7 @@ from u2ad_core.core.runstore import init_weights, load_state, open_run
 from u2ad_core.core.runtime import make_generator, resolve_device
 from u2ad_core.data.datasets import data_hash, prepare_all
 from u2ad_core.method.train import augment  # paper 4.3 augmentation, the same as U2AD's
-from .common import Method, SignalModel, _arrays, _from_dict, _load_data, get_method
+from .common import Method, SignalModel, config_from_dict, get_method, image_arrays, load_data
 
 __all__ = ["BaselineRun", "STRATEGIES", "HEALTHY", "FORMAT_VERSION", "fit", "fit_run", "stage_epochs", "load_run",
            "baseline_model"]
@@ -109,7 +109,7 @@ def load_run(path: str | Path, device: str = "cpu"):
     if state.get("format") != FORMAT_VERSION or "method" not in state:
         raise ValueError(f"{p} is not a u2ad_core baseline model (format {state.get('format')!r})")
     method = get_method(state["method"])
-    cfg = _from_dict(BaselineConfig, state["baselines"])
+    cfg = config_from_dict(BaselineConfig, state["baselines"])
     model = _build(method, cfg, state["image_size"], 0)
     model.load_state_dict(state["model"])
     model.run_hash = state["run_hash"]
@@ -178,13 +178,13 @@ def fit_run(
         raise ValueError(f"{m.label} is trained on top of a finished {get_method(m.base).label} run: "
                          f"pass init= (e.g. baseline_model or fit_run of {m.base!r})")
     seed = preset.seed if seed is None else int(seed)
-    data, source = _load_data(train_data)
-    images_np, cord_np = _arrays(data, source)
+    data, source = load_data(train_data)
+    images_np, cord_np = image_arrays(data, source)
     image_size = images_np.shape[1:]
     h_hash = h_arrays = h_source = None
     if m.paired:
-        h_data, h_source = (data, source) if healthy is None else _load_data(healthy)
-        h_arrays = _arrays(h_data, h_source)
+        h_data, h_source = (data, source) if healthy is None else load_data(healthy)
+        h_arrays = image_arrays(h_data, h_source)
         if h_arrays[0].shape[1:] != image_size:
             raise ValueError(f"healthy set {h_source}: images {h_arrays[0].shape[1:]} do not match the "
                              f"target set's {image_size}")

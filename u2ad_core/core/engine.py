@@ -152,6 +152,21 @@ def train_one_epoch(train_step: Callable[[Any, StepInfo], Mapping[str, Any]], or
     return {k: v / counts[k] for k, v in sums.items()}, step
 
 
+def _start(run: Run, model, optimizers, generator: torch.Generator, hooks: Hooks, resume: bool,
+           config: Mapping[str, Any] | None, stale: Sequence[str]) -> tuple[int, list[dict[str, Any]], float]:
+    """:meth:`Run.start`, then restore a checkpoint's weights, optimiser(s), generator and the
+    method's own state. Returns ``(first epoch, history, wall seconds before)``."""
+    state = run.start(resume, config=config, stale=stale)
+    if state is None:
+        return 0, [], 0.0
+    model.load_state_dict(state["model"])
+    _load_optimizers(optimizers, state)
+    generator.set_state(state["generator"])
+    if hooks.restore is not None:
+        hooks.restore(state)
+    return int(state["epoch"]), list(state["history"]), float(state.get("wall_s", 0.0))
+
+
 def fit(
     run: Run,
     model: torch.nn.Module,
@@ -196,17 +211,7 @@ def fit(
             raise ValueError("fit: reuse needs load=")
         loaded, info = load(run.path)
         return FitResult(loaded, run.path, run.read_metrics(text=history_text), reused=True, info=dict(info))
-    history: list[dict[str, Any]] = []
-    start, wall_before = 0, 0.0
-    state = run.start(resume, config=config, stale=stale)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        _load_optimizers(optimizers, state)
-        generator.set_state(state["generator"])
-        start, history = int(state["epoch"]), list(state["history"])
-        wall_before = float(state.get("wall_s", 0.0))
-        if hooks.restore is not None:
-            hooks.restore(state)
+    start, history, wall_before = _start(run, model, optimizers, generator, hooks, resume, config, stale)
 
     def checkpoint(epoch_done: int) -> None:
         run.save_checkpoint({**(hooks.extra_state() if hooks.extra_state else {}),
