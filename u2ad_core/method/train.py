@@ -219,8 +219,9 @@ class _EdgeMAETraining:
 
     def __init__(self, kind: str, masking: str | None, preset: Preset, model, opt, device: str,
                  generator: torch.Generator, images: torch.Tensor, roi: torch.Tensor,
-                 plan: RefreshPlan | None, spec: dict[str, Any]):
-        self.kind, self.masking, self.preset, self.spec = kind, masking, preset, spec
+                 plan: RefreshPlan | None, run, name: str, callback: Callable[[int, dict[str, Any]], None] | None):
+        self.kind, self.masking, self.preset, self.run, self.spec = kind, masking, preset, run, run.spec
+        self.name, self.callback = name, callback
         self.cfg: TrainConfig = preset.pretrain if kind == "pretrain" else preset.adapt
         self.model, self.opt, self.device, self.g = model, opt, device, generator
         self.images, self.roi, self.plan = images, roi, plan
@@ -287,16 +288,29 @@ class _EdgeMAETraining:
         self.maps, metrics = refresh_maps(self.model, self.plan, epochs, "final")
         return {"epoch": epochs, "stage": "final", **metrics}
 
+    def weights(self, epoch: int) -> dict[str, Any]:
+        """What ``model.pt`` and the snapshots hold: the weights after ``epoch`` epochs and their run."""
+        return {"format": FORMAT_VERSION, "kind": self.kind, "run_hash": self.run.run_hash, "spec": self.spec,
+                "epoch": epoch, "model": self.model.state_dict(), "model_cfg": to_dict(self.preset.model)}
 
-def _snapshot(run, spec: dict[str, Any], kind: str, model, preset: Preset, every: int, epochs: int):
-    """``on_epoch_end`` hook: a copy of the weights every ``every`` epochs (not the last)."""
-    def hook(epoch: int, row: dict[str, Any]) -> None:
-        done = epoch + 1
-        if every > 0 and done % every == 0 and done < epochs:  # the last epoch's weights are model.pt
-            save_state({"format": FORMAT_VERSION, "kind": kind, "run_hash": run.run_hash, "spec": spec,
-                        "epoch": done, "model": model.state_dict(), "model_cfg": to_dict(preset.model)},
-                       run.path / SNAPSHOTS / f"epoch_{done:03d}.pt")
-    return hook
+    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+        """A copy of the weights every ``snapshot_every`` epochs (not the last: that is
+        ``model.pt``), then the caller's callback."""
+        done, every = epoch + 1, int(getattr(self.cfg, "snapshot_every", 0) or 0)
+        if every > 0 and done % every == 0 and done < int(self.cfg.epochs):
+            save_state(self.weights(done), self.run.path / SNAPSHOTS / f"epoch_{done:03d}.pt")
+        if self.callback is not None:
+            self.callback(epoch, row)
+
+    def done_info(self, wall: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+        last = history[-1] if history else {}
+        return {"name": self.name, "kind": self.kind, "epochs": int(self.cfg.epochs), "device": self.device,
+                "wall_s": round(wall, 2), "final": {k: last.get(k) for k in CSV_COLUMNS if k in last}}
+
+    def hooks(self) -> Hooks:
+        return Hooks(on_epoch_start=self.on_epoch_start, on_epoch_end=self.on_epoch_end,
+                     extra_state=self.extra_state, restore=self.restore, after_epochs=self.after_epochs,
+                     final_state=lambda: self.weights(int(self.cfg.epochs)), done_info=self.done_info)
 
 
 def _train(kind: str, preset: Preset, data: Any, run_dir: str | Path, *, name: str, masking: str | None,
@@ -326,27 +340,10 @@ def _train(kind: str, preset: Preset, data: Any, run_dir: str | Path, *, name: s
     plan = RefreshPlan(images, roi, preset, cfg, seed, dev, run.spec["data"], run.path,
                        init_w.path if init_w is not None else None, tracked_idx,
                        getattr(data, "lesion", None)) if kind == "adapt" else None
-    job = _EdgeMAETraining(kind, masking, preset, model, opt, dev, g, images, roi, plan, run.spec)
+    job = _EdgeMAETraining(kind, masking, preset, model, opt, dev, g, images, roi, plan, run, name, callback)
     epochs = int(cfg.epochs)
-    snap = _snapshot(run, run.spec, kind, model, preset, int(getattr(cfg, "snapshot_every", 0) or 0), epochs)
-
-    def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
-        snap(epoch, row)
-        if callback is not None:
-            callback(epoch, row)
-
-    def done_info(wall: float, history: list[dict[str, Any]]) -> dict[str, Any]:
-        last = history[-1] if history else {}
-        return {"name": name, "kind": kind, "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
-                "final": {k: last.get(k) for k in CSV_COLUMNS if k in last}}
-
-    final_state = lambda: {"format": FORMAT_VERSION, "kind": kind, "run_hash": run.run_hash,  # noqa: E731
-                           "spec": run.spec, "epoch": epochs, "model": model.state_dict(),
-                           "model_cfg": to_dict(preset.model)}
-    hooks = Hooks(on_epoch_start=job.on_epoch_start, on_epoch_end=on_epoch_end, extra_state=job.extra_state,
-                  restore=job.restore, after_epochs=job.after_epochs, final_state=final_state, done_info=done_info)
     res = fit(run, model, opt, job.train_step, epochs=epochs, n=len(images), batch_size=int(cfg.batch_size),
-              generator=g, lr_at=lambda e: lr_at_epoch(cfg, e), hooks=hooks, resume=resume, reuse=reuse,
+              generator=g, lr_at=lambda e: lr_at_epoch(cfg, e), hooks=job.hooks(), resume=resume, reuse=reuse,
               load=lambda p: load_checkpoint(p, dev), config={"name": name, "source": source},
               stale=("maps", "mc", SNAPSHOTS), checkpoint_every=int(cfg.checkpoint_every), keep_checkpoint=True,
               columns=CSV_COLUMNS, label=f"{kind} {name}", show_progress=show_progress, t_start=t_start)
