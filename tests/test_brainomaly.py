@@ -15,7 +15,7 @@ import torch
 
 from u2ad_core.core import runstore
 from u2ad_core.baselines import (BASELINES, NEW_METHODS, UAD_METHODS, anomaly_maps, data_hash, fit_run, load_run,
-                                 strategy_model)
+                                 baseline_model)
 from u2ad_core.baselines import brainomaly as bm
 from u2ad_core.baselines.common import StepInfo
 from u2ad_core.core.presets import get_preset
@@ -196,15 +196,15 @@ def test_strategies_map_onto_pairs(tmp_path):
     def run_hash(path):
         return json.loads((path / "config.json").read_text())["run_hash"]
 
-    _, p1 = strategy_model(preset, "brainomaly", "renji_like", "S1", **kw)
-    _, p2 = strategy_model(preset, "brainomaly", "renji_like", "S2", **kw)
-    _, p3 = strategy_model(preset, "brainomaly", "renji_like", "S3", **kw)
+    _, p1 = baseline_model(preset, "brainomaly", "renji_like", "S1", **kw)
+    _, p2 = baseline_model(preset, "brainomaly", "renji_like", "S2", **kw)
+    _, p3 = baseline_model(preset, "brainomaly", "renji_like", "S3", **kw)
     h, c = data_hash(healthy), data_hash(cohort)
     assert (spec(p1)["data"], spec(p1)["healthy"], spec(p1)["init"]) == (h, h, None)
     assert (spec(p2)["data"], spec(p2)["healthy"], spec(p2)["init"]) == (c, h, None)
     assert (spec(p3)["data"], spec(p3)["healthy"]) == (c, h)
     assert spec(p3)["init"] == {"run_hash": run_hash(p1)}
-    _, d3 = strategy_model(preset, "brainomaly_diff", "renji_like", "S3", **kw)
+    _, d3 = baseline_model(preset, "brainomaly_diff", "renji_like", "S3", **kw)
     assert spec(d3)["init"] == {"run_hash": run_hash(p3)}
     assert (spec(d3)["data"], spec(d3)["stage"]) == (c, "adapt")
     names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "baselines").iterdir())

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from u2ad_core.method import train
+from u2ad_core.method import mcmaps, train
+from u2ad_core.method.runs import build_seeded_model
 from u2ad_core.core.config import AdaptConfig, ModelConfig, TrainConfig
 from u2ad_core.core.presets import get_preset
 from u2ad_core.method.masking import patch_scores
@@ -250,7 +251,7 @@ def test_adapt_variants_and_scratch(tmp_path):
     ck_sum = torch.load(runs["eu"].run_path / "checkpoint.pt", weights_only=True)
     assert torch.allclose(ck_sum["maps"]["eu_scores"], patch_scores(ck_sum["maps"]["eu"], 8))
     # the controls trained: their weights left the initialisation and differ from EU-guided
-    init = weights(train._build_model(p.model, 0))["patch_embed.weight"]
+    init = weights(build_seeded_model(p.model, 0))["patch_embed.weight"]
     for m in ("coverage", "eu_mean"):
         w = weights(runs[m].model)["patch_embed.weight"]
         assert not torch.equal(w, init) and not torch.equal(w, weights(runs["eu"].model)["patch_embed.weight"])
@@ -270,8 +271,8 @@ def test_refresh_k_steers_with_fewer_passes_and_scores_with_mc_k(tmp_path, monke
     p = tiny_preset(**{"adapt.n_tracked": 0, "adapt.refresh_k": 2, "mc.k": 3})
     d = tiny_data()
     ks = []
-    real = train._run_mc
-    monkeypatch.setattr(train, "_run_mc", lambda model, images, roi, mc, *a, **kw: (ks.append(mc.k),
+    real = mcmaps._run_mc
+    monkeypatch.setattr(mcmaps, "_run_mc", lambda model, images, roi, mc, *a, **kw: (ks.append(mc.k),
                                                                                  real(model, images, roi, mc, *a, **kw))[1])
     train.adapt(p, d, tmp_path, init=None, masking="u2ad", device="cpu", seed=0, show_progress=False)
     assert ks == [2, 2, 3]  # epochs 0 and 2 steer with refresh_k; the final (scoring) maps use mc.k

@@ -1,8 +1,9 @@
 """Baselines of paper Tables 1-2 under U2AD's protocol (section 4.5, Appendix B; method.md 8).
 
 One module per method, each a small ``torch.nn.Module`` plus its training step and
-reconstruction; :mod:`.common` holds the shared glue (cached training, strategies S1-S3,
-maps, scoring with U2AD's post-processing):
+reconstruction; :mod:`.common` holds the shared glue (maps, scoring with U2AD's
+post-processing) and :mod:`.training` the cached training and the strategies S1-S3
+(:func:`baseline_model`):
 
 ==============  ==========  ==================================================================
 name            module      method
@@ -36,7 +37,7 @@ name                 module      method
 
 Usage::
 
-    from u2ad_core.baselines import BASELINES, fit, anomaly_maps, strategy_model
+    from u2ad_core.baselines import BASELINES, fit, anomaly_maps, baseline_model
     model = fit("dae", preset, paths["spine_generic_like"], device, seed, ctx.run_dir)
     recon, maps = anomaly_maps("dae", model, data.middle(), device)
 
@@ -45,16 +46,17 @@ Sizes per preset: :class:`u2ad_core.core.config.BaselineConfig` (``preset.baseli
 
 from __future__ import annotations
 
-from .common import (STRATEGIES, BaselineRun, Method, SignalModel, anomaly_maps, data_hash, evaluate_maps, fit,
-                     fit_run, get_method, load_run, reconstruct, results_row, score_anomaly_maps,
-                     stage_epochs, strategy_model, table_from_rows)
+from .common import (Method, SignalModel, StepInfo, anomaly_maps, data_hash, evaluate_maps, get_method,
+                     reconstruct, results_row, score_anomaly_maps, table_from_rows)
+from .training import STRATEGIES, BaselineRun, baseline_model, fit, fit_run, load_run, stage_epochs
 from . import anoddpm, brainomaly, cddpm, dae, dal, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
     "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "NEW_METHODS", "STRATEGIES", "Method",
     "SignalModel",
     "BaselineRun",
-    "get_method", "fit", "fit_run", "stage_epochs", "load_run", "reconstruct", "anomaly_maps", "strategy_model",
+    "get_method", "fit", "fit_run", "stage_epochs", "load_run", "reconstruct", "anomaly_maps", "baseline_model",
+    "StepInfo",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
 ]
 

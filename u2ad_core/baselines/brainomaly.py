@@ -26,7 +26,7 @@ by ``lr / num_iters_decay`` every ``lr_update_step`` = 1000 iterations over the 
 Training is **transductive**: A is the very cohort that is tested, unlabelled (U2AD's S3
 adapts on it too). The method is ``paired`` (:class:`u2ad_core.baselines.common.Method`):
 the target set comes with the healthy reference set, and
-:func:`u2ad_core.baselines.common.strategy_model` maps U2AD's strategies onto the pairs
+:func:`u2ad_core.baselines.training.baseline_model` maps U2AD's strategies onto the pairs
 (S1 healthy-to-healthy; S2 (healthy, cohort) from scratch, the original's setting; S3 the
 same starting from S1).
 

@@ -1,5 +1,6 @@
-"""Shared glue for the baselines: the method record, training with run caching, reconstruction,
-anomaly maps, strategies S1-S3, and scoring/evaluation under U2AD's protocol.
+"""Shared glue for the baselines: the method record, reconstruction, anomaly maps, and
+scoring/evaluation under U2AD's protocol (training and the strategies S1-S3:
+:mod:`u2ad_core.baselines.training`).
 
 Every baseline is described by a :class:`Method` (its module builds one; the registry is
 ``u2ad_core.baselines.BASELINES``). Two kinds:
@@ -17,7 +18,7 @@ the paper's baselines, whose code path they leave unchanged):
 - ``paired``: the method trains **transductively** on (target cohort, healthy reference)
   pairs, as Brainomaly does: ``fit_run(..., healthy=...)`` takes the healthy set beside the
   target set ``train_data``, and ``train_step`` gets a healthy batch with every target batch.
-  :func:`strategy_model` maps the strategies onto it (see there).
+  :func:`~u2ad_core.baselines.training.baseline_model` maps the strategies onto it (see there).
 - ``base``: the method is trained on top of another method's finished run
   (``brainomaly_diff``: Brainomaly-Diff's refiner on a trained Brainomaly generator), reached
   through the run store's init identity: ``init`` is required, and the base's weights fill
@@ -55,60 +56,44 @@ weights.
 from __future__ import annotations
 
 import functools
-import math
-import time
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 
-from u2ad_core.core.config import BaselineConfig, to_dict
-from u2ad_core.core.presets import Preset, get_preset
-from u2ad_core.data.datasets import data_hash
-from u2ad_core.core.runstore import init_weights, load_state, open_run
+from u2ad_core.core.config import BaselineConfig, ScoreConfig, to_dict
+from u2ad_core.core.presets import Preset
+from u2ad_core.core.engine import StepInfo
 from u2ad_core.core.runtime import make_generator, progress, resolve_device
+from u2ad_core.data.datasets import data_hash, load_dataset
+from u2ad_core.method.scoring import (ScoreResult, anomaly_curve, anomaly_map, centreline, cord_roi,
+                                      curve_assignment, point_segments, postprocess, scores_table)
+from u2ad_core.metrics import METRICS, TABLE1_COLUMNS, cross_validate, format_mean_std, threshold_free
 
 __all__ = [
     "Method",
     "StepInfo",
     "SignalModel",
-    "BaselineRun",
-    "STRATEGIES",
     "get_method",
     "data_hash",
-    "fit",
-    "fit_run",
-    "stage_epochs",
-    "load_run",
+    "load_data",
+    "image_arrays",
+    "config_from_dict",
     "reconstruct",
     "anomaly_maps",
-    "strategy_model",
     "score_anomaly_maps",
     "evaluate_maps",
     "results_row",
     "table_from_rows",
 ]
 
-FORMAT_VERSION = 2  # bump when an architecture changes: older cached runs are then retrained
-STRATEGIES = ("S1", "S2", "S3")
-HEALTHY = "spine_generic_like"
-
 
 # --------------------------------------------------------------------------------------
 # Method record
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StepInfo:
-    """Where a training step is: ``epoch`` (0-based), ``epochs`` (total of this run), ``step``
-    (global batch counter, 0-based)."""
-
-    epoch: int
-    epochs: int
-    step: int
-
-
 @dataclass(frozen=True)
 class Method:
     """One baseline.
@@ -125,11 +110,11 @@ class Method:
       of its residual map ``|x - recon|`` (``(N, H, W)`` float32, 0 outside ``roi``, bool),
       e.g. cDDPM's median filter; :func:`anomaly_maps` applies it and zeroes the result
       outside the ROI again. ``None`` (the default): the map is the plain residual.
-    ``paired=True`` (transductive, Brainomaly): ``train_data`` of :func:`fit_run` is the target
+    ``paired=True`` (transductive, Brainomaly): ``train_data`` of :func:`~u2ad_core.baselines.training.fit_run` is the target
     set and ``healthy`` the healthy reference; ``train_step`` is then called with the keyword
     ``healthy=(x_h, roi_h)``, a healthy batch of the same shape as ``x`` drawn alongside it.
     ``base``: the registry name of the method whose finished run this one starts from
-    (:func:`fit_run` then requires ``init``; a state dict of the base fills the parameters it
+    (:func:`~u2ad_core.baselines.training.fit_run` then requires ``init``; a state dict of the base fills the parameters it
     names, the rest keep their initialisation).
     ``beyond_paper``: a method added beyond the paper's comparison (issue 17): registered, but
     left out of ``UAD_METHODS`` / ``SIGNAL_METHODS`` (the paper's set, which notebook 09 trains
@@ -171,7 +156,7 @@ class Method:
 
 @dataclass
 class SignalModel:
-    """What :func:`fit` returns for a signal method: nothing is trained, only the settings."""
+    """What :func:`~u2ad_core.baselines.training.fit` returns for a signal method: nothing is trained, only the settings."""
 
     method: str
     cfg: Any
@@ -185,7 +170,7 @@ def get_method(method: str | Method) -> Method:
     """The :class:`Method` for a registry name (``"vae"``, ``"dae"``, ... ``"dbscan"``)."""
     if isinstance(method, Method):
         return method
-    from . import BASELINES
+    from . import BASELINES  # the registry imports every method module, which imports this one
 
     try:
         return BASELINES[method]
@@ -198,12 +183,10 @@ def get_method(method: str | Method) -> Method:
 # --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _load_file(path: str, mtime_ns: int):
-    from u2ad_core.data.datasets import load_dataset
-
     return load_dataset(path)
 
 
-def _load_data(data: Any):
+def load_data(data: Any):
     """A dataset path (``.npz`` from :func:`u2ad_core.data.datasets.prepare_all`) or an object
     with ``images`` and ``cord`` ``(N, H, W)``. Files are read once per process (cached by
     path and modification time)."""
@@ -217,7 +200,8 @@ def _load_data(data: Any):
     return data, "<in memory>"
 
 
-def _arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+def image_arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, H, W) float32, cord (N, H, W) bool)`` of ``data``, checked (``source`` names it in errors)."""
     images = np.asarray(data.images, dtype=np.float32)
     cord = np.asarray(data.cord) > 0
     if images.ndim != 3 or len(images) == 0:
@@ -228,8 +212,7 @@ def _arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 
-
-def _from_dict(cls, d: Mapping[str, Any]):
+def config_from_dict(cls, d: Mapping[str, Any]):
     """Rebuild a (nested) frozen config dataclass from :func:`to_dict` output."""
     kw = {}
     for f in fields(cls):
@@ -238,268 +221,11 @@ def _from_dict(cls, d: Mapping[str, Any]):
         v = d[f.name]
         default = getattr(cls(), f.name)
         if is_dataclass(default):
-            v = _from_dict(type(default), v)
+            v = config_from_dict(type(default), v)
         elif isinstance(default, tuple) and isinstance(v, list):
             v = tuple(v)
         kw[f.name] = v
     return cls(**kw)
-
-
-# --------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------
-@dataclass
-class BaselineRun:
-    """What :func:`fit_run` returns: the model (eval mode), its run directory and history."""
-
-    model: Any
-    run_path: Path | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    reused: bool = False
-    wall_s: float = 0.0
-
-
-def _init_identity(init: Any) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
-    """(identity for the hash, state dict) of the initial weights (``None``: random init).
-
-    init: ``None``, a :class:`BaselineRun`, a finished run directory / its ``model.pt``, or a
-    model (:func:`u2ad_core.core.runstore.init_weights`)."""
-    if isinstance(init, BaselineRun):
-        init = init.run_path if init.run_path is not None else init.model
-    w = init_weights(init, files=("model.pt",))
-    return (None, None) if w is None else ({"run_hash": w.run_hash}, w.state)
-
-
-def _spec(method: Method, preset: Preset, stage: str, epochs: int, d_hash: str, image_size,
-          init_id, seed: int, healthy_hash: str | None = None) -> dict[str, Any]:
-    b = preset.baselines
-    spec = {
-        "format": FORMAT_VERSION,
-        "method": method.name,
-        "method_cfg": to_dict(method.sub_config(b)),
-        "shared": {k: to_dict(getattr(b, k)) for k in ("batch_size", "width", "levels", "augment")},
-        "stage": stage,
-        "epochs": int(epochs),
-        "image_size": list(image_size),
-        "data": d_hash,
-        "init": init_id,
-        "seed": int(seed),
-    }
-    if healthy_hash is not None:  # paired methods only: the other methods' hashes are unchanged
-        spec["healthy"] = healthy_hash
-    if b.augment:
-        p = preset.pretrain
-        spec["augmentation"] = {"brightness": list(p.brightness), "contrast": list(p.contrast),
-                                "noise_std": p.noise_std}
-    return spec
-
-
-def _build(method: Method, cfg: BaselineConfig, image_size, seed: int) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model = method.build(cfg, tuple(image_size))
-    model.baseline_method = method.name
-    model.baseline_cfg = cfg
-    return model
-
-
-def load_run(path: str | Path, device: str = "cpu"):
-    """Load a finished baseline run (its directory or ``model.pt``): the model in eval mode
-    on ``device``, with attributes ``baseline_method``, ``baseline_cfg``, ``run_hash``,
-    ``run_path``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"baseline model not found: {p}")
-    state = load_state(p)
-    if state.get("format") != FORMAT_VERSION or "method" not in state:
-        raise ValueError(f"{p} is not a u2ad_core baseline model (format {state.get('format')!r})")
-    method = get_method(state["method"])
-    cfg = _from_dict(BaselineConfig, state["baselines"])
-    model = _build(method, cfg, state["image_size"], 0)
-    model.load_state_dict(state["model"])
-    model.run_hash = state["run_hash"]
-    model.run_path = p.parent
-    return model.to(resolve_device(device)).eval()
-
-
-def stage_epochs(method: str | Method, cfg: BaselineConfig, stage: str) -> int:
-    """Epochs of a ``"pretrain"`` (S1) or ``"adapt"`` (S2, S3) run of ``method`` under ``cfg``:
-    ``cfg.beyond_epochs`` for a method beyond the paper when the preset sets it, else
-    ``cfg.pretrain_epochs`` / ``cfg.adapt_epochs``."""
-    if stage not in ("pretrain", "adapt"):
-        raise ValueError(f"stage must be 'pretrain' or 'adapt', got {stage!r}")
-    own = cfg.beyond_epochs if get_method(method).beyond_paper else None
-    if own is not None:
-        return int(own[0] if stage == "pretrain" else own[1])
-    return int(cfg.pretrain_epochs if stage == "pretrain" else cfg.adapt_epochs)
-
-
-def fit_run(
-    method: str | Method,
-    preset: Preset | str,
-    train_data: Any,
-    device: str = "auto",
-    seed: int | None = None,
-    run_dir: str | Path = "runs",
-    init: Any = None,
-    *,
-    stage: str | None = None,
-    name: str | None = None,
-    reuse: bool = True,
-    resume: bool = True,
-    show_progress: bool = True,
-    healthy: Any = None,
-) -> BaselineRun:
-    """Train one baseline (or reuse the finished run with the same hash); see module doc.
-
-    train_data: a dataset file or a ``SliceData``. init: ``None`` (random initialisation),
-    a :class:`BaselineRun`, a run directory / ``model.pt``, or a model of the same method
-    (or, for a method with a ``base``, of the base method: required then).
-    stage: ``"pretrain"`` or ``"adapt"``, which sets the epochs (:func:`stage_epochs`); default
-    ``"adapt"`` when ``init`` is given, else ``"pretrain"``.
-    healthy: paired methods only: the healthy reference set (a dataset file or ``SliceData``
-    of the same image size; default ``train_data`` itself, the healthy-only setting). An epoch
-    is then ``max(N_target, N_healthy)`` pairs: both sets in a fresh random order, the smaller
-    one cycled (Brainomaly's loader pairs image ``i % N_A`` with ``i % N_B``); the healthy
-    data's hash joins the run's specification.
-    Signal methods train nothing: a :class:`SignalModel` is returned at once.
-    """
-    m = get_method(method)
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    cfg = preset.baselines
-    if m.kind == "signal":
-        return BaselineRun(SignalModel(m.name, m.sub_config(cfg)), None, reused=True)
-    stage = stage or ("adapt" if init is not None else "pretrain")
-    if stage not in ("pretrain", "adapt"):
-        raise ValueError(f"stage must be 'pretrain' or 'adapt', got {stage!r}")
-    epochs = stage_epochs(m, cfg, stage)
-    if epochs < 1:
-        raise ValueError(f"baselines.{stage}_epochs must be >= 1, got {epochs}")
-    if healthy is not None and not m.paired:
-        raise ValueError(f"{m.label} trains on one set: healthy= is only for paired methods")
-    if m.base is not None and init is None:
-        raise ValueError(f"{m.label} is trained on top of a finished {get_method(m.base).label} run: "
-                         f"pass init= (e.g. strategy_model or fit_run of {m.base!r})")
-    seed = preset.seed if seed is None else int(seed)
-    data, source = _load_data(train_data)
-    images_np, cord_np = _arrays(data, source)
-    image_size = images_np.shape[1:]
-    h_hash = h_arrays = h_source = None
-    if m.paired:
-        h_data, h_source = (data, source) if healthy is None else _load_data(healthy)
-        h_arrays = _arrays(h_data, h_source)
-        if h_arrays[0].shape[1:] != image_size:
-            raise ValueError(f"healthy set {h_source}: images {h_arrays[0].shape[1:]} do not match the "
-                             f"target set's {image_size}")
-        h_hash = data_hash(h_data)
-    init_id, init_state = _init_identity(init)
-    spec = _spec(m, preset, stage, epochs, data_hash(data), image_size, init_id, seed, h_hash)
-    run = open_run(Path(run_dir) / "baselines", name or f"{m.name}-{stage}", spec)
-    run_hash, run_path = run.run_hash, run.path
-    dev = resolve_device(device)
-
-    if reuse and run.done:
-        history = [{k: v for k, v in r.items() if v is not None} for r in run.read_metrics(text=())]
-        return BaselineRun(load_run(run_path, dev), run_path, history, reused=True)
-
-    t_start = time.perf_counter()
-    model = _build(m, cfg, image_size, seed)
-    if init_state is not None:
-        try:
-            unexpected = model.load_state_dict(init_state, strict=m.base is None).unexpected_keys
-        except RuntimeError as exc:
-            raise ValueError(f"init weights do not fit a {m.label} built from this preset: {exc}") from None
-        if unexpected:
-            raise ValueError(f"init weights are not a {m.label} or {get_method(m.base).label} model: "
-                             f"unexpected {unexpected[:3]}")
-    model.to(dev).train()
-    opts = m.optimizers(model, cfg)
-    g = make_generator(seed)
-    history: list[dict[str, Any]] = []
-    start = 0
-    wall_before = 0.0
-    state = run.start(resume, config={"source": source, "baselines": to_dict(cfg),
-                                      **({"healthy_source": h_source} if m.paired else {})})
-    if state is not None:
-        model.load_state_dict(state["model"])
-        for k, o in opts.items():
-            o.load_state_dict(state["optimizers"][k])
-        g.set_state(state["generator"])
-        start, history, wall_before = int(state["epoch"]), list(state["history"]), float(state["wall_s"])
-
-    from u2ad_core.method.train import augment  # paper 4.3 augmentation, the same as U2AD's
-
-    images = torch.from_numpy(images_np)
-    roi = torch.from_numpy(cord_np.astype(np.float32))
-    n_target, bs = len(images), max(1, int(cfg.batch_size))
-    h_images = h_roi = None
-    if h_arrays is not None:
-        h_images, h_roi = torch.from_numpy(h_arrays[0]), torch.from_numpy(h_arrays[1].astype(np.float32))
-    n = n_target if h_images is None else max(n_target, len(h_images))
-    aug_cfg = preset.pretrain
-    step = start * math.ceil(n / bs)
-    bar = progress(total=epochs, initial=start, desc=f"{m.label} {run_path.name}", unit="epoch",
-                   **({} if show_progress else {"disable": True}))
-    try:
-        for epoch in range(start, epochs):
-            t0 = time.perf_counter()
-            perm = torch.randperm(n_target, generator=g)
-            h_perm = None if h_images is None else torch.randperm(len(h_images), generator=g)
-            sums: dict[str, float] = {}
-            counts: dict[str, int] = {}
-            for s in range(0, n, bs):
-                pos = torch.arange(s, min(s + bs, n))
-                idx = perm[s:s + bs] if h_perm is None else perm[pos % n_target]
-                x = images[idx].unsqueeze(1)
-                if cfg.augment:
-                    x = augment(x, g, aug_cfg)
-                extra = {}
-                if h_perm is not None:  # the healthy batch paired with this target batch
-                    h_idx = h_perm[pos % len(h_perm)]
-                    x_h = h_images[h_idx].unsqueeze(1)
-                    if cfg.augment:
-                        x_h = augment(x_h, g, aug_cfg)
-                    extra["healthy"] = (x_h.to(dev), h_roi[h_idx].unsqueeze(1).to(dev))
-                losses = m.train_step(model, opts, x.to(dev), roi[idx].unsqueeze(1).to(dev), g, cfg,
-                                      StepInfo(epoch, epochs, step), **extra)
-                for k, v in losses.items():
-                    if not math.isfinite(v):
-                        raise FloatingPointError(f"{m.label} ({run_path.name}): non-finite {k} at epoch {epoch}; "
-                                                 "lower the learning rate")
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-                    counts[k] = counts.get(k, 0) + len(idx)
-                step += 1
-            row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3),
-                   **{k: v / counts[k] for k, v in sums.items()}}
-            history.append(row)
-            run.write_metrics(history)
-            done = epoch + 1
-            if done % max(1, int(cfg.checkpoint_every)) == 0 and done < epochs:
-                run.save_checkpoint({"epoch": done, "model": model.state_dict(),
-                                     "optimizers": {k: o.state_dict() for k, o in opts.items()},
-                                     "generator": g.get_state(), "history": history,
-                                     "wall_s": wall_before + time.perf_counter() - t_start})
-            bar.update(1)
-    finally:
-        bar.close()
-    model.eval()
-    model.run_hash = run_hash
-    model.run_path = run_path
-    wall = wall_before + time.perf_counter() - t_start
-    run.finish({"format": FORMAT_VERSION, "method": m.name, "run_hash": run_hash, "spec": spec,
-                "baselines": to_dict(cfg), "image_size": list(image_size),
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-               {"method": m.name, "stage": stage, "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
-                "final": history[-1] if history else {}}, keep_checkpoint=False)
-    return BaselineRun(model, run_path, history, reused=False, wall_s=wall)
-
-
-def fit(method: str | Method, preset: Preset | str, train_data: Any, device: str = "auto",
-        seed: int | None = None, run_dir: str | Path = "runs", init: Any = None, **kwargs: Any):
-    """Train a baseline (cached by configuration hash) and return the model; see :func:`fit_run`."""
-    return fit_run(method, preset, train_data, device, seed, run_dir, init, **kwargs).model
 
 
 # --------------------------------------------------------------------------------------
@@ -538,16 +264,14 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     UAD methods: ``recon`` ``(N, H, W)`` = the model's reconstruction inside the cord, the
     original image outside (paper Appendix B.1); ``maps`` = ``|x - recon|`` inside the cord,
     0 outside, then the method's ``map_filter`` if it has one (cDDPM: median filter in the
-    cord), with the configuration the model was trained with. Signal methods (``model`` = the :class:`SignalModel` from :func:`fit`, or
+    cord), with the configuration the model was trained with. Signal methods (``model`` = the :class:`SignalModel` from :func:`~u2ad_core.baselines.training.fit`, or
     ``None`` for the paper's settings): ``recon`` is ``None`` and ``maps`` is the method's
     score map, computed from the fields its ``Method.inputs`` names (a missing ``csf`` raises
     a ``ValueError``), 0 outside the cord.
     """
-    from u2ad_core.method.scoring import anomaly_map
-
     m = get_method(method)
-    data, source = _load_data(data)
-    images, cord = _arrays(data, source)
+    data, source = load_data(data)
+    images, cord = image_arrays(data, source)
     if m.kind == "signal":
         cfg = getattr(model, "cfg", None) or m.sub_config(BaselineConfig())
         arrays = {"images": images, "cord": cord}
@@ -571,73 +295,6 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
 
 
 # --------------------------------------------------------------------------------------
-# Dataset strategies
-# --------------------------------------------------------------------------------------
-def strategy_model(ctx_or_preset: Any, method: str, cohort: str, strategy: str, *,
-                   data_dir: str | Path | None = None, run_dir: str | Path | None = None,
-                   device: str | None = None, seed: int | None = None, show_progress: bool = True,
-                   paths: Mapping[str, Any] | None = None):
-    """A baseline trained with one of the paper's dataset strategies (section 4.5), cached.
-
-    S1: pretrain on the healthy ``spine_generic_like`` cohort (shared by every cohort);
-    S2: train from scratch on ``cohort`` (``adapt_epochs``); S3: the S1 model fine-tuned on
-    ``cohort``. ``cohort`` is any key of :func:`u2ad_core.data.datasets.prepare_all` other than the
-    healthy one (``renji_like``, ``ruijin_like``, ``pseudo``...). Signal methods return their
-    :class:`SignalModel` for every strategy. ``paths``: the output of ``prepare_all`` when the
-    caller already has it (otherwise it is called). Returns ``(model, run_path)`` like
-    :func:`u2ad_core.method.train.strategy_model`.
-
-    Paired methods (``Method.paired``, Brainomaly) need the healthy reference in every
-    strategy: it is the healthy set of the pairs, and the strategy sets the target set (the
-    one translated towards healthy) and the start:
-
-    - S1: target = the healthy set itself (no clinical image seen: healthy-to-healthy
-      translation, identity loss and critic on healthy images only), from scratch;
-    - S2: target = ``cohort``, from scratch: Brainomaly's own transductive setting (U2AD's
-      S2 sees the clinical set only; a paired method cannot run without the healthy set);
-    - S3: target = ``cohort``, starting from the S1 weights (U2AD's S3: adapt on the very
-      clinical set that is then tested).
-
-    A method with a ``base`` (``brainomaly_diff``) takes the base method's model of the same
-    strategy (trained or reused) as ``init`` and trains on top of it on the same data, for the
-    epochs of that model's last stage (S1 pretraining, S2 / S3 adaptation: :func:`stage_epochs`).
-    """
-    from u2ad_core.core.context import unpack_context
-
-    preset, data_dir, run_dir, device, seed = unpack_context(ctx_or_preset, data_dir, run_dir, device, seed,
-                                                             who="baselines.strategy_model")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    m = get_method(method)
-    if m.kind == "signal":
-        return SignalModel(m.name, m.sub_config(preset.baselines)), None
-    if paths is None:
-        from u2ad_core.data.datasets import prepare_all
-
-        paths = prepare_all(preset, data_dir, seed=preset.seed if seed is None else seed)
-    if cohort == HEALTHY or cohort not in paths:
-        raise ValueError(f"cohort must be one of {sorted(k for k in paths if k != HEALTHY)}, got {cohort!r}")
-    kw = dict(device=device or "auto", seed=seed, run_dir=run_dir, show_progress=show_progress)
-    if m.paired:
-        kw["healthy"] = paths[HEALTHY]
-    name = f"{m.name}-S1" if strategy == "S1" else f"{m.name}-{cohort}-{strategy}"
-    target = paths[HEALTHY] if strategy == "S1" else paths[cohort]
-    if m.base is not None:
-        _, base_path = strategy_model(preset, m.base, cohort, strategy, data_dir=data_dir, run_dir=run_dir,
-                                      device=device, seed=seed, show_progress=show_progress, paths=paths)
-        run = fit_run(m, preset, target, init=base_path, stage="pretrain" if strategy == "S1" else "adapt",
-                      name=name, **kw)
-    elif strategy in ("S1", "S3"):
-        pre = fit_run(m, preset, paths[HEALTHY], stage="pretrain", name=f"{m.name}-S1", **kw)
-        if strategy == "S1":
-            return pre.model, pre.run_path
-        run = fit_run(m, preset, target, init=pre, stage="adapt", name=name, **kw)
-    else:
-        run = fit_run(m, preset, target, init=None, stage="adapt", name=name, **kw)
-    return run.model, run.run_path
-
-
-# --------------------------------------------------------------------------------------
 # Scoring and evaluation (the same as U2AD's)
 # --------------------------------------------------------------------------------------
 def score_anomaly_maps(maps: np.ndarray, data: Any, score_cfg=None, recon: np.ndarray | None = None):
@@ -650,10 +307,6 @@ def score_anomaly_maps(maps: np.ndarray, data: Any, score_cfg=None, recon: np.nd
     reconstruction. Returns a :class:`u2ad_core.method.scoring.ScoreResult` (``recon`` = ``recon``
     or the images, ``eu`` = None).
     """
-    from u2ad_core.core.config import ScoreConfig
-    from u2ad_core.method.scoring import (ScoreResult, anomaly_curve, centreline, cord_roi, curve_assignment,
-                           point_segments, postprocess, scores_table)
-
     sc = score_cfg or ScoreConfig()
     images = np.asarray(data.images, dtype=np.float32)
     maps = np.asarray(maps, dtype=np.float32)
@@ -683,8 +336,6 @@ def evaluate_maps(maps: np.ndarray, data: Any, preset: Preset, recon: np.ndarray
 
     Returns ``(ScoreResult, CVResult, threshold_free dict)``.
     """
-    from u2ad_core.metrics import cross_validate, threshold_free
-
     res = score_anomaly_maps(maps, data, preset.score, recon)
     e = preset.eval
     cv = cross_validate(res.table, n_folds=e.n_folds, n_repeats=e.n_repeats, sensitivity=e.sensitivity,
@@ -697,8 +348,6 @@ def results_row(cohort: str, strategy: str, model: str, cv, tf: Mapping[str, Any
     """One results row in the layout of notebook 07's ``table1_u2ad.csv``: cohort, strategy,
     model, ``<metric>_mean`` / ``_std`` / ``_n_nan`` for every metric of
     :func:`u2ad_core.metrics.cross_validate`, the Table 1 cells as strings, AUROC/AUPRC."""
-    from u2ad_core.metrics import METRICS
-
     summ = cv.summary()
     row: dict[str, Any] = {"cohort": cohort, "strategy": strategy, "model": model}
     for k in METRICS:
@@ -718,10 +367,6 @@ def table_from_rows(rows, protocol: str = "paper", digits: int = 4, extra: tuple
     """Paper Table 1 layout from results rows (:func:`results_row` or ``table1_u2ad.csv``):
     index (strategy, model), two-level columns, cells ``"mean ± std"``; ``extra`` columns
     (e.g. ``"auroc"``) are appended as plain numbers."""
-    import pandas as pd
-
-    from u2ad_core.metrics import TABLE1_COLUMNS, format_mean_std
-
     df = pd.DataFrame(rows)
     cols = pd.MultiIndex.from_tuples([(g, c) for g, c, _ in TABLE1_COLUMNS] + [("", e) for e in extra])
     data = []

@@ -1,8 +1,8 @@
 """A cached, resumable training run on disk: one folder per hashed specification.
 
 Every trained model of the project (U2AD's pretraining and adaptation in
-:mod:`u2ad_core.method.train`, the baselines in :mod:`u2ad_core.baselines.common`, and any method
-added later) is one run. The caller describes the run by ``spec``, a JSON-able dict of
+:mod:`u2ad_core.method.train`, the baselines in :mod:`u2ad_core.baselines.training`, the detectors, and
+any method added later) is one run. The caller describes the run by ``spec``, a JSON-able dict of
 everything that shapes its result (its own format version, configuration, data hash, the
 identity of the starting weights, the seed); the run lives in::
 
@@ -29,6 +29,9 @@ run leaves the previous version or nothing, never a partial file. A run is **reu
         run.save_checkpoint({"epoch": epoch + 1, "model": ..., "history": history})
     run.finish({"model": ...}, {"epochs": ..., "wall_s": ...})
 
+The training code does not write this by hand: :func:`u2ad_core.core.engine.fit` runs the
+lifecycle for every method.
+
 The hash covers the spec only, so the folder of a given spec never changes unless the
 caller's spec does (callers bump their ``FORMAT_VERSION`` to retrain old runs).
 :func:`init_weights` gives the identity of a starting model (a run folder, a checkpoint
@@ -47,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+
 from u2ad_core.core.config import config_hash
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, atomic_write_text
 
@@ -63,8 +68,6 @@ RANDOM_INIT = ("", "none", "scratch", "random")
 # --------------------------------------------------------------------------------------
 def save_state(obj: Mapping[str, Any], path: str | Path) -> Path:
     """``torch.save(obj, path)`` atomically: a failure leaves ``path`` as it was."""
-    import torch
-
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(dict(obj), tmp)
     return Path(path)
@@ -73,8 +76,6 @@ def save_state(obj: Mapping[str, Any], path: str | Path) -> Path:
 def load_state(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     """A dict saved by :func:`save_state` (tensors, numbers, strings only: ``weights_only``),
     mapped to ``device``. Raises ``FileNotFoundError`` or a ``RuntimeError`` naming the file."""
-    import torch
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
@@ -224,8 +225,6 @@ def init_weights(init: Any, files: Sequence[str] = (MODEL, CHECKPOINT)) -> InitW
     it) or a checkpoint file holding ``"model"`` (a state dict) and, for a run of this
     project, ``"run_hash"`` and ``"epoch"``.
     """
-    import torch
-
     if init is None or (isinstance(init, str) and init.strip().lower() in RANDOM_INIT):
         return None
     if isinstance(init, torch.nn.Module):

@@ -136,7 +136,7 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
         for m in methods:
             label = bl.get_method(m).label
             for s in ["S1", "S3"] + (["S2"] if m in cfg.baselines.s2_methods else []):
-                model, run_path = bl.strategy_model(ctx, m, cohort, s, show_progress=show_progress, paths=paths)
+                model, run_path = bl.baseline_model(ctx, m, cohort, s, show_progress=show_progress, paths=paths)
                 t1 = time.perf_counter()
                 _, maps = bl.anomaly_maps(m, model, d, device=ctx.device, seed=ctx.seed)
                 own = train_seconds(run_path)

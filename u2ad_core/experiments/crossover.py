@@ -114,7 +114,7 @@ def evaluate_point(ctx, recon_method: str = "dae", s3: bool = False, cohort: str
     """
     from sklearn.metrics import roc_auc_score
 
-    from u2ad_core.baselines import anomaly_maps, strategy_model
+    from u2ad_core.baselines import anomaly_maps, baseline_model
     from u2ad_core.baselines.morphology import compression_scores
     from u2ad_core.data.datasets import load_dataset, prepare_all
     from u2ad_core.method.scoring import anomaly_map
@@ -158,7 +158,7 @@ def evaluate_point(ctx, recon_method: str = "dae", s3: bool = False, cohort: str
     _, maps = anomaly_maps("zscore", None, d)
     rows.append(_row("Z-scoring", maps, d, cfg, time.perf_counter() - t0, extra))
     t0 = time.perf_counter()
-    model, _ = strategy_model(ctx, recon_method, cohort, "S1", paths=paths, show_progress=show_progress)
+    model, _ = baseline_model(ctx, recon_method, cohort, "S1", paths=paths, show_progress=show_progress)
     _, maps = anomaly_maps(recon_method, model, d, device=ctx.device, seed=ctx.seed)
     rows.append(_row(f"{recon_method.upper()} S1", maps, d, cfg, time.perf_counter() - t0,
                      {**extra, "family": "reconstruction baseline"}))

@@ -32,6 +32,11 @@ Strategy S2 (train on the clinical cohort only) uses the adaptation procedure an
 configuration (``preset.adapt``: same epochs, schedule and U2AD masking) from a random
 initialisation, as the paper trains S2 "from scratch" for its 200 adaptation epochs.
 
+Both train through the project's one loop (:func:`u2ad_core.core.engine.fit`: reuse, resume,
+epochs, data order, checkpoints); this module gives it U2AD's batch step (augmentation, mask
+sampling, the masked reconstruction loss) and the map refreshes of
+:func:`u2ad_core.method.mcmaps.refresh_maps` at the start of every Q-th epoch.
+
 Run directory ``run_dir / f"{name}-{hash}"``, kept by the run store (:mod:`u2ad_core.core.runstore`:
 hashing, atomic checkpoints, history, reuse and resume); the hash covers the model, training
 and masking configuration, the masking variant, the data arrays, the initial weights and the
@@ -59,30 +64,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
-from u2ad_core.core.config import (
-    COHORTS,
-    AdaptConfig,
-    MaskingConfig,
-    MCConfig,
-    ModelConfig,
-    TrainConfig,
-    config_hash,
-    to_dict,
-)
+from u2ad_core.core.config import COHORTS, AdaptConfig, TrainConfig, to_dict
 from u2ad_core.core.presets import Preset, get_preset
-from u2ad_core.core.runstore import init_weights, load_state, open_run, save_state
-from u2ad_core.core.runtime import atomic_path, make_generator, progress, resolve_device
-from u2ad_core.metrics.reconstruction import reconstruction_metrics, ssim_map
+from u2ad_core.core.context import unpack_context
+from u2ad_core.core.engine import Hooks, StepInfo, fit
+from u2ad_core.core.parallel import default_workers, run_jobs
+from u2ad_core.core.runstore import init_weights, open_run, save_state
+from u2ad_core.core.runtime import make_generator, resolve_device
+from u2ad_core.data.datasets import prepare_all
+from u2ad_core.method.masking import make_sampler
+from u2ad_core.method.mcmaps import (Maps, RefreshPlan, choose_tracked, load_tracked_maps, mc_maps,  # noqa: F401
+                                     refresh_maps)
+from u2ad_core.method.runs import (FORMAT_VERSION, SNAPSHOTS, TrainResult, autocast, build_seeded_model,
+                                   data_hash, image_tensors, load_checkpoint, load_data, model_cfg_from_dict,
+                                   read_history, snapshot_paths)
+from u2ad_core.metrics.reconstruction import reconstruction_metrics, ssim_map  # noqa: F401  (re-exported)
 
 __all__ = [
     "MASKINGS",
@@ -104,14 +106,12 @@ __all__ = [
     "cli_register",
 ]
 
-FORMAT_VERSION = 1
 MASKINGS = ("random", "eu", "u2ad", "coverage", "eu_mean")
 STRATEGIES = ("S1", "S2", "S3")
 CSV_COLUMNS = ("epoch", "stage", "lr", "loss", "mse", "psnr", "ssim", "eu_mean", "au_mean",
                "seconds", "refresh_seconds")
-SNAPSHOTS = "snapshots"  # run subfolder of the weight copies (adapt.snapshot_every)
 UNHASHED = ("snapshot_every",)  # training fields that do not change the weights: not in the run hash
-_EVAL_STREAM = 0  # MC generator stream for "evaluation" maps (adaptation epoch 0 and final)
+
 
 
 # --------------------------------------------------------------------------------------
@@ -175,275 +175,18 @@ def stage_schedule(masking: str, cfg: AdaptConfig, epoch: int) -> str:
     return "au"
 
 
-def choose_tracked(data: Any, n: int) -> list[int]:
-    """``n`` fixed image indices whose maps are saved at each refresh.
-
-    Middle slices (``slice_offset == 0``) first, alternating patients with and without a
-    lesion annotation when the data has one (display only, never used for training), spread
-    evenly over the subjects. Deterministic.
-    """
-    n_img = len(data.images)
-    if n <= 0 or n_img == 0:
-        return []
-    offs = np.asarray(getattr(data, "slice_offset", np.zeros(n_img, int)))
-    cand = np.flatnonzero(offs == 0)
-    if cand.size == 0:
-        cand = np.arange(n_img)
-    lesion = getattr(data, "lesion", None)
-    has = np.asarray(lesion).reshape(n_img, -1).any(1)[cand] if lesion is not None else np.zeros(cand.size, bool)
-    pos, neg = cand[has], cand[~has]
-
-    def spread(a: np.ndarray, m: int) -> list[int]:
-        if m <= 0 or a.size == 0:
-            return []
-        idx = np.unique(np.linspace(0, a.size - 1, min(m, a.size)).round().astype(int))
-        return [int(a[i]) for i in idx]
-
-    n_pos = min(pos.size, (n + 1) // 2) if neg.size else min(pos.size, n)
-    chosen = spread(pos, n_pos) + spread(neg, n - n_pos)
-    if len(chosen) < n:  # top up from whatever is left
-        rest = [int(i) for i in cand if int(i) not in chosen]
-        chosen += rest[: n - len(chosen)]
-    return sorted(chosen)[:n]
-
 
 # --------------------------------------------------------------------------------------
-# Data and model helpers
-# --------------------------------------------------------------------------------------
-def _load_data(data: Any):
-    """A dataset path or an object with ``images`` (N, H, W) and ``cord`` (N, H, W)."""
-    if isinstance(data, (str, Path)):
-        from u2ad_core.data.datasets import load_dataset
-
-        p = Path(data)
-        if not p.exists():
-            raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
-        return load_dataset(p), str(p)
-    if not hasattr(data, "images") or not hasattr(data, "cord"):
-        raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
-    return data, "<in memory>"
-
-
-def _data_hash(data: Any) -> str:
-    from u2ad_core.data.datasets import data_hash
-
-    return data_hash(data)
-
-
-def _tensors(data: Any, model_cfg: ModelConfig, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.as_tensor(np.asarray(data.images, dtype=np.float32))
-    roi = torch.as_tensor(np.asarray(data.cord) > 0)
-    if images.ndim != 3:
-        raise ValueError(f"{source}: images must be (N, H, W), got shape {tuple(images.shape)}")
-    if tuple(images.shape[1:]) != tuple(model_cfg.image_size):
-        raise ValueError(
-            f"{source}: images are {tuple(images.shape[1:])} but the model expects "
-            f"{tuple(model_cfg.image_size)}; use the dataset prepared for this preset"
-        )
-    if roi.shape != images.shape:
-        raise ValueError(f"{source}: cord mask {tuple(roi.shape)} does not match images {tuple(images.shape)}")
-    if len(images) == 0:
-        raise ValueError(f"{source}: the dataset is empty")
-    return images, roi
-
-
-def _build_model(model_cfg: ModelConfig, seed: int):
-    """EdgeMAE initialised from ``seed`` without touching the caller's global RNG state."""
-    from u2ad_core.method.model import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return build_model(model_cfg)
-
-
-def _model_cfg_from_dict(d: dict[str, Any]) -> ModelConfig:
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return ModelConfig(**kw)
-
-
-def _autocast(device: str, enabled: bool):
-    if enabled and device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype), dtype
-    import contextlib
-
-    return contextlib.nullcontext(), None
-
-
-def _mc_seed(seed: int, stream: int) -> int:
-    """Seed of the MC generator for a refresh: stream 0 = evaluation maps (adaptation epoch 0,
-    the final maps and :func:`mc_maps`), stream e = refresh at epoch e."""
-    return (int(seed) * 1_000_003 + 7919 * int(stream) + 12345) % (2**63 - 1)
-
-
-# --------------------------------------------------------------------------------------
-# Results, checkpoints, history
-# --------------------------------------------------------------------------------------
-@dataclass
-class TrainResult:
-    """What :func:`pretrain` / :func:`adapt` return: the model (eval mode) and its run."""
-
-    model: torch.nn.Module
-    run_path: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-    reused: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def snapshot_paths(run_path: str | Path) -> dict[int, Path]:
-    """The weight copies an adaptation run kept (``adapt.snapshot_every``): ``{epoch: path}``
-    in epoch order, the final weights (``model.pt``) not included; load one with
-    :func:`load_checkpoint`. Empty when the run kept none."""
-    folder = Path(run_path) / SNAPSHOTS
-    found = {int(p.stem.split("_")[1]): p for p in folder.glob("epoch_*.pt") if p.stem.split("_")[1].isdigit()}
-    return dict(sorted(found.items()))
-
-
-def read_history(run_path: str | Path):
-    """``metrics.csv`` of a run as a pandas DataFrame (numeric columns as floats)."""
-    import pandas as pd
-
-    p = Path(run_path) / "metrics.csv"
-    if not p.is_file():
-        raise FileNotFoundError(f"no metrics.csv in {run_path}; was the run started?")
-    return pd.read_csv(p)
-
-
-def load_checkpoint(path: str | Path, device: str = "cpu"):
-    """Load a trained model: ``path`` is a run directory, its ``model.pt`` or a
-    ``checkpoint.pt``. Returns ``(model, info)``: the EdgeMAE in eval mode on ``device`` and
-    a dict with ``kind``, ``epoch``, ``run_hash``, ``spec`` (the hashed run specification),
-    ``model_cfg`` and ``path``."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("model.pt", "checkpoint.pt"):
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise FileNotFoundError(f"no model.pt or checkpoint.pt in run directory {path}")
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    dev = resolve_device(device)
-    state = load_state(p)
-    if "model" not in state or "model_cfg" not in state:
-        raise ValueError(f"{p} is not a u2ad_core checkpoint (no 'model' / 'model_cfg')")
-    model_cfg = _model_cfg_from_dict(state["model_cfg"])
-    from u2ad_core.method.model import build_model
-
-    model = build_model(model_cfg)
-    model.load_state_dict(state["model"])
-    model.to(dev).eval()
-    info = {k: state.get(k) for k in ("kind", "epoch", "run_hash", "spec")}
-    info.update(model_cfg=model_cfg, path=p, run_path=p.parent)
-    return model, info
-
-
-def load_tracked_maps(run_path: str | Path) -> list[dict[str, Any]]:
-    """The tracked images' maps saved at each refresh, sorted by epoch.
-
-    Each item: ``epoch`` (int; the final one equals the number of epochs), ``stage``,
-    ``index`` (K,), ``image``, ``roi``, ``lesion``, ``mean``, ``eu``, ``au`` (K, H, W).
-    """
-    d = Path(run_path) / "maps"
-    out = []
-    for f in sorted(d.glob("epoch_*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            item = {k: z[k] for k in z.files}
-        item["epoch"] = int(item["epoch"])
-        item["stage"] = str(item["stage"])
-        out.append(item)
-    return sorted(out, key=lambda r: r["epoch"])
-
-
-# --------------------------------------------------------------------------------------
-# Monte-Carlo maps (refreshes, evaluation; cached per run)
-# --------------------------------------------------------------------------------------
-def _run_mc(model, images, roi, mc: MCConfig, mask_ratio: float, seed: int, device: str,
-            show: bool = False):
-    from u2ad_core.method.uncertainty import mc_uncertainty
-
-    was_training = model.training
-    model.eval()
-    try:
-        res = mc_uncertainty(
-            model, images, roi, k=mc.k, mask_ratio=mask_ratio, generator=make_generator(seed),
-            ddof=mc.ddof, batch_size=mc.batch_size, device=device, progress=show,
-        )
-    finally:
-        model.train(was_training)
-    return res
-
-
-def _mc_key(data_hash: str, mc: MCConfig, mask_ratio: float, seed: int) -> str:
-    return config_hash({"data": data_hash, "mc": to_dict(mc), "mask_ratio": mask_ratio,
-                        "seed": _mc_seed(seed, _EVAL_STREAM)}, n=16)
-
-
-def _save_mc(path: Path, mean: torch.Tensor, eu: torch.Tensor, au: torch.Tensor) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, mean=mean.numpy(), eu=eu.numpy(), au=au.numpy())
-
-
-@dataclass
-class Maps:
-    """Cached Monte-Carlo maps: ``mean``, ``eu``, ``au`` (N, H, W) float32 CPU tensors; ``k``
-    the reconstructions per ROI patch they were computed with."""
-
-    mean: torch.Tensor
-    eu: torch.Tensor
-    au: torch.Tensor
-    cached: bool = False
-    k: int | None = None
-
-
-def mc_maps(run_path: str | Path, data: Any, preset: Preset, device: str = "auto",
-            seed: int | None = None, model=None, show_progress: bool = False) -> Maps:
-    """Monte-Carlo maps of a finished run's model on a dataset, cached in ``run_path/mc/``.
-
-    The cache key covers the data arrays, ``preset.mc`` (K, ddof, batch size), the mask ratio
-    and the seed; the generator is the one an adaptation uses at its epoch 0 and after its last
-    epoch, so the maps an adaptation computed are found here without recomputation (and the
-    maps computed here are the ones an adaptation starting from this model needs at epoch 0).
-    ``model`` skips reloading when the caller already holds the run's model.
-    """
-    run_path = Path(run_path)
-    data, source = _load_data(data)
-    seed = preset.seed if seed is None else int(seed)
-    key = _mc_key(_data_hash(data), preset.mc, preset.masking.mask_ratio, seed)
-    f = run_path / "mc" / f"{key}.npz"
-    if f.is_file():
-        with np.load(f) as z:
-            return Maps(torch.from_numpy(z["mean"]), torch.from_numpy(z["eu"]), torch.from_numpy(z["au"]), cached=True,
-                        k=int(preset.mc.k))
-    dev = resolve_device(device)
-    if model is None:
-        model, _ = load_checkpoint(run_path, dev)
-    images, roi = _tensors(data, _model_cfg_of(model, preset), source)
-    res = _run_mc(model, images, roi, preset.mc, preset.masking.mask_ratio,
-                  _mc_seed(seed, _EVAL_STREAM), dev, show=show_progress)
-    maps = Maps(res.mean.float().cpu(), res.eu.float().cpu(), res.au.float().cpu(), k=int(res.k))
-    _save_mc(f, maps.mean, maps.eu, maps.au)
-    return maps
-
-
-def _model_cfg_of(model, preset: Preset) -> ModelConfig:
-    cfg = getattr(model, "cfg", None)
-    return cfg if isinstance(cfg, ModelConfig) else preset.model
-
-
-# --------------------------------------------------------------------------------------
-# The training loop shared by pretraining and adaptation
+# U2AD on the training engine
 # --------------------------------------------------------------------------------------
 def _spec(kind: str, preset: Preset, train_cfg: TrainConfig, masking: str | None,
-          data_hash: str, init: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+          d_hash: str, init: dict[str, Any] | None, seed: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "kind": kind,
         "model": to_dict(preset.model),
         "train": {k: v for k, v in to_dict(train_cfg).items() if k not in UNHASHED},
-        "data": data_hash,
+        "data": d_hash,
         "seed": int(seed),
     }
     if kind == "adapt":
@@ -458,226 +201,157 @@ def _open(kind: str, preset: Preset, data: Any, run_dir: str | Path, name: str, 
     """The :class:`~u2ad_core.core.runstore.Run` a training call would use (not started), with the
     loaded data, its source name and the initial weights: ``(run, data, source, init_w)``."""
     cfg: TrainConfig = preset.pretrain if kind == "pretrain" else preset.adapt
-    data, source = _load_data(data)
+    data, source = load_data(data)
     init_w = init_weights(init) if kind == "adapt" else None
     init_id = {"run_hash": init_w.run_hash, "epoch": init_w.epoch} if init_w is not None else None
-    spec = _spec(kind, preset, cfg, masking, _data_hash(data), init_id, seed)
+    spec = _spec(kind, preset, cfg, masking, data_hash(data), init_id, seed)
     return open_run(run_dir, name, spec), data, source, init_w
 
 
-def _train(
-    kind: str,
-    preset: Preset,
-    data: Any,
-    run_dir: str | Path,
-    *,
-    name: str,
-    masking: str | None,
-    init: Any,
-    device: str,
-    seed: int | None,
-    resume: bool,
-    reuse: bool,
-    show_progress: bool,
-    callback: Callable[[int, dict[str, Any]], None] | None,
-    tracked: Sequence[int] | None,
-) -> TrainResult:
+class _EdgeMAETraining:
+    """U2AD's part of :func:`u2ad_core.core.engine.fit`: the batch step and the hooks.
+
+    Holds the training tensors (``images`` (N, H, W) float32, ``roi`` (N, H, W) bool,
+    ``roi_patches`` (N, L) bool, CPU), the samplers and the current EU / AU maps; the epoch's
+    stage and sampler are set by :meth:`on_epoch_start`, which refreshes the maps every Q
+    epochs of an adaptation (:func:`refresh_maps`).
+    """
+
+    def __init__(self, kind: str, masking: str | None, preset: Preset, model, opt, device: str,
+                 generator: torch.Generator, images: torch.Tensor, roi: torch.Tensor,
+                 plan: RefreshPlan | None, run, name: str, callback: Callable[[int, dict[str, Any]], None] | None):
+        self.kind, self.masking, self.preset, self.run, self.spec = kind, masking, preset, run, run.spec
+        self.name, self.callback = name, callback
+        self.cfg: TrainConfig = preset.pretrain if kind == "pretrain" else preset.adapt
+        self.model, self.opt, self.device, self.g = model, opt, device, generator
+        self.images, self.roi, self.plan = images, roi, plan
+        self.autocast_ctx, amp_dtype = autocast(device, self.cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.roi_patches = model.roi_patches(roi.to(device)).cpu()  # (N, L) bool
+        self.samplers: dict[str, Any] = {}
+        self.sampler_name = "random"
+        self.maps: dict[str, Any] | None = None  # current EU / AU maps (adaptation)
+
+    # ---- hooks
+    def on_epoch_start(self, epoch: int) -> dict[str, Any]:
+        """The epoch's stage (and the refresh's metrics at a refresh epoch); picks the sampler."""
+        stage = "pretrain" if self.kind == "pretrain" else stage_schedule(self.masking, self.cfg, epoch)
+        row: dict[str, Any] = {"stage": stage}
+        q = int(getattr(self.cfg, "refresh_every", 0) or 0)
+        if self.kind == "adapt" and q > 0 and epoch % q == 0:
+            self.maps, metrics = refresh_maps(self.model, self.plan, epoch, stage)
+            row.update(metrics)
+        self.sampler_name = "random" if self.kind == "pretrain" else stage
+        if self.sampler_name not in self.samplers:
+            self.samplers[self.sampler_name] = make_sampler(self.sampler_name, self.preset.masking)
+        if self.sampler_name in ("eu", "au") and self.maps is None:
+            raise RuntimeError(f"{self.sampler_name}-guided masking needs EU/AU maps, but refresh_every={q} "
+                               "never computed them; set adapt.refresh_every > 0")
+        return row
+
+    def train_step(self, idx: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
+        """One batch ``idx`` (b,): augment, sample the masks, masked reconstruction loss, Adam step."""
+        patch = self.preset.model.patch_size
+        x = augment(self.images[idx].unsqueeze(1), self.g, self.cfg).to(self.device)
+        r = self.roi[idx]
+        kwargs: dict[str, Any] = {}
+        if self.sampler_name in ("eu", "au"):
+            kwargs = {"eu_scores": self.maps["eu_scores"][idx], "au_map": self.maps["au"][idx],
+                      "roi": r, "patch": patch}
+        elif self.sampler_name == "coverage":  # no EU: the ROI pixel mask alone
+            kwargs = {"roi": r, "patch": patch}
+        mask = self.samplers[self.sampler_name].sample(self.roi_patches[idx], self.g, **kwargs)
+        with self.autocast_ctx:
+            loss, _, _ = self.model(x, r.to(self.device), mask=mask.to(self.device))
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"loss": loss}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "kind": self.kind, "spec": self.spec,
+                "model_cfg": to_dict(self.preset.model),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "maps": self.maps}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.maps = state.get("maps")
+
+    def after_epochs(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The final evaluation row of an adaptation (refresh after the last epoch), once."""
+        if self.kind != "adapt" or not getattr(self.cfg, "final_eval", True) \
+                or any(r.get("stage") == "final" for r in history):
+            return None
+        epochs = int(self.cfg.epochs)
+        self.maps, metrics = refresh_maps(self.model, self.plan, epochs, "final")
+        return {"epoch": epochs, "stage": "final", **metrics}
+
+    def weights(self, epoch: int) -> dict[str, Any]:
+        """What ``model.pt`` and the snapshots hold: the weights after ``epoch`` epochs and their run."""
+        return {"format": FORMAT_VERSION, "kind": self.kind, "run_hash": self.run.run_hash, "spec": self.spec,
+                "epoch": epoch, "model": self.model.state_dict(), "model_cfg": to_dict(self.preset.model)}
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+        """A copy of the weights every ``snapshot_every`` epochs (not the last: that is
+        ``model.pt``), then the caller's callback."""
+        done, every = epoch + 1, int(getattr(self.cfg, "snapshot_every", 0) or 0)
+        if every > 0 and done % every == 0 and done < int(self.cfg.epochs):
+            save_state(self.weights(done), self.run.path / SNAPSHOTS / f"epoch_{done:03d}.pt")
+        if self.callback is not None:
+            self.callback(epoch, row)
+
+    def done_info(self, wall: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+        last = history[-1] if history else {}
+        return {"name": self.name, "kind": self.kind, "epochs": int(self.cfg.epochs), "device": self.device,
+                "wall_s": round(wall, 2), "final": {k: last.get(k) for k in CSV_COLUMNS if k in last}}
+
+    def hooks(self) -> Hooks:
+        return Hooks(on_epoch_start=self.on_epoch_start, on_epoch_end=self.on_epoch_end,
+                     extra_state=self.extra_state, restore=self.restore, after_epochs=self.after_epochs,
+                     final_state=lambda: self.weights(int(self.cfg.epochs)), done_info=self.done_info)
+
+
+def _train(kind: str, preset: Preset, data: Any, run_dir: str | Path, *, name: str, masking: str | None,
+           init: Any, device: str, seed: int | None, resume: bool, reuse: bool, show_progress: bool,
+           callback: Callable[[int, dict[str, Any]], None] | None, tracked: Sequence[int] | None) -> TrainResult:
+    """Pretraining (``kind="pretrain"``) or adaptation (``"adapt"``) through :func:`fit`."""
     t_start = time.perf_counter()
     seed = preset.seed if seed is None else int(seed)
     cfg: TrainConfig = preset.pretrain if kind == "pretrain" else preset.adapt
     run, data, source, init_w = _open(kind, preset, data, run_dir, name, masking, init, seed)
-    model_cfg = preset.model
-    images, roi = _tensors(data, model_cfg, source)
-    n = len(images)
-    d_hash = run.spec["data"]
-    init_path = init_w.path if init_w is not None else None
-    spec = run.spec
-    run_hash, run_path = run.run_hash, run.path
+    images, roi = image_tensors(data, preset.model, source)
     dev = resolve_device(device)
-
-    # ---- a finished run with this configuration: reuse it
-    if reuse and run.done:
-        model, info = load_checkpoint(run_path, dev)
-        return TrainResult(model, run_path, run.read_metrics(), reused=True, info=info)
-
-    # ---- model, optimiser, generator
-    model = _build_model(model_cfg, seed)
+    model = build_seeded_model(preset.model, seed)
     if init_w is not None:
         saved_cfg = (init_w.saved or {}).get("model_cfg")
         if saved_cfg is None:
             raise ValueError(f"init {init!r} carries no model configuration; pass a pretraining run directory "
                              "or its model.pt")
-        if to_dict(_model_cfg_from_dict(saved_cfg)) != to_dict(model_cfg):
-            raise ValueError(f"init checkpoint {init_path} has a different model configuration than the preset")
+        if to_dict(model_cfg_from_dict(saved_cfg)) != to_dict(preset.model):
+            raise ValueError(f"init checkpoint {init_w.path} has a different model configuration than the preset")
         model.load_state_dict(init_w.state)
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    autocast_ctx, amp_dtype = _autocast(dev, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     g = make_generator(seed)
-    patch = model_cfg.patch_size
-    roi_patches = model.roi_patches(roi.to(dev)).cpu()  # (N, L) bool
-    samplers: dict[str, Any] = {}
-    maps: dict[str, Any] | None = None  # current EU / AU maps (adaptation)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    wall_before = 0.0
     tracked_idx = list(tracked) if tracked is not None else (
         choose_tracked(data, getattr(cfg, "n_tracked", 0)) if kind == "adapt" else [])
-
-    # ---- resume from the checkpoint, or start afresh (dropping an earlier attempt's maps)
-    state = run.start(resume, config={"name": name, "source": source}, stale=("maps", "mc", SNAPSHOTS))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        g.set_state(state["generator"])
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
-        maps = state.get("maps")
-        wall_before = float(state.get("wall_s", 0.0))
-
-    def checkpoint(epoch_done: int) -> None:
-        run.save_checkpoint({
-            "format": FORMAT_VERSION, "kind": kind, "spec": spec,
-            "epoch": epoch_done, "model": model.state_dict(), "model_cfg": to_dict(model_cfg),
-            "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "generator": g.get_state(), "maps": maps, "history": history,
-            "wall_s": wall_before + time.perf_counter() - t_start,
-        })
-
-    def refresh(epoch: int, stage: str) -> dict[str, Any]:
-        """MC maps over the training set with the current weights; metrics; tracked maps."""
-        nonlocal maps
-        t0 = time.perf_counter()
-        final = stage == "final"
-        stream = _EVAL_STREAM if (epoch == 0 or final) else epoch
-        cache = None
-        if epoch == 0 and init_path is not None:  # the initial model's maps: maybe cached
-            cache = init_path.parent / "mc" / f"{_mc_key(d_hash, preset.mc, preset.masking.mask_ratio, seed)}.npz"
-        if cache is not None and cache.is_file():
-            with np.load(cache) as z:
-                mean, eu, au = (torch.from_numpy(z[k]) for k in ("mean", "eu", "au"))
-        else:
-            k = getattr(cfg, "refresh_k", None)
-            mc_cfg = preset.mc if (final or cache is not None or not k) else replace(preset.mc, k=int(k))
-            res = _run_mc(model, images, roi, mc_cfg, preset.masking.mask_ratio,
-                          _mc_seed(seed, stream), dev)
-            mean, eu, au = res.mean.float().cpu(), res.eu.float().cpu(), res.au.float().cpu()
-            if cache is not None:
-                _save_mc(cache, mean, eu, au)
-        if final:
-            key = _mc_key(d_hash, preset.mc, preset.masking.mask_ratio, seed)
-            _save_mc(run_path / "mc" / f"{key}.npz", mean, eu, au)
-        maps = {"epoch": epoch, "eu": eu, "au": au,
-                "eu_scores": _patch_scores(eu, roi, patch, preset.masking)}
-        metrics = reconstruction_metrics(images, mean, eu, roi)
-        if tracked_idx:
-            idx = torch.as_tensor(tracked_idx)
-            lesion = getattr(data, "lesion", None)
-            les = np.asarray(lesion)[tracked_idx] if lesion is not None else np.zeros((len(idx), *images.shape[1:]), np.uint8)
-            f = run_path / "maps" / f"epoch_{epoch:03d}.npz"
-            with atomic_path(f, suffix=".npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(
-                        fh, epoch=np.int64(epoch), stage=np.str_(stage), index=idx.numpy(),
-                        image=images[idx].numpy(), roi=roi[idx].numpy(), lesion=les.astype(np.uint8),
-                        mean=mean[idx].numpy(), eu=eu[idx].numpy(), au=au[idx].numpy())
-        metrics["refresh_seconds"] = round(time.perf_counter() - t0, 3)
-        return metrics
-
+    plan = RefreshPlan(images, roi, preset, cfg, seed, dev, run.spec["data"], run.path,
+                       init_w.path if init_w is not None else None, tracked_idx,
+                       getattr(data, "lesion", None)) if kind == "adapt" else None
+    job = _EdgeMAETraining(kind, masking, preset, model, opt, dev, g, images, roi, plan, run, name, callback)
     epochs = int(cfg.epochs)
-    bs = int(cfg.batch_size)
-    q = int(getattr(cfg, "refresh_every", 0) or 0)
-    bar_kw = {} if show_progress else {"disable": True}
-    bar = progress(total=epochs, initial=start_epoch, desc=f"{kind} {name}", unit="epoch", **bar_kw)
-    model.train()
-    try:
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            stage = "pretrain" if kind == "pretrain" else stage_schedule(masking, cfg, epoch)
-            row: dict[str, Any] = {"epoch": epoch, "stage": stage}
-            if kind == "adapt" and q > 0 and epoch % q == 0:
-                row.update(refresh(epoch, stage))
-            lr = lr_at_epoch(cfg, epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            sampler_name = "random" if kind == "pretrain" else stage
-            if sampler_name not in samplers:
-                from u2ad_core.method.masking import make_sampler
-
-                samplers[sampler_name] = make_sampler(sampler_name, preset.masking)
-            sampler = samplers[sampler_name]
-            if sampler_name in ("eu", "au") and maps is None:
-                raise RuntimeError(f"{sampler_name}-guided masking needs EU/AU maps, but refresh_every={q} "
-                                   "never computed them; set adapt.refresh_every > 0")
-            perm = torch.randperm(n, generator=g)
-            loss_sum, seen = 0.0, 0
-            for start in range(0, n, bs):
-                idx = perm[start:start + bs]
-                x = augment(images[idx].unsqueeze(1), g, cfg).to(dev)
-                r = roi[idx]
-                kwargs: dict[str, Any] = {}
-                if sampler_name in ("eu", "au"):
-                    kwargs = {"eu_scores": maps["eu_scores"][idx], "au_map": maps["au"][idx],
-                              "roi": r, "patch": patch}
-                elif sampler_name == "coverage":  # no EU: the ROI pixel mask alone
-                    kwargs = {"roi": r, "patch": patch}
-                mask = sampler.sample(roi_patches[idx], g, **kwargs)
-                with autocast_ctx:
-                    loss, _, _ = model(x, r.to(dev), mask=mask.to(dev))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{kind} {name}: non-finite loss at epoch {epoch}; "
-                                             f"lower the learning rate ({lr:g})")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                loss_sum += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            row.update(lr=lr, loss=loss_sum / max(seen, 1), seconds=round(time.perf_counter() - t0, 3))
-            history.append(row)
-            run.write_metrics(history, CSV_COLUMNS)
-            done = epoch + 1
-            if done % max(1, int(cfg.checkpoint_every)) == 0 or done == epochs:
-                checkpoint(done)
-            snap = int(getattr(cfg, "snapshot_every", 0) or 0)
-            if snap > 0 and done % snap == 0 and done < epochs:  # the last epoch's weights are model.pt
-                save_state({"format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec,
-                            "epoch": done, "model": model.state_dict(), "model_cfg": to_dict(model_cfg)},
-                           run_path / SNAPSHOTS / f"epoch_{done:03d}.pt")
-            bar.set_postfix(stage=stage, loss=f"{row['loss']:.4g}", lr=f"{lr:.1e}", refresh=False)
-            bar.update(1)
-            if callback is not None:
-                callback(epoch, row)
-    finally:
-        bar.close()
-
-    if kind == "adapt" and getattr(cfg, "final_eval", True) and not any(r.get("stage") == "final" for r in history):
-        row = {"epoch": epochs, "stage": "final"}
-        row.update(refresh(epochs, "final"))
-        history.append(row)
-        run.write_metrics(history, CSV_COLUMNS)
-        checkpoint(epochs)
-
-    model.eval()
-    wall = wall_before + time.perf_counter() - t_start
-    last = history[-1] if history else {}
-    run.finish({"format": FORMAT_VERSION, "kind": kind, "run_hash": run_hash, "spec": spec, "epoch": epochs,
-                "model": model.state_dict(), "model_cfg": to_dict(model_cfg)},
-               {"name": name, "kind": kind, "epochs": epochs, "device": dev, "wall_s": round(wall, 2),
-                "final": {k: last.get(k) for k in CSV_COLUMNS if k in last}})
-    info = {"kind": kind, "epoch": epochs, "run_hash": run_hash, "spec": spec, "model_cfg": model_cfg,
-            "path": run_path / "model.pt", "run_path": run_path, "wall_s": wall}
-    return TrainResult(model, run_path, history, reused=False, info=info)
-
-
-def _patch_scores(eu: torch.Tensor, roi: torch.Tensor, patch: int, cfg: MaskingConfig) -> torch.Tensor:
-    """EU maps (N, H, W) -> patch scores (N, L) per ``cfg.eu_score`` (sum, or mean over ROI pixels)."""
-    from u2ad_core.method.masking import EUGuidedMasking
-
-    return EUGuidedMasking(cfg).scores(eu, roi, patch)
+    res = fit(run, model, opt, job.train_step, epochs=epochs, n=len(images), batch_size=int(cfg.batch_size),
+              generator=g, lr_at=lambda e: lr_at_epoch(cfg, e), hooks=job.hooks(), resume=resume, reuse=reuse,
+              load=lambda p: load_checkpoint(p, dev), config={"name": name, "source": source},
+              stale=("maps", "mc", SNAPSHOTS), checkpoint_every=int(cfg.checkpoint_every), keep_checkpoint=True,
+              columns=CSV_COLUMNS, label=f"{kind} {name}", show_progress=show_progress, t_start=t_start)
+    if res.reused:
+        return TrainResult(res.model, run.path, res.history, reused=True, info=res.info)
+    info = {"kind": kind, "epoch": epochs, "run_hash": run.run_hash, "spec": run.spec, "model_cfg": preset.model,
+            "path": run.path / "model.pt", "run_path": run.path, "wall_s": res.wall_s}
+    return TrainResult(model, run.path, res.history, reused=False, info=info)
 
 
 # --------------------------------------------------------------------------------------
@@ -776,9 +450,6 @@ def strategy_model(
     ``SliceData``) instead of :func:`u2ad_core.data.datasets.prepare_all`'s files.
     Returns ``(model, run_path)``.
     """
-    from u2ad_core.data.datasets import prepare_all
-    from u2ad_core.core.context import unpack_context
-
     preset, data_dir, run_dir, device, seed = unpack_context(ctx_or_preset, data_dir, run_dir, device, seed,
                                                              who="strategy_model")
     device = device or "auto"
@@ -801,10 +472,9 @@ def strategy_model(
     return res.model, res.run_path
 
 
-def _strategy_job(args: tuple) -> str:
-    """One job of :func:`train_strategies`, in a worker process: train (or reuse) the model."""
-    preset, cohort, strategy, masking, data_dir, run_dir, device, seed, threads, paths = args
-    torch.set_num_threads(int(threads))
+def _strategy_job(preset: Preset, cohort: str, strategy: str, masking: str, data_dir, run_dir, device: str,
+                  seed: int, paths: dict[str, Any]) -> str:
+    """One job of :func:`train_strategies` (in a worker process or here): train (or reuse) the model."""
     _, run_path = strategy_model(preset, cohort, strategy, masking, data_dir=data_dir, run_dir=run_dir,
                                  device=device, seed=seed, show_progress=False, paths=paths)
     return str(run_path)
@@ -825,26 +495,17 @@ def train_strategies(
 ) -> dict[tuple[str, str, str], Path]:
     """Train (or reuse) several :func:`strategy_model` models, several at a time on a CPU.
 
-    jobs: ``(cohort, strategy, masking)`` triples. A small model trains faster per core on one
-    thread than on many (its matrix products are too small to split well), so on a CPU the
-    models that are not cached yet train in ``workers`` processes of ``threads`` threads each
-    (default ``workers``: 2 on a machine with at least 2 cores, else 1 = in this process;
+    jobs: ``(cohort, strategy, masking)`` triples. On a CPU the models that are not cached yet
+    train in ``workers`` processes of ``threads`` threads each (:func:`u2ad_core.core.parallel.run_jobs`;
+    default ``workers``: 2 on a machine with at least 2 cores, else 1 = in this process;
     ``threads``: ``cpu_count // workers``); the last job of an odd count trains here.
-    Measured on 2 cores (2026-12-01): a training step of the ``cpu`` model takes 0.114 s on 2
-    threads and 0.17 s on each of two 1-thread processes side by side (1.3x the throughput),
-    an MC pass 1.2x. ``paths``: as in :func:`strategy_model`.
+    ``paths``: as in :func:`strategy_model`.
     Before that, this process pretrains (or reuses the pretraining) and computes the maps that
     every S3 adaptation of a cohort starts from, so that no two workers compute them twice.
     The result of a job does not depend on where it ran, except for the last digits of the
     floating-point sums (one thread adds in another order than two). On CUDA / MPS the jobs run
     one after the other. Returns ``{job: run_path}`` in the order of ``jobs``.
     """
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    from u2ad_core.data.datasets import prepare_all
-    from u2ad_core.core.context import unpack_context
-
     preset, data_dir, run_dir, device, seed = unpack_context(ctx_or_preset, data_dir, run_dir, device, seed,
                                                              who="train_strategies")
     device = resolve_device(device or "auto")
@@ -877,31 +538,11 @@ def train_strategies(
         out[job] = run.path
         if not run.done and job not in todo:
             todo.append(job)
-    cores = os.cpu_count() or 1
-    n = int(workers) if workers else (2 if cores >= 2 else 1)
-    if n < 1:
-        raise ValueError(f"train_strategies: workers must be >= 1, got {workers}")
-    n = 1 if device != "cpu" else min(n, cores)
-    pooled = todo[: len(todo) - len(todo) % n] if n > 1 else []
-    here = [j for j in todo if j not in pooled]
-    bar_kw = {} if show_progress else {"disable": True}
-    bar = progress(total=len(todo), desc=f"adaptations ({n} at a time)" if pooled else "adaptations",
-                   unit="model", **bar_kw)
-    try:
-        if pooled:
-            nt = int(threads) if threads else max(1, cores // n)
-            args = [(preset, *job, str(data_dir), str(run_dir), device, seed, nt, paths) for job in pooled]
-            with cf.ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as ex:
-                futures = {ex.submit(_strategy_job, a): job for a, job in zip(args, pooled)}
-                for fut in cf.as_completed(futures):
-                    out[futures[fut]] = Path(fut.result())
-                    bar.update(1)
-        for job in here:
-            _, out[job] = strategy_model(preset, *job, data_dir=data_dir, run_dir=run_dir, device=device,
-                                         seed=seed, show_progress=False, paths=paths)
-            bar.update(1)
-    finally:
-        bar.close()
+    n = default_workers(workers, device)
+    done = run_jobs(_strategy_job, [(preset, *job, data_dir, run_dir, device, seed, paths) for job in todo],
+                    workers=n, threads=threads, here=True, desc="adaptations", unit="model",
+                    show_progress=show_progress)
+    out.update({job: Path(p) for job, p in zip(todo, done)})
     return out
 
 
@@ -966,6 +607,3 @@ def cli_register(subparsers) -> None:
     a.add_argument("--masking", default="u2ad", choices=MASKINGS,
                    help="random | eu | u2ad | coverage | eu_mean (default u2ad)")
     a.set_defaults(func=_cli_run)
-
-
-_ = (math, replace, AdaptConfig, MaskingConfig)  # re-exported names used in docs
