@@ -114,3 +114,53 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 @pytest.mark.parametrize("layer", sorted(k for k in LAYERS if not k.startswith("_") and k != "cli"))
 def test_layer_is_a_folder(layer):
     assert (PKG / layer / "__init__.py").is_file(), f"u2ad_core/{layer}/ is not a subpackage"
+
+
+MAX_FUNCTION_LINES = 120
+MAX_MODULE_LINES = 700
+
+
+def _functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def test_functions_and_modules_are_short():
+    long_fn = [f"{p.relative_to(PKG.parent)}:{f.lineno} {f.name} ({f.end_lineno - f.lineno + 1} lines)"
+               for p in _sources() for f in _functions(p) if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES]
+    big = [f"{p.relative_to(PKG.parent)} ({n} lines)" for p in _sources()
+           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not long_fn, f"functions over {MAX_FUNCTION_LINES} lines: {long_fn}"
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"
+
+
+def _late_imports(path: Path, name: str | None = None) -> list[str]:
+    """Imports inside a function whose line gives no reason (a ``#`` comment)."""
+    name = name or str(path.relative_to(PKG.parent))
+    lines = path.read_text().splitlines()
+    out = []
+    for f in _functions(path):
+        for node in ast.walk(f):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "#" not in lines[node.lineno - 1]:
+                out.append(f"{name}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return out
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at the top of a module; one inside a function carries its reason (import time
+    of every ``u2ad`` command, a cycle) in a comment on its line."""
+    bad = [b for p in _sources() for b in _late_imports(p)]
+    assert not bad, "imports inside functions without a reason:\n" + "\n".join(bad)
+
+
+def test_late_import_check_can_fail(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\n\n\ndef f():\n    import json\n    import os  # reason\n    return json, os, sys\n")
+    assert _late_imports(probe, "probe") == ["probe:5: import json"]
+
+
+def test_size_check_can_fail(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "    return x\n")
+    assert [f.end_lineno - f.lineno + 1 for f in _functions(probe)] == [MAX_FUNCTION_LINES + 2]

@@ -21,9 +21,10 @@ import torch
 from u2ad_core import baselines as bl
 from u2ad_core import detectors as dt
 from u2ad_core.core import engine
-from u2ad_core.core.config import AdaptConfig, DetectorConfig, ModelConfig, TrainConfig, get_preset
+from u2ad_core.core.config import AdaptConfig, DetectorConfig, ModelConfig, TrainConfig
 from u2ad_core.core.engine import FitResult, Hooks, StepInfo, batches, fit
 from u2ad_core.core.parallel import default_workers, run_jobs
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runstore import load_state, open_run
 from u2ad_core.core.runtime import make_generator
 from u2ad_core.method import train

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from u2ad_core import __version__
+
 __all__ = ["main", "build_parser"]
 
 # module -> registers one or more subcommands (listed here in the order shown by --help)
@@ -29,8 +31,6 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from u2ad_core import __version__
-
     parser = argparse.ArgumentParser(
         prog="u2ad",
         description="U2AD: uncertainty-based unsupervised anomaly detection in spinal-cord MRI.",

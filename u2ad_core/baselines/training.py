@@ -23,14 +23,16 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from u2ad_core.core.config import BaselineConfig, Preset, get_preset, to_dict
-from u2ad_core.core.context import unpack_context
 from u2ad_core.core import engine
+from u2ad_core.core.config import BaselineConfig, to_dict
+from u2ad_core.core.context import unpack_context
 from u2ad_core.core.engine import FitResult, Hooks, StepInfo
+from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runstore import init_weights, load_state, open_run
 from u2ad_core.core.runtime import make_generator, resolve_device
 from u2ad_core.data.datasets import data_hash, prepare_all
 from u2ad_core.method.train import augment  # paper 4.3 augmentation, the same as U2AD's
+
 from .common import Method, SignalModel, config_from_dict, get_method, image_arrays, load_data
 
 __all__ = ["BaselineRun", "STRATEGIES", "HEALTHY", "FORMAT_VERSION", "fit", "fit_run", "stage_epochs", "load_run",

@@ -211,7 +211,7 @@ def _current_copy(out: Path, key: str) -> dict[str, Any] | None:
 def write_run_times(root: Path, executed: Sequence[Path]) -> Path:
     """``book/generated/run_times.md``: one row per executed copy (its title, preset, device and
     the seconds its own run took, from the run header), written atomically."""
-    import nbformat
+    import nbformat  # here: see with_solutions
 
     rows = []
     for nb_path in executed:
@@ -258,7 +258,7 @@ def _run_header(preset: str, seed: int, device: str, seconds: float, preset_hash
 
 
 def _add_header(nb_path: Path, text: str, meta: dict[str, Any]) -> None:
-    import nbformat
+    import nbformat  # here: see with_solutions
 
     nb = nbformat.read(nb_path, as_version=4)
     cell = nbformat.v4.new_markdown_cell(text)
@@ -278,7 +278,7 @@ def execute_notebook(src: Path, out: Path, parameters: dict[str, Any], cwd: Path
     Raises :class:`NotebookFailed` naming the notebook and the failing cell.
     """
     import papermill as pm  # here, not at the top: ~1.7 s to import, for every u2ad command
-    from papermill.exceptions import PapermillExecutionError
+    from papermill.exceptions import PapermillExecutionError  # here: see above
 
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -319,7 +319,7 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    import nbformat
+    import nbformat  # here: see with_solutions
 
     url, branch = repository(root) if (root / "_config.yml").is_file() else ("", "main")
 
@@ -392,7 +392,7 @@ def launch_links(url: str, branch: str, notebook: str) -> str | None:
 def set_repository(root: Path, url: str, branch: str | None = None) -> list[Path]:
     """Write ``url`` (and ``branch``) into ``_config.yml`` and every numbered notebook's Colab
     cell; return the files changed. ``url`` must be empty or an ``https://`` URL."""
-    import nbformat
+    import nbformat  # here: see with_solutions
 
     root = Path(root)
     url = url.strip().rstrip("/")

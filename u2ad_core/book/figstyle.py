@@ -46,7 +46,7 @@ KEY_FONT, KEY_DPI = "u2ad:min_font_pt", "u2ad:dpi"
 def min_font_pt(fig: Any) -> float | None:
     """Smallest font size (pt) of the visible, non-empty text of a drawn figure (tick labels,
     titles, legends, colour-bar labels, annotations); ``None`` when it has no text."""
-    from matplotlib.text import Text
+    from matplotlib.text import Text  # here: matplotlib only where a figure is measured (see use_book_figures)
 
     sizes = [t.get_fontsize() for t in fig.findobj(Text)
              if t.get_visible() and t.get_text().strip() and _shown(t)]
@@ -117,7 +117,7 @@ def read_record(png: bytes | str | Path) -> dict[str, Any]:
 def figure_png(fig: Any, **kwargs: Any) -> bytes | None:
     """The PNG a notebook shows for ``fig`` (IPython's ``print_figure``, tight bounding box), with the
     figure's smallest font and dpi recorded in it; None for a figure with nothing drawn."""
-    from IPython.core.pylabtools import print_figure
+    from IPython.core.pylabtools import print_figure  # here: see use_book_figures
 
     dpi = kwargs.pop("dpi", None) or fig.dpi
     png = print_figure(fig, "png", dpi=dpi, **kwargs)
@@ -136,14 +136,14 @@ def use_book_figures() -> bool:
 
     mpl.rcParams.update(BOOK_RC)
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # here: see above
     except ImportError:  # pragma: no cover - IPython is a dependency of the notebooks
         return False
     ip = get_ipython()
     if ip is None:
         return False
-    import matplotlib.pyplot as plt
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt  # here: see above
+    from matplotlib.figure import Figure  # here: see above
 
     # Load the backend now: the inline backend registers its own PNG formatter when it is first
     # loaded, which would replace ours if that happened later.

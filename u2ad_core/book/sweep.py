@@ -509,7 +509,7 @@ def run_sweep(
     ran: list[str] = []
     n_workers = None
     if pending:
-        from dask.distributed import as_completed
+        from dask.distributed import as_completed  # here: see _client
 
         by_id = {pt.point_id: pt for pt in pending}
         with _client(workers, scheduler, len(pending)) as client:
@@ -555,7 +555,7 @@ def run_sweep(
     csv = out / "results.csv"
     table.to_csv(csv, index=False)
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow  # noqa: F401  (optional: a Parquet copy only where it is installed)
     except ImportError:
         pass
     else:  # pragma: no cover - pyarrow is optional

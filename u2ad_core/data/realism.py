@@ -53,15 +53,19 @@ group and :func:`compare_to_bands` puts them beside the bands::
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
 
 from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig
-from u2ad_core.data.io import AUTHORS_PIXEL_MM
+from u2ad_core.core.context import repo_root
+from u2ad_core.data.io import AUTHORS_PIXEL_MM, DataError, DataWarning, SubjectFiles, read_array, scan_cohort
+from u2ad_core.data.preprocess import preprocess_subject
 
 __all__ = [
     "FIGURES",
@@ -336,7 +340,6 @@ def measure_slice(image: np.ndarray, cord: np.ndarray | None = None, csf: np.nda
 # Many slices
 # --------------------------------------------------------------------------------------
 def _frame(rows: list[dict[str, Any]]):
-    import pandas as pd
 
     cols = ["cohort", "subject", "site", "slice_offset", "patient_label", "view", "pixel_mm", *FIGURES]
     return pd.DataFrame(rows, columns=cols)
@@ -380,7 +383,6 @@ def measure_subject(sf, view: DataConfig = AUTHORS_VIEW, intensity: str = "autho
     Vertebral spacing from the preprocessing's vertebra centroids; CSF from the CSF mask when
     there is one (else the ring estimate).
     """
-    from u2ad_core.data.preprocess import preprocess_subject
 
     if Path(sf.image).suffix == ".npy":  # the authors' arrays: already normalised, kept as they are
         intensity = "none"
@@ -400,7 +402,6 @@ def measure_cohort(input_dir: str | Path, cohort: str | None = None, view: DataC
     skipped with their error in the ``error`` column. Returns a DataFrame as
     :func:`measure_dataset` (``view`` = ``"authors"`` or ``"custom"``).
     """
-    from u2ad_core.data.io import DataError, scan_cohort
 
     input_dir = Path(input_dir)
     c = scan_cohort(input_dir)
@@ -428,7 +429,6 @@ def summarise(df, by: Iterable[str] = ("cohort", "site"), figures: Iterable[str]
     ``df``: rows of :func:`measure_dataset` / :func:`measure_cohort`. Returns a long DataFrame:
     the ``by`` columns, figure, median, q25, q75, n (slices where the figure is defined).
     """
-    import pandas as pd
 
     by = list(by)
     out = []
@@ -447,7 +447,6 @@ def summarise(df, by: Iterable[str] = ("cohort", "site"), figures: Iterable[str]
 # --------------------------------------------------------------------------------------
 def default_real_dir() -> Path:
     """``../shared/data/real`` beside the project checkout (may not exist)."""
-    from u2ad_core.core.context import repo_root
 
     return repo_root().parent / "shared" / "data" / "real"
 
@@ -461,9 +460,7 @@ def reference_figures(real_dir: str | Path | None = None) -> dict[str, dict[str,
     normalisation. Returns ``{reference name: {figure: value}}`` for the references of
     :data:`REFERENCES`; raises ``FileNotFoundError`` naming the missing folder.
     """
-    import warnings
 
-    from u2ad_core.data.io import DataWarning, SubjectFiles, read_array
 
     real = Path(real_dir) if real_dir is not None else default_real_dir()
     if not real.is_dir():
@@ -597,7 +594,6 @@ band. Nothing is listed for the authors' view: a departure there is a calibratio
 def reference_table():
     """The stored references as a DataFrame: name, kind, file, source, pixel_mm, figures for
     bands, note, then one column per figure (NaN where the file cannot give it)."""
-    import pandas as pd
 
     rows = []
     for r in REFERENCES:
@@ -614,7 +610,6 @@ def _ref_values(fig: str) -> dict[str, float]:
 
 def bands():
     """The band of every figure: DataFrame with figure, lo, hi, real_min, real_max, references, rule."""
-    import pandas as pd
 
     rows = []
     for fig, (kind, a, b, why) in BAND_RULES.items():

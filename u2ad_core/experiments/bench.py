@@ -92,7 +92,7 @@ def _matmul_gflops(m: int, k: int, n: int, device: torch.device, repeats: int = 
 
 
 def _count_flops(fn, split: bool = False):
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # here: with the profiler (see op_split)
 
     def cpu_flash_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)

@@ -42,7 +42,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from u2ad_core import baselines as bl
+from u2ad_core.baselines.common import evaluate_maps
+from u2ad_core.book.notebook import setup
+from u2ad_core.book.sweep import run_sweep
+from u2ad_core.core.context import code_version, repo_root
 from u2ad_core.core.runstore import train_seconds
+from u2ad_core.data.datasets import load_dataset, prepare_all
+from u2ad_core.method import train
+from u2ad_core.method.scoring import anomaly_map
+from u2ad_core.metrics import compare
 
 __all__ = ["budget_overrides", "evaluate_budget",
            "run_budget_sweep", "sweep_dir", "read_budget_table", "budget_claims", "cli_register"]
@@ -83,7 +92,6 @@ def budget_overrides(preset: Any, factor: float) -> dict[str, int]:
 
 def _row(cohort: str, method: str, strategy: str, maps: np.ndarray, d: Any, preset: Any,
          train_s: float, eval_s: float) -> dict[str, Any]:
-    from u2ad_core.baselines.common import evaluate_maps
 
     _, cv, tf = evaluate_maps(maps, d, preset)
     s = cv.summary()
@@ -109,10 +117,6 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
     S2, as in chapter 09). U2AD: S1, S2 and S3 (U2AD masking), scored on the middle slice of
     each patient from the mean of its Monte-Carlo reconstructions.
     """
-    from u2ad_core import baselines as bl
-    from u2ad_core.method import train
-    from u2ad_core.data.datasets import load_dataset, prepare_all
-    from u2ad_core.method.scoring import anomaly_map
 
     cfg = ctx.preset
     cohorts = tuple(cohorts or cfg.grids.budget.cohorts)
@@ -164,9 +168,6 @@ def run_budget_sweep(ctx: Any, factors: Sequence[float] | None = None, overrides
     The points share the book's run directory (a 1x point reuses the book's models) and carry
     the package's source hash, so a changed package re-runs them.
     """
-    from u2ad_core.core.context import code_version
-    from u2ad_core.core.context import repo_root
-    from u2ad_core.book.sweep import run_sweep
 
     cfg = ctx.preset
     grid = cfg.grids.budget
@@ -209,7 +210,6 @@ def budget_claims(table: pd.DataFrame, metric: str = "patient_auroc") -> pd.Data
     "changes with the budget" when they do not, "not measured at every budget" when a row is
     missing or NaN at some budget.
     """
-    from u2ad_core.metrics import compare
 
     t = table.copy()
     t["budget"] = t["budget"].astype(float)
@@ -245,7 +245,6 @@ def budget_claims(table: pd.DataFrame, metric: str = "patient_auroc") -> pd.Data
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from u2ad_core.book.notebook import setup
 
     ctx = setup(preset=args.preset, device=args.device, seed=args.seed, data_dir=args.data_dir,
                 run_dir=args.run_dir, show=True)

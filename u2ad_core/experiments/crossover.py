@@ -38,8 +38,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
+from u2ad_core.baselines import anomaly_maps, baseline_model
+from u2ad_core.baselines.common import evaluate_maps
+from u2ad_core.baselines.morphology import compression_scores
 from u2ad_core.core.config import INHOMOGENEITY, KNOBS
+from u2ad_core.data.datasets import load_dataset, prepare_all
+from u2ad_core.method.scoring import anomaly_map
+from u2ad_core.method.train import adapt, load_checkpoint, mc_maps, pretrain
+from u2ad_core.metrics import compare, pixel_metrics, stratified_folds
 
 __all__ = [
     "KNOBS",
@@ -59,7 +67,6 @@ def pixel_metrics_by_fold(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray,
     :func:`u2ad_core.metrics.stratified_folds` over patients (the CV's split for ``seed``);
     a fold without lesion pixels has no AUPRC and is left out of the mean and std.
     """
-    from u2ad_core.metrics import pixel_metrics, stratified_folds
 
     pooled = pixel_metrics(maps, lesion, roi)
     subjects, first = np.unique(np.asarray(subject), return_index=True)
@@ -81,7 +88,6 @@ def pixel_metrics_by_fold(maps: np.ndarray, lesion: np.ndarray, roi: np.ndarray,
 
 
 def _row(name: str, maps: np.ndarray, data, preset, seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
-    from u2ad_core.baselines.common import evaluate_maps
 
     res, cv, tf = evaluate_maps(maps, data, preset)
     s = cv.summary()
@@ -112,13 +118,7 @@ def evaluate_point(ctx, recon_method: str = "dae", s3: bool = False, cohort: str
     (adapted on the default-knob cohort) scored here as ``U2AD S3*``. Rows carry ``method``, the
     metrics of :func:`_row`, ``seconds`` and the cohort's ``compression_auroc``.
     """
-    from sklearn.metrics import roc_auc_score
 
-    from u2ad_core.baselines import anomaly_maps, baseline_model
-    from u2ad_core.baselines.morphology import compression_scores
-    from u2ad_core.data.datasets import load_dataset, prepare_all
-    from u2ad_core.method.scoring import anomaly_map
-    from u2ad_core.method.train import adapt, load_checkpoint, mc_maps, pretrain
 
     cfg = ctx.preset
     grid = cfg.grids.crossover
@@ -202,7 +202,6 @@ def crossover_table(table: pd.DataFrame) -> pd.DataFrame:
 def paired_verdict(diff_mean: float, diff_std: float) -> str:
     """"better" / "worse" when a paired difference's mean exceeds its spread (std over the
     folds of the differences), else "no clear difference" (NaN: "not measured")."""
-    from u2ad_core.metrics import compare
 
     return compare(diff_mean, diff_std, 0.0, 0.0)
 
@@ -213,7 +212,6 @@ def crossover_statements(t: pd.DataFrame, a: str, b: str, metric: str = "patient
     """Method ``a`` against ``b`` at every point where both were run: the gap, the larger fold
     std and the verdict of :func:`u2ad_core.metrics.compare` ("better" / "worse" /
     "no clear difference"), one row per point."""
-    from u2ad_core.metrics import compare
 
     left = t[t["method"] == a].set_index(list(axes))
     right = t[t["method"] == b].set_index(list(axes))

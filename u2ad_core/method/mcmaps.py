@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from u2ad_core.core.config import AdaptConfig, MaskingConfig, MCConfig, ModelConfig, Preset, config_hash, to_dict
+from u2ad_core.core.config import AdaptConfig, MaskingConfig, MCConfig, ModelConfig, config_hash, to_dict
+from u2ad_core.core.presets import Preset
 from u2ad_core.core.runtime import atomic_path, make_generator, resolve_device
 from u2ad_core.method.masking import EUGuidedMasking
 from u2ad_core.method.runs import data_hash, image_tensors, load_checkpoint, load_data
