@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from u2ad_core.core.config import AnoDDPMConfig, BaselineConfig
+
 from .common import Method, StepInfo
 from .nets import UNet
 

@@ -104,6 +104,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from u2ad_core.core.config import BaselineConfig, BrainomalyConfig, to_dict
+
 from .common import Method, StepInfo
 from .fanogan import critic_step
 from .nets import _norm, channels, check_image_size, timestep_embedding

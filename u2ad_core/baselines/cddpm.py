@@ -96,6 +96,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from u2ad_core.core.config import BaselineConfig, CDDPMConfig
+
 from .anoddpm import AnoDDPM, linear_betas
 from .common import Method, StepInfo
 from .nets import ConvEncoder, UNet

@@ -55,8 +55,7 @@ weights.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -65,12 +64,21 @@ import pandas as pd
 import torch
 
 from u2ad_core.core.config import BaselineConfig, ScoreConfig, to_dict
-from u2ad_core.core.presets import Preset
 from u2ad_core.core.engine import StepInfo
+from u2ad_core.core.presets import Preset
 from u2ad_core.core.runtime import make_generator, progress, resolve_device
-from u2ad_core.data.datasets import data_hash, load_dataset
-from u2ad_core.method.scoring import (ScoreResult, anomaly_curve, anomaly_map, centreline, cord_roi,
-                                      curve_assignment, point_segments, postprocess, scores_table)
+from u2ad_core.data.datasets import data_hash, load_data
+from u2ad_core.method.scoring import (
+    ScoreResult,
+    anomaly_curve,
+    anomaly_map,
+    centreline,
+    cord_roi,
+    curve_assignment,
+    point_segments,
+    postprocess,
+    scores_table,
+)
 from u2ad_core.metrics import METRICS, TABLE1_COLUMNS, cross_validate, format_mean_std, threshold_free
 
 __all__ = [
@@ -79,9 +87,7 @@ __all__ = [
     "SignalModel",
     "get_method",
     "data_hash",
-    "load_data",
     "image_arrays",
-    "config_from_dict",
     "reconstruct",
     "anomaly_maps",
     "score_anomaly_maps",
@@ -181,25 +187,6 @@ def get_method(method: str | Method) -> Method:
 # --------------------------------------------------------------------------------------
 # Data helpers
 # --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def _load_file(path: str, mtime_ns: int):
-    return load_dataset(path)
-
-
-def load_data(data: Any):
-    """A dataset path (``.npz`` from :func:`u2ad_core.data.datasets.prepare_all`) or an object
-    with ``images`` and ``cord`` ``(N, H, W)``. Files are read once per process (cached by
-    path and modification time)."""
-    if isinstance(data, (str, Path)):
-        p = Path(data)
-        if not p.exists():
-            raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
-        return _load_file(str(p.resolve()), p.stat().st_mtime_ns), str(p)
-    if not hasattr(data, "images") or not hasattr(data, "cord"):
-        raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
-    return data, "<in memory>"
-
-
 def image_arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     """``(images (N, H, W) float32, cord (N, H, W) bool)`` of ``data``, checked (``source`` names it in errors)."""
     images = np.asarray(data.images, dtype=np.float32)
@@ -210,22 +197,6 @@ def image_arrays(data: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{source}: cord mask {cord.shape} does not match images {images.shape}")
     return images, cord
 
-
-
-def config_from_dict(cls, d: Mapping[str, Any]):
-    """Rebuild a (nested) frozen config dataclass from :func:`to_dict` output."""
-    kw = {}
-    for f in fields(cls):
-        if f.name not in d:
-            continue
-        v = d[f.name]
-        default = getattr(cls(), f.name)
-        if is_dataclass(default):
-            v = config_from_dict(type(default), v)
-        elif isinstance(default, tuple) and isinstance(v, list):
-            v = tuple(v)
-        kw[f.name] = v
-    return cls(**kw)
 
 
 # --------------------------------------------------------------------------------------
@@ -270,7 +241,7 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     a ``ValueError``), 0 outside the cord.
     """
     m = get_method(method)
-    data, source = load_data(data)
+    data, source = load_data(data, cache=True)
     images, cord = image_arrays(data, source)
     if m.kind == "signal":
         cfg = getattr(model, "cfg", None) or m.sub_config(BaselineConfig())

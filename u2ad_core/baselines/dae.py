@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from u2ad_core.core.config import BaselineConfig
+
 from .common import Method, StepInfo
 from .nets import UNet
 

@@ -135,6 +135,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from u2ad_core.core.config import BaselineConfig, DALConfig
+
 from .common import Method, StepInfo
 from .nets import UNet
 

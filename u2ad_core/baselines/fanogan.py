@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from u2ad_core.core.config import BaselineConfig
+
 from .common import Method, StepInfo
 from .nets import ConvDecoder, ConvEncoder
 

@@ -26,6 +26,7 @@ import numpy as np
 from skimage.segmentation import slic
 
 from u2ad_core.core.config import SignalConfig
+
 from .common import Method
 
 __all__ = ["zscore_maps", "slic_maps", "dbscan_maps", "ZSCORE", "SLIC", "DBSCAN"]

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 
 from u2ad_core.core import engine
-from u2ad_core.core.config import BaselineConfig, to_dict
+from u2ad_core.core.config import BaselineConfig, config_from_dict, to_dict
 from u2ad_core.core.context import unpack_context
 from u2ad_core.core.engine import FitResult, Hooks, StepInfo
 from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runstore import init_weights, load_state, open_run
 from u2ad_core.core.runtime import make_generator, resolve_device
-from u2ad_core.data.datasets import data_hash, prepare_all
+from u2ad_core.data.datasets import data_hash, load_data, prepare_all
 from u2ad_core.method.train import augment  # paper 4.3 augmentation, the same as U2AD's
 
-from .common import Method, SignalModel, config_from_dict, get_method, image_arrays, load_data
+from .common import Method, SignalModel, get_method, image_arrays
 
 __all__ = ["BaselineRun", "STRATEGIES", "HEALTHY", "FORMAT_VERSION", "fit", "fit_run", "stage_epochs", "load_run",
            "baseline_model"]
@@ -180,12 +180,12 @@ def fit_run(
         raise ValueError(f"{m.label} is trained on top of a finished {get_method(m.base).label} run: "
                          f"pass init= (e.g. baseline_model or fit_run of {m.base!r})")
     seed = preset.seed if seed is None else int(seed)
-    data, source = load_data(train_data)
+    data, source = load_data(train_data, cache=True)
     images_np, cord_np = image_arrays(data, source)
     image_size = images_np.shape[1:]
     h_hash = h_arrays = h_source = None
     if m.paired:
-        h_data, h_source = (data, source) if healthy is None else load_data(healthy)
+        h_data, h_source = (data, source) if healthy is None else load_data(healthy, cache=True)
         h_arrays = image_arrays(h_data, h_source)
         if h_arrays[0].shape[1:] != image_size:
             raise ValueError(f"healthy set {h_source}: images {h_arrays[0].shape[1:]} do not match the "

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from u2ad_core.core.config import BaselineConfig
+
 from .common import Method, StepInfo
 from .nets import ConvDecoder, ConvEncoder
 

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "COHORTS",
+    "config_from_dict",
     "CohortSizes",
     "PhantomConfig",
     "DataConfig",
@@ -645,6 +646,23 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def config_from_dict(cls, d: Any):
+    """Rebuild a (nested) frozen config dataclass from :func:`to_dict` output (lists back to
+    tuples where the field's default is a tuple; fields missing from ``d`` keep their defaults)."""
+    kw = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        default = getattr(cls(), f.name)
+        if is_dataclass(default):
+            v = config_from_dict(type(default), v)
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)
 
 
 def config_hash(cfg: Any, n: int = 12) -> str:

@@ -27,6 +27,7 @@ into ``data_dir/raw/<cohort>/`` (skipped when the stamp matches), preprocesses t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ __all__ = [
     "data_hash",
     "SliceData",
     "load_dataset",
+    "load_data",
     "SliceDataset",
     "COHORT_PURPOSE",
     "cohort_seed",
@@ -190,6 +192,26 @@ def load_dataset(path: str | Path) -> SliceData:
     man_path = path.with_suffix(".json")
     manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
     return SliceData(**kw, path=path, manifest=manifest)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int) -> SliceData:
+    return load_dataset(path)
+
+
+def load_data(data: Any, cache: bool = False) -> tuple[Any, str]:
+    """``(data, source)`` for a training or scoring call: a dataset path is read
+    (:func:`load_dataset`; ``cache=True`` reads each file once per process, keyed by path and
+    modification time: the returned arrays are shared, never modify them), an object with
+    ``images`` and ``cord`` ``(N, H, W)`` is used as it is (``source`` ``"<in memory>"``)."""
+    if isinstance(data, (str, Path)):
+        p = Path(data)
+        if not p.exists():
+            raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
+        return (_load_cached(str(p.resolve()), p.stat().st_mtime_ns) if cache else load_dataset(p)), str(p)
+    if not hasattr(data, "images") or not hasattr(data, "cord"):
+        raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
+    return data, "<in memory>"
 
 
 class _TorchDatasetBase:  # resolved lazily so that importing this module does not need torch

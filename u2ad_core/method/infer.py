@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 
 from u2ad_core.core.config import to_dict
-from u2ad_core.core.presets import get_preset
 from u2ad_core.core.labels import SEGMENTS
+from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import (
     atomic_path,
     atomic_write_bytes,

@@ -24,8 +24,9 @@ import torch
 from u2ad_core.core.config import AdaptConfig, MaskingConfig, MCConfig, ModelConfig, config_hash, to_dict
 from u2ad_core.core.presets import Preset
 from u2ad_core.core.runtime import atomic_path, make_generator, resolve_device
+from u2ad_core.data.datasets import load_data
 from u2ad_core.method.masking import EUGuidedMasking
-from u2ad_core.method.runs import data_hash, image_tensors, load_checkpoint, load_data
+from u2ad_core.method.runs import data_hash, image_tensors, load_checkpoint
 from u2ad_core.method.uncertainty import mc_uncertainty
 from u2ad_core.metrics.reconstruction import reconstruction_metrics
 

@@ -3,7 +3,7 @@
 A U2AD run folder (:mod:`u2ad_core.method.train` lists its files) is read back here:
 :func:`load_checkpoint` (the model of ``model.pt`` or ``checkpoint.pt``), :func:`read_history`
 (``metrics.csv``), :func:`snapshot_paths` (``snapshots/``) and :func:`load_tracked_maps`
-(``maps/``). :func:`load_data` and :func:`image_tensors` turn a dataset file or a ``SliceData``
+(``maps/``). :func:`~u2ad_core.data.datasets.load_data` and :func:`image_tensors` turn a dataset file or a ``SliceData``
 into the ``(N, H, W)`` tensors training reads; :func:`build_seeded_model` initialises EdgeMAE
 from a seed without touching the caller's global random state.
 """
@@ -19,31 +19,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from u2ad_core.core.config import ModelConfig
+from u2ad_core.core.config import ModelConfig, config_from_dict
 from u2ad_core.core.runstore import load_state
 from u2ad_core.core.runtime import resolve_device
-from u2ad_core.data.datasets import data_hash, load_dataset
+from u2ad_core.data.datasets import data_hash
 from u2ad_core.method.model import build_model
 
-__all__ = ["FORMAT_VERSION", "SNAPSHOTS", "TrainResult", "load_data", "image_tensors", "build_seeded_model",
-           "model_cfg_from_dict", "autocast", "snapshot_paths", "read_history", "load_checkpoint",
+__all__ = ["FORMAT_VERSION", "SNAPSHOTS", "TrainResult", "image_tensors", "build_seeded_model",
+           "autocast", "snapshot_paths", "read_history", "load_checkpoint",
            "load_tracked_maps", "data_hash"]
 
 FORMAT_VERSION = 1
 SNAPSHOTS = "snapshots"  # run subfolder of the weight copies (adapt.snapshot_every)
-
-
-def load_data(data: Any):
-    """``(data, source)``: a dataset path (loaded) or an object with ``images`` (N, H, W) and
-    ``cord`` (N, H, W) (``source`` ``"<in memory>"``)."""
-    if isinstance(data, (str, Path)):
-        p = Path(data)
-        if not p.exists():
-            raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
-        return load_dataset(p), str(p)
-    if not hasattr(data, "images") or not hasattr(data, "cord"):
-        raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
-    return data, "<in memory>"
 
 
 def image_tensors(data: Any, model_cfg: ModelConfig, source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +56,6 @@ def build_seeded_model(model_cfg: ModelConfig, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return build_model(model_cfg)
-
-
-def model_cfg_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """A :class:`ModelConfig` from its :func:`to_dict` form (lists back to tuples)."""
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return ModelConfig(**kw)
 
 
 def autocast(device: str, enabled: bool):
@@ -133,7 +114,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     state = load_state(p)
     if "model" not in state or "model_cfg" not in state:
         raise ValueError(f"{p} is not a u2ad_core checkpoint (no 'model' / 'model_cfg')")
-    model_cfg = model_cfg_from_dict(state["model_cfg"])
+    model_cfg = config_from_dict(ModelConfig, state["model_cfg"])
     model = build_model(model_cfg)
     model.load_state_dict(state["model"])
     model.to(dev).eval()

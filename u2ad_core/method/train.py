@@ -70,20 +70,28 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from u2ad_core.core.config import COHORTS, AdaptConfig, TrainConfig, to_dict
-from u2ad_core.core.presets import Preset, get_preset
+from u2ad_core.core.config import COHORTS, AdaptConfig, ModelConfig, TrainConfig, config_from_dict, to_dict
 from u2ad_core.core.context import unpack_context
 from u2ad_core.core.engine import Hooks, StepInfo, fit
 from u2ad_core.core.parallel import default_workers, run_jobs
+from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runstore import init_weights, open_run, save_state
 from u2ad_core.core.runtime import make_generator, resolve_device
-from u2ad_core.data.datasets import prepare_all
+from u2ad_core.data.datasets import load_data, prepare_all
 from u2ad_core.method.masking import make_sampler
-from u2ad_core.method.mcmaps import (Maps, RefreshPlan, choose_tracked, load_tracked_maps, mc_maps,  # noqa: F401
-                                     refresh_maps)
-from u2ad_core.method.runs import (FORMAT_VERSION, SNAPSHOTS, TrainResult, autocast, build_seeded_model,
-                                   data_hash, image_tensors, load_checkpoint, load_data, model_cfg_from_dict,
-                                   read_history, snapshot_paths)
+from u2ad_core.method.mcmaps import Maps, RefreshPlan, choose_tracked, load_tracked_maps, mc_maps, refresh_maps  # noqa: F401
+from u2ad_core.method.runs import (
+    FORMAT_VERSION,
+    SNAPSHOTS,
+    TrainResult,
+    autocast,
+    build_seeded_model,
+    data_hash,
+    image_tensors,
+    load_checkpoint,
+    read_history,
+    snapshot_paths,
+)
 from u2ad_core.metrics.reconstruction import reconstruction_metrics, ssim_map  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -329,7 +337,7 @@ def _train(kind: str, preset: Preset, data: Any, run_dir: str | Path, *, name: s
         if saved_cfg is None:
             raise ValueError(f"init {init!r} carries no model configuration; pass a pretraining run directory "
                              "or its model.pt")
-        if to_dict(model_cfg_from_dict(saved_cfg)) != to_dict(preset.model):
+        if to_dict(config_from_dict(ModelConfig, saved_cfg)) != to_dict(preset.model):
             raise ValueError(f"init checkpoint {init_w.path} has a different model configuration than the preset")
         model.load_state_dict(init_w.state)
     model.to(dev)
