@@ -164,3 +164,30 @@ def test_size_check_can_fail(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "    return x\n")
     assert [f.end_lineno - f.lineno + 1 for f in _functions(probe)] == [MAX_FUNCTION_LINES + 2]
+
+
+# Names every module of a kind defines on purpose, one per module: a command's parser, a
+# baseline's registry record, a run family's file-format number.
+PER_MODULE_NAMES = {"cli_register", "METHOD", "FORMAT_VERSION", "__all__"}
+
+
+def _public_definitions(path: Path) -> list[str]:
+    names = []
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return [n for n in names if not n.startswith("_") and n not in PER_MODULE_NAMES]
+
+
+def test_one_meaning_per_public_name():
+    """A public name is defined in one module only (others import it): no two functions called
+    ``fit`` or ``reconstruction_metrics`` that do different things."""
+    where: dict[str, list[str]] = {}
+    for p in _sources():
+        for name in _public_definitions(p):
+            where.setdefault(name, []).append(str(p.relative_to(PKG.parent)))
+    twice = {n: w for n, w in where.items() if len(w) > 1}
+    assert not twice, f"public names defined in more than one module: {twice}"

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from u2ad_core.baselines import (ANATOMY_METHODS, BASELINES, SIGNAL_METHODS, UAD_METHODS, anomaly_maps, fit, fit_run,
+from u2ad_core.baselines import (ANATOMY_METHODS, BASELINES, SIGNAL_METHODS, UAD_METHODS, anomaly_maps, fit_baseline, fit_run,
                                  load_run, score_anomaly_maps)
 from u2ad_core.baselines import morphology as morph
 from u2ad_core.baselines.anoddpm import linear_betas, simplex_noise
@@ -120,7 +120,7 @@ def test_signal_method_flags_a_bright_blob(method):
     blob = np.zeros_like(cord)
     blob[30:34, 14:18] = True
     img[blob] = 0.9
-    model = fit(method, get_preset("paper"), None)
+    model = fit_baseline(method, get_preset("paper"), None)
     _, maps = anomaly_maps(method, model, SimpleNamespace(images=img[None], cord=cord[None]))
     m = maps[0]
     assert m.shape == (h, w) and np.all(m[~cord] == 0)
@@ -185,7 +185,7 @@ def test_fanogan_stage_split_and_registry():
     assert ANATOMY_METHODS == ("morphology",) and "morphology" not in SIGNAL_METHODS
     assert BASELINES["morphology"].kind == "signal" and "images" not in BASELINES["morphology"].inputs
     with pytest.raises(KeyError, match="unknown baseline"):
-        fit("nope", tiny_preset(), tiny_data())
+        fit_baseline("nope", tiny_preset(), tiny_data())
 
 
 def test_bad_image_size_is_explained(tmp_path):
@@ -193,7 +193,7 @@ def test_bad_image_size_is_explained(tmp_path):
     data.images = data.images[:, :, :30]
     data.cord = data.cord[:, :, :30]
     with pytest.raises(ValueError, match="divisible"):
-        fit("dae", tiny_preset(), data, "cpu", 0, tmp_path, show_progress=False)
+        fit_baseline("dae", tiny_preset(), data, "cpu", 0, tmp_path, show_progress=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def test_morphology_peaks_at_the_narrowing_and_stays_in_the_cord():
     data = narrowed_canal()
     w = morph.row_widths(data.cord, data.csf)
     assert w.shape == (3, 64) and np.isnan(w[0, :4]).all() and w[0, 10] == 11 and w[0, 31] == 4
-    _, maps = anomaly_maps("morphology", fit("morphology", get_preset("smoke"), None), data)
+    _, maps = anomaly_maps("morphology", fit_baseline("morphology", get_preset("smoke"), None), data)
     assert maps.shape == data.images.shape and maps.dtype == np.float32
     assert np.all(maps[data.cord == 0] == 0), "map must be zero outside the cord"
     row_peak = maps.max(2).argmax(1)

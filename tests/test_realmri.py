@@ -177,7 +177,7 @@ def test_sct_t2_volume_places_the_crop_masks(tmp_path):
     cord = np.zeros(crop.shape, np.uint8)
     cord[8:12, 2:16, 5:8] = 1
     levels = cord * 3
-    d = tmp_path / "real" / RM.SCT
+    d = tmp_path / "real" / RM.SCT_DIR
     _write(d / RM.T2_FILES["full_fov"], full, aff)
     _write(d / RM.T2_FILES["image"], crop, caff)
     _write(d / RM.T2_FILES["cord"], cord, caff)
@@ -237,7 +237,7 @@ def test_preprocessing_steps_on_real_files(real_copy):
     from u2ad_core.data.io import DataWarning, SubjectFiles, load_subject
 
     vol = RM.sct_t2_volume(real_copy)
-    st = RM.preprocessing_steps(vol, SMOKE.data, real_copy / RM.SCT / RM.T2_FILES["full_fov"])
+    st = RM.preprocessing_steps(vol, SMOKE.data, real_copy / RM.SCT_DIR / RM.T2_FILES["full_fov"])
     assert [s["units"] for s in st] == ["stored value", "stored value", "[0, 1]", "[0, 1]"]
     assert st[0]["title"].startswith("as stored") and "PSR" in st[0]["title"]
     assert st[-1]["image"].shape == SMOKE.data.image_size and st[-1]["cord"].any()

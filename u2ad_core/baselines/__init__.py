@@ -19,7 +19,7 @@ name            module      method
 ``morphology``  morphology  cord + CSF width only, no intensity: how much is anatomy (project)
 ==============  ==========  ==================================================================
 
-Methods beyond the paper (issue 17; ``Method.beyond_paper``, so in ``BASELINES`` and
+Methods beyond the paper (``Method.beyond_paper``, so in ``BASELINES`` and
 ``NEW_METHODS`` but not in ``UAD_METHODS``, the paper's set that notebook 09 trains):
 
 ===================  ==========  =============================================================
@@ -37,7 +37,7 @@ name                 module      method
 
 Usage::
 
-    from u2ad_core.baselines import BASELINES, fit, anomaly_maps, baseline_model
+    from u2ad_core.baselines import BASELINES, fit_baseline, anomaly_maps, baseline_model
     model = fit("dae", preset, paths["spine_generic_like"], device, seed, ctx.run_dir)
     recon, maps = anomaly_maps("dae", model, data.middle(), device)
 
@@ -48,14 +48,14 @@ from __future__ import annotations
 
 from .common import (Method, SignalModel, StepInfo, anomaly_maps, data_hash, evaluate_maps, get_method,
                      reconstruct, results_row, score_anomaly_maps, table_from_rows)
-from .training import STRATEGIES, BaselineRun, baseline_model, fit, fit_run, load_run, stage_epochs
+from .training import STRATEGIES, BaselineRun, baseline_model, fit_baseline, fit_run, load_run, stage_epochs
 from . import anoddpm, brainomaly, cddpm, dae, dal, fanogan, morphology, signal, vae, vaegan
 
 __all__ = [
     "BASELINES", "UAD_METHODS", "SIGNAL_METHODS", "ANATOMY_METHODS", "NEW_METHODS", "STRATEGIES", "Method",
     "SignalModel",
     "BaselineRun",
-    "get_method", "fit", "fit_run", "stage_epochs", "load_run", "reconstruct", "anomaly_maps", "baseline_model",
+    "get_method", "fit_baseline", "fit_run", "stage_epochs", "load_run", "reconstruct", "anomaly_maps", "baseline_model",
     "StepInfo",
     "score_anomaly_maps", "evaluate_maps", "results_row", "table_from_rows", "data_hash",
 ]
@@ -78,4 +78,4 @@ ANATOMY_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items()
                                          if m.kind == "signal" and "images" not in m.inputs)
 """Kind "signal" too (no training), but reading only masks: ``("morphology",)``."""
 NEW_METHODS: tuple[str, ...] = tuple(k for k, m in BASELINES.items() if m.beyond_paper)
-"""Methods added beyond the paper's baselines (issue 17), in registration order."""
+"""Methods added beyond the paper's baselines, in registration order."""

@@ -122,7 +122,7 @@ class Method:
     ``base``: the registry name of the method whose finished run this one starts from
     (:func:`~u2ad_core.baselines.training.fit_run` then requires ``init``; a state dict of the base fills the parameters it
     names, the rest keep their initialisation).
-    ``beyond_paper``: a method added beyond the paper's comparison (issue 17): registered, but
+    ``beyond_paper``: a method added beyond the paper's comparison: registered, but
     left out of ``UAD_METHODS`` / ``SIGNAL_METHODS`` (the paper's set, which notebook 09 trains
     and tabulates) and listed in ``NEW_METHODS``.
     Signal methods (``kind="signal"``) give ``maps(*arrays, signal_cfg) -> (N, H, W)`` where

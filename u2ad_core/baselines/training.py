@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from u2ad_core.core import engine
-from u2ad_core.core.config import BaselineConfig, config_from_dict, to_dict
+from u2ad_core.core.config import STRATEGIES, BaselineConfig, config_from_dict, to_dict
 from u2ad_core.core.context import unpack_context
 from u2ad_core.core.engine import FitResult, Hooks, StepInfo
 from u2ad_core.core.presets import Preset, get_preset
@@ -35,11 +35,10 @@ from u2ad_core.method.train import augment  # paper 4.3 augmentation, the same a
 
 from .common import Method, SignalModel, get_method, image_arrays
 
-__all__ = ["BaselineRun", "STRATEGIES", "HEALTHY", "FORMAT_VERSION", "fit", "fit_run", "stage_epochs", "load_run",
+__all__ = ["BaselineRun", "STRATEGIES", "HEALTHY", "FORMAT_VERSION", "fit_baseline", "fit_run", "stage_epochs", "load_run",
            "baseline_model"]
 
 FORMAT_VERSION = 2  # bump when an architecture changes: older cached runs are then retrained
-STRATEGIES = ("S1", "S2", "S3")
 HEALTHY = "spine_generic_like"
 
 
@@ -245,7 +244,7 @@ class _Pair:
 
 
 class _BatchStep:
-    """A baseline's batch step for :func:`fit`: the training tensors (CPU: images (N, H, W)
+    """A baseline's batch step for :func:`u2ad_core.core.engine.fit`: the training tensors (CPU: images (N, H, W)
     float32, roi (N, H, W) float {0, 1}; the healthy set's for a paired method), the augmentation
     and the call of ``Method.train_step``."""
 
@@ -287,7 +286,7 @@ class _BatchStep:
                                  self.g, self.cfg, info, **extra)
 
 
-def fit(method: str | Method, preset: Preset | str, train_data: Any, device: str = "auto",
+def fit_baseline(method: str | Method, preset: Preset | str, train_data: Any, device: str = "auto",
         seed: int | None = None, run_dir: str | Path = "runs", init: Any = None, **kwargs: Any):
     """Train a baseline (cached by configuration hash) and return the model; see :func:`fit_run`."""
     return fit_run(method, preset, train_data, device, seed, run_dir, init, **kwargs).model

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "COHORTS",
+    "STRATEGIES",
     "config_from_dict",
     "CohortSizes",
     "PhantomConfig",
@@ -57,6 +58,10 @@ COHORTS: tuple[str, ...] = ("renji_like", "ruijin_like")
 """The clinical (DCM) cohorts, in the book's order: every chapter adapts and detects on these
 (paper: RenjiDCM and RuijinDCM); the healthy ones (``spine_generic_like``, ``openneuro_like``)
 only train. :data:`u2ad_core.data.phantom.COHORT_SPECS` holds every cohort's phantom spec."""
+
+STRATEGIES: tuple[str, ...] = ("S1", "S2", "S3")
+"""The paper's dataset strategies (section 4.3): S1 pretrain on healthy scans only, S2 train on
+the clinical cohort only, S3 pretrain then adapt."""
 
 
 # --------------------------------------------------------------------------------------

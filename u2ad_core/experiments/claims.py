@@ -23,7 +23,7 @@ import pandas as pd
 
 from u2ad_core.metrics import compare, format_mean_std
 
-NOT_MEASURED = "not measured"
+NOT_MEASURED_WORD = "not measured"
 
 
 def decide(outcomes: Iterable[str]) -> str:
@@ -32,9 +32,9 @@ def decide(outcomes: Iterable[str]) -> str:
     ``"not measured"`` outcomes are dropped; none left: ``"not measured"``; any ``"worse"``:
     ``"no"``; all ``"better"``: ``"yes"``; otherwise ``"no difference"``.
     """
-    outcomes = [o for o in outcomes if o != NOT_MEASURED]
+    outcomes = [o for o in outcomes if o != NOT_MEASURED_WORD]
     if not outcomes:
-        return NOT_MEASURED
+        return NOT_MEASURED_WORD
     if "worse" in outcomes:
         return "no"
     return "yes" if all(o == "better" for o in outcomes) else "no difference"

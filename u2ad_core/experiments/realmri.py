@@ -62,13 +62,13 @@ from u2ad_core.method.uncertainty import mc_uncertainty
 from u2ad_core.metrics import compare, pixel_metrics, reconstruction_metrics, verdict
 
 __all__ = [
-    "SCT", "T2_FILES", "PAM50_FILES", "ARRAYS_DIR", "LESION_GEOMETRY", "HEALTHY_SOURCES",
+    "SCT_DIR", "T2_FILES", "PAM50_FILES", "ARRAYS_DIR", "LESION_GEOMETRY", "HEALTHY_SOURCES",
     "real_dir_candidates", "missing_files", "find_real_dir", "sct_t2_volume", "pam50_subject",
     "healthy_slices", "preprocessing_steps", "recon_stats", "shift_table", "paired_change", "adapt_overrides",
     "tissue_means", "insert_lesions", "lesion_pairs", "score_methods", "pair_detection_table",
 ]
 
-SCT = "sct_testing_data"
+SCT_DIR = "sct_testing_data"
 T2_FILES = {"image": "t2/t2.nii.gz", "cord": "t2/t2_seg-manual.nii.gz", "levels": "t2/t2_seg-manual_labeled.nii.gz",
             "full_fov": "full_fov_2014/t2.nii.gz"}
 PAM50_FILES = {"image": "template/PAM50_small_t2.nii.gz", "cord": "template/PAM50_small_cord.nii.gz",
@@ -125,7 +125,7 @@ def sct_t2_volume(real_dir: str | Path):
     the full grid with the same axes and zooms, or when the full image under the crop differs
     from the crop.
     """
-    d = Path(real_dir) / SCT
+    d = Path(real_dir) / SCT_DIR
     full_p, crop_p = d / T2_FILES["full_fov"], d / T2_FILES["image"]
     full, fa = read_nifti(full_p, "image")
     crop, ca = read_nifti(crop_p, "image")
@@ -162,7 +162,7 @@ def sct_t2_volume(real_dir: str | Path):
 
 def pam50_subject(real_dir: str | Path):
     """The PAM50 template as a :class:`~u2ad_core.data.io.SubjectFiles` (CSF mask when present)."""
-    d = Path(real_dir) / SCT
+    d = Path(real_dir) / SCT_DIR
     csf = d / PAM50_FILES["csf"]
     return SubjectFiles("pam50", d / PAM50_FILES["image"], cord=d / PAM50_FILES["cord"],
                         csf=csf if csf.is_file() else None, discs=d / PAM50_FILES["discs"],

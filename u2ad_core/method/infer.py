@@ -53,15 +53,12 @@ from u2ad_core.core.runtime import (
     resolve_device,
 )
 from u2ad_core.data.datasets import REQUIRED, SliceData, load_dataset
-from u2ad_core.data.io import DataError, SubjectFiles, scan_cohort
+from u2ad_core.data.io import NIFTI_SUFFIXES, DataError, SubjectFiles, scan_cohort
 from u2ad_core.data.preprocess import preprocess_subject
 from u2ad_core.method.scoring import score_dataset
 from u2ad_core.method.train import load_checkpoint
 
 __all__ = ["infer", "load_input", "write_outputs", "cli_register"]
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 
 def _is_nifti(p: Path) -> bool:
     return p.name.endswith(NIFTI_SUFFIXES)

@@ -166,7 +166,7 @@ def load_tracked_maps(run_path: str | Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["epoch"])
 
 
-def patch_scores(eu: torch.Tensor, roi: torch.Tensor, patch: int, cfg: MaskingConfig) -> torch.Tensor:
+def _eu_patch_scores(eu: torch.Tensor, roi: torch.Tensor, patch: int, cfg: MaskingConfig) -> torch.Tensor:
     """EU maps (N, H, W) -> patch scores (N, L) per ``cfg.eu_score`` (sum, or mean over ROI pixels)."""
     return EUGuidedMasking(cfg).scores(eu, roi, patch)
 
@@ -235,7 +235,7 @@ def refresh_maps(model: torch.nn.Module, plan: RefreshPlan, epoch: int, stage: s
     if final:
         _save_mc(plan.run_path / "mc" / f"{key}.npz", mean, eu, au)
     maps = {"epoch": epoch, "eu": eu, "au": au,
-            "eu_scores": patch_scores(eu, roi, preset.model.patch_size, preset.masking)}
+            "eu_scores": _eu_patch_scores(eu, roi, preset.model.patch_size, preset.masking)}
     metrics = reconstruction_metrics(images, mean, eu, roi)
     if plan.tracked:
         _save_tracked(plan, epoch, stage, mean, eu, au)

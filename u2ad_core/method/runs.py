@@ -2,7 +2,7 @@
 
 A U2AD run folder (:mod:`u2ad_core.method.train` lists its files) is read back here:
 :func:`load_checkpoint` (the model of ``model.pt`` or ``checkpoint.pt``), :func:`read_history`
-(``metrics.csv``), :func:`snapshot_paths` (``snapshots/``) and :func:`load_tracked_maps`
+(``metrics.csv``), :func:`snapshot_paths` (``snapshots/``) (the tracked maps: :func:`u2ad_core.method.mcmaps.load_tracked_maps`)
 (``maps/``). :func:`~u2ad_core.data.datasets.load_data` and :func:`image_tensors` turn a dataset file or a ``SliceData``
 into the ``(N, H, W)`` tensors training reads; :func:`build_seeded_model` initialises EdgeMAE
 from a seed without touching the caller's global random state.
@@ -27,7 +27,7 @@ from u2ad_core.method.model import build_model
 
 __all__ = ["FORMAT_VERSION", "SNAPSHOTS", "TrainResult", "image_tensors", "build_seeded_model",
            "autocast", "snapshot_paths", "read_history", "load_checkpoint",
-           "load_tracked_maps", "data_hash"]
+           "data_hash"]
 
 FORMAT_VERSION = 1
 SNAPSHOTS = "snapshots"  # run subfolder of the weight copies (adapt.snapshot_every)
@@ -121,20 +121,3 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     info = {k: state.get(k) for k in ("kind", "epoch", "run_hash", "spec")}
     info.update(model_cfg=model_cfg, path=p, run_path=p.parent)
     return model, info
-
-
-def load_tracked_maps(run_path: str | Path) -> list[dict[str, Any]]:
-    """The tracked images' maps saved at each refresh, sorted by epoch.
-
-    Each item: ``epoch`` (int; the final one equals the number of epochs), ``stage``,
-    ``index`` (K,), ``image``, ``roi``, ``lesion``, ``mean``, ``eu``, ``au`` (K, H, W).
-    """
-    d = Path(run_path) / "maps"
-    out = []
-    for f in sorted(d.glob("epoch_*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            item = {k: z[k] for k in z.files}
-        item["epoch"] = int(item["epoch"])
-        item["stage"] = str(item["stage"])
-        out.append(item)
-    return sorted(out, key=lambda r: r["epoch"])

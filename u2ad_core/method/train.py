@@ -70,7 +70,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from u2ad_core.core.config import COHORTS, AdaptConfig, ModelConfig, TrainConfig, config_from_dict, to_dict
+from u2ad_core.core.config import COHORTS, STRATEGIES, AdaptConfig, ModelConfig, TrainConfig, config_from_dict, to_dict
 from u2ad_core.core.context import unpack_context
 from u2ad_core.core.engine import Hooks, StepInfo, fit
 from u2ad_core.core.parallel import default_workers, run_jobs
@@ -115,7 +115,6 @@ __all__ = [
 ]
 
 MASKINGS = ("random", "eu", "u2ad", "coverage", "eu_mean")
-STRATEGIES = ("S1", "S2", "S3")
 CSV_COLUMNS = ("epoch", "stage", "lr", "loss", "mse", "psnr", "ssim", "eu_mean", "au_mean",
                "seconds", "refresh_seconds")
 UNHASHED = ("snapshot_every",)  # training fields that do not change the weights: not in the run hash
@@ -324,7 +323,7 @@ class _EdgeMAETraining:
 def _train(kind: str, preset: Preset, data: Any, run_dir: str | Path, *, name: str, masking: str | None,
            init: Any, device: str, seed: int | None, resume: bool, reuse: bool, show_progress: bool,
            callback: Callable[[int, dict[str, Any]], None] | None, tracked: Sequence[int] | None) -> TrainResult:
-    """Pretraining (``kind="pretrain"``) or adaptation (``"adapt"``) through :func:`fit`."""
+    """Pretraining (``kind="pretrain"``) or adaptation (``"adapt"``) through :func:`u2ad_core.core.engine.fit`."""
     t_start = time.perf_counter()
     seed = preset.seed if seed is None else int(seed)
     cfg: TrainConfig = preset.pretrain if kind == "pretrain" else preset.adapt
