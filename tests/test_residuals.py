@@ -228,3 +228,21 @@ def test_oracle_map_zero_outside_the_lesion():
 def test_reexported_from_metrics():
     for name in R.__all__:
         assert getattr(ev, name) is getattr(R, name)
+
+
+def test_statistic_median_resists_one_failed_slice_pooled_shows_it():
+    x, cord, clean = _smooth_cord_data(n=5)
+    model = clean.copy()
+    model[4] = np.where(cord[4], clean[4] + 0.3, clean[4])        # fails on one slice in five
+    pooled = R.compare_predictors(x, cord, {"m": model}, clean=clean)
+    median = R.compare_predictors(x, cord, {"m": model}, clean=clean, statistic="median")
+    assert median.attrs["statistic"] == "median"
+    assert median.loc["m", "interior_x_noise"] == pytest.approx(1.0, rel=0.1)
+    assert pooled.loc["m", "interior"] > 3 * median.loc["m", "interior"]
+    assert pooled.loc["m", "share_below_margin"] == pytest.approx(0.8)   # 4 slices of 5
+    assert median.loc["cord mean", "interior_ratio"] == pytest.approx(1.0)
+    # the per-slice values behind the median, by hand
+    t = R.residual_table(x, model, cord)
+    assert median.loc["m", "interior"] == pytest.approx(np.median(t[t.level == "slice"].interior))
+    with pytest.raises(ValueError, match="statistic"):
+        R.compare_predictors(x, cord, {"m": model}, statistic="max")
