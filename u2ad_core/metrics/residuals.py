@@ -360,7 +360,8 @@ def compare_predictors(images: np.ndarray, cord: np.ndarray, predictions: Mappin
         for reg in base:
             row[f"{reg}_ratio"] = row[reg] / base[reg] if base[reg] > 0 else np.nan
             row[f"{reg}_x_noise"] = row[reg] / noise[reg] if noise[reg] > 0 else np.nan
-        mine, ref = t.loc[t.level == level, "interior"].to_numpy(), base_t.loc[base_t.level == level, "interior"].to_numpy()
+        mine = t.loc[t.level == level, "interior"].to_numpy()
+        ref = base_t.loc[base_t.level == level, "interior"].to_numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             r = mine / ref
         row["share_below_margin"] = float(np.mean(r[np.isfinite(r)] <= margin)) if np.isfinite(r).any() else np.nan
