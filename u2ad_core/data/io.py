@@ -3,7 +3,8 @@
 Four folder layouts are recognised automatically by :func:`detect_layout`:
 ``phantom``
     What :mod:`u2ad_core.data.phantom` writes: ``phantom.json``, ``participants.tsv`` and
-    ``sub-<id>/sub-<id>_T2w.nii.gz`` + ``sub-<id>/sub-<id>_labels.nii.gz`` (label map).
+    ``sub-<id>/sub-<id>_T2w.nii.gz`` + ``sub-<id>/sub-<id>_labels.nii.gz`` (label map), and
+    (phantom version >= 4) the oracle volumes ``sub-<id>/oracle/`` (:data:`ORACLE_FILES`).
 ``bids`` (Spine Generic)
     ``sub-*/anat/sub-*_T2w.nii.gz`` with ``derivatives/labels/sub-*/anat/*_T2w_seg-manual.nii.gz``
     (binary cord mask) and, when present, ``*_T2w_labels-disc-manual.nii.gz`` (one voxel per
