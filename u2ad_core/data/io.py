@@ -59,6 +59,7 @@ __all__ = [
     "read_array",
     "load_array",
     "to_ras",
+    "ORACLE_DIR",
     "ORACLE_FILES",
     "oracle_files",
 ]

@@ -29,7 +29,7 @@ from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig, PhantomConfig, config_hash
 from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, atomic_write_text, progress
-from u2ad_core.data.io import oracle_files
+from u2ad_core.data.io import ORACLE_DIR, ORACLE_FILES, oracle_files
 from u2ad_core.data.phantom.anatomy import _sample_anatomy
 from u2ad_core.data.phantom.render import _render
 from u2ad_core.data.phantom.sites import COHORT_SPECS, SITES, SiteProfile, effective_site, n_lesion_patients
@@ -305,6 +305,9 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
             "generation": gcfg, "generation_hash": config_hash(gcfg), "complete": True,
             "n_lesion": int(flags.sum()), "seconds": round(time.perf_counter() - t0, 2),
             "layout": "phantom",
+            "oracle": {"dir": f"sub-<id>/{ORACLE_DIR}", "files": dict(ORACLE_FILES),
+                       "clean_unit": f"1/{ORACLE_SUBSTEPS} of the image's stored unit (scl_slope)",
+                       "twin": "lesion patients only; without a lesion the twin is the image"},
         })
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{int(time.time() * 1e3) % 10**9}"
