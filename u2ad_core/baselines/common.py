@@ -28,11 +28,16 @@ Common interface (the same for both kinds)::
 
     model = fit("vae", preset, train_data, device, seed, run_dir, init=None)   # cached
     recon, maps = anomaly_maps("vae", model, data, device)                    # (N, H, W) each
+    recon, maps = anomaly_maps("vae", model, data, device, sided=preset.score.sided)  # the switch
 
 ``recon`` is the reconstruction with the original pasted outside the cord (``None`` for the
 signal methods, which reconstruct nothing); ``maps`` is ``(N, H, W)`` float32, zero outside
 the cord: ``|x - recon|`` in the cord for the UAD methods (:func:`u2ad_core.method.scoring.anomaly_map`),
-the method's own score for the signal methods. :func:`score_anomaly_maps` then applies the
+the method's own score for the signal methods. ``sided`` (``ScoreConfig.sided``, pass
+``preset.score.sided``) sets the sign of every map at its residual, before the method's own
+filtering: ``"abs"`` ``|x - recon|``, ``"bright"`` ``max(x - recon, 0)`` (signal methods: the
+same rule on their z-score / distance, see :mod:`u2ad_core.baselines.signal`); ``None`` keeps
+each method's own rule. :func:`score_anomaly_maps` then applies the
 same post-processing, curve and scores as U2AD (:mod:`u2ad_core.method.scoring`), and
 :func:`evaluate_maps` the same cross-validation (:mod:`u2ad_core.metrics`).
 
@@ -63,7 +68,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from u2ad_core.core.config import BaselineConfig, ScoreConfig, to_dict
+from u2ad_core.core.config import SIDES, BaselineConfig, ScoreConfig, to_dict
 from u2ad_core.core.engine import StepInfo
 from u2ad_core.core.presets import Preset
 from u2ad_core.core.runtime import make_generator, progress, resolve_device
@@ -128,7 +133,10 @@ class Method:
     Signal methods (``kind="signal"``) give ``maps(*arrays, signal_cfg) -> (N, H, W)`` where
     ``arrays`` are the ``(N, H, W)`` fields named by ``inputs`` in that order (default
     ``("images", "cord")``; the morphology baseline reads ``("cord", "csf")``, never the images);
-    ``images`` is float32, masks are bool.
+    ``images`` is float32, masks are bool. ``takes_sided``: ``maps`` also accepts the keyword
+    ``sided`` (``"abs"`` / ``"bright"``, :attr:`~u2ad_core.core.config.ScoreConfig.sided`),
+    which then overrides the method's own sign rule (Z-scoring, SLIC, DBSCAN); ``False`` for a
+    map without a sign (morphology), which ignores the switch.
     ``sub_config(cfg)`` returns the method's own part of the :class:`BaselineConfig` (hashed
     with the run).
     """
@@ -148,6 +156,7 @@ class Method:
     paired: bool = False
     base: str | None = None
     beyond_paper: bool = False
+    takes_sided: bool = False
 
     def __post_init__(self):
         if self.kind not in ("uad", "signal"):
@@ -229,7 +238,7 @@ def reconstruct(method: str | Method, model: torch.nn.Module, images: np.ndarray
 
 
 def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "auto", seed: int = 0,
-                 batch_size: int | None = None, show_progress: bool = False):
+                 batch_size: int | None = None, show_progress: bool = False, sided: str | None = None):
     """``(recon, maps)`` for every slice of ``data`` (a dataset file or ``SliceData``).
 
     UAD methods: ``recon`` ``(N, H, W)`` = the model's reconstruction inside the cord, the
@@ -239,8 +248,17 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
     ``None`` for the paper's settings): ``recon`` is ``None`` and ``maps`` is the method's
     score map, computed from the fields its ``Method.inputs`` names (a missing ``csf`` raises
     a ``ValueError``), 0 outside the cord.
+
+    ``sided`` (:attr:`~u2ad_core.core.config.ScoreConfig.sided`; pass ``preset.score.sided``):
+    the sign of the residual, applied to the residual itself, **before** ``map_filter``:
+    ``"abs"`` ``|x - recon|``, ``"bright"`` ``max(x - recon, 0)``; signal methods with
+    ``Method.takes_sided`` get it as their ``sided`` keyword (it wins over
+    ``SignalConfig.one_sided``); the morphology map has no sign and ignores it. ``None``: each
+    method's own rule (UAD ``|x - recon|``, signal ``SignalConfig.one_sided``), as before.
     """
     m = get_method(method)
+    if sided not in SIDES:
+        raise ValueError(f"anomaly_maps: sided must be one of {SIDES}, got {sided!r}")
     data, source = load_data(data, cache=True)
     images, cord = image_arrays(data, source)
     if m.kind == "signal":
@@ -254,11 +272,12 @@ def anomaly_maps(method: str | Method, model: Any, data: Any, device: str = "aut
                 arrays[k] = np.asarray(v) > 0
                 if arrays[k].shape != images.shape:
                     raise ValueError(f"{source}: {k} mask {arrays[k].shape} does not match images {images.shape}")
-        maps = np.asarray(m.maps(*(arrays[k] for k in m.inputs), cfg), dtype=np.float32)
+        kw = {"sided": sided} if (m.takes_sided and sided is not None) else {}
+        maps = np.asarray(m.maps(*(arrays[k] for k in m.inputs), cfg, **kw), dtype=np.float32)
         return None, np.where(cord, maps, 0.0).astype(np.float32)
     full = reconstruct(m, model, images, cord, device, seed, batch_size, show_progress)
     recon = np.where(cord, full, images).astype(np.float32)
-    maps = anomaly_map(images, recon, cord)
+    maps = anomaly_map(images, recon, cord, sided)  # sign at the residual, before map_filter
     if m.map_filter is not None:
         cfg = getattr(model, "baseline_cfg", None) or BaselineConfig()
         maps = np.where(cord, m.map_filter(maps, cord, m.sub_config(cfg)), 0.0).astype(np.float32)
@@ -276,7 +295,9 @@ def score_anomaly_maps(maps: np.ndarray, data: Any, score_cfg=None, recon: np.nd
     is the cord eroded ``score_cfg.erode_cord`` times; then post-processing, curve, segment
     and patient scores exactly as :func:`u2ad_core.method.scoring.score_maps` does from a
     reconstruction. Returns a :class:`u2ad_core.method.scoring.ScoreResult` (``recon`` = ``recon``
-    or the images, ``eu`` = None).
+    or the images, ``eu`` = None). The maps' sign is already set (:func:`anomaly_maps`'s
+    ``sided``); ``score_cfg.sided`` is only recorded in ``config`` here, so pass the same value
+    to both.
     """
     sc = score_cfg or ScoreConfig()
     images = np.asarray(data.images, dtype=np.float32)

@@ -29,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "AdaptConfig",
     "ScoreConfig",
+    "SIDES",
     "EvalConfig",
     "BaselineConfig",
     "DetectorConfig",
@@ -293,6 +294,20 @@ class ScoreConfig:
     # "segments" (project: only C2-3 ... C7-T1, so that the cut cord at the crop's edges,
     # reconstructed without context, cannot raise it; whole curve when a slice has no segments)
     patient_span: str = "segments"
+    # Sign of the residual that becomes every method's anomaly map, applied at the residual,
+    # before any filtering / post-processing: "abs" = |x - x_hat| (paper 3.5, AnoMap);
+    # "bright" = max(x - x_hat, 0) (project: a T2 hyperintensity is bright); None = each
+    # method's own rule as before (transitional: U2AD and the reconstruction baselines "abs",
+    # the signal methods SignalConfig.one_sided). Scoring only: in no training specification.
+    sided: str | None = None
+
+    def __post_init__(self):
+        if self.sided not in SIDES:
+            raise ValueError(f"ScoreConfig.sided must be one of {SIDES}, got {self.sided!r}")
+
+
+SIDES: tuple[str | None, ...] = ("abs", "bright", None)
+"""Values of :attr:`ScoreConfig.sided` (``None``: each method's own rule)."""
 
 
 @dataclass(frozen=True)
@@ -376,7 +391,9 @@ class SignalConfig:
     slic_z_threshold: float = 2.0  # paper B.3: z-threshold 2 on the superpixel means
     dbscan_eps: float = 0.01  # paper B.3: epsilon 0.01 (cord intensities in [0, 1])
     dbscan_min_samples: int = 100  # paper B.3: min_samples 100
-    one_sided: bool = True  # project: only brighter-than-normal counts (T2 hyperintensity)
+    # project: only brighter-than-normal counts (T2 hyperintensity). Fallback only: when
+    # ScoreConfig.sided is set ("abs" / "bright") it wins (baselines.common.anomaly_maps(sided=)).
+    one_sided: bool = True
 
 
 @dataclass(frozen=True)

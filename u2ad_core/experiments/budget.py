@@ -132,7 +132,7 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
             model, run_path = train.strategy_model(ctx, cohort, s, show_progress=show_progress)
             t1 = time.perf_counter()
             mc = train.mc_maps(run_path, paths[cohort], cfg, device=ctx.device, model=model)
-            maps = anomaly_map(d.images, mc.mean.numpy()[mid], d.cord > 0)
+            maps = anomaly_map(d.images, mc.mean.numpy()[mid], d.cord > 0, cfg.score.sided)
             own = train_seconds(run_path)
             pre_s = own if s == "S1" else pre_s
             rows.append(_row(cohort, "U2AD", s, maps, d, cfg, own + (pre_s if s == "S3" else 0.0),
@@ -142,13 +142,13 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
             for s in ["S1", "S3"] + (["S2"] if m in cfg.baselines.s2_methods else []):
                 model, run_path = bl.baseline_model(ctx, m, cohort, s, show_progress=show_progress, paths=paths)
                 t1 = time.perf_counter()
-                _, maps = bl.anomaly_maps(m, model, d, device=ctx.device, seed=ctx.seed)
+                _, maps = bl.anomaly_maps(m, model, d, device=ctx.device, seed=ctx.seed, sided=cfg.score.sided)
                 own = train_seconds(run_path)
                 pre_s = own if s == "S1" else pre_s
                 rows.append(_row(cohort, label, s, maps, d, cfg, own + (pre_s if s == "S3" else 0.0),
                                  time.perf_counter() - t1))
         t1 = time.perf_counter()
-        _, maps = bl.anomaly_maps("zscore", None, d)
+        _, maps = bl.anomaly_maps("zscore", None, d, sided=cfg.score.sided)
         rows.append(_row(cohort, "Z-scoring", "none", maps, d, cfg, 0.0, time.perf_counter() - t1))
     return rows
 

@@ -139,27 +139,27 @@ def evaluate_point(ctx, recon_method: str = "dae", s3: bool = False, cohort: str
     pre = pretrain(cfg, paths["spine_generic_like"], ctx.run_dir, device=ctx.device, seed=ctx.seed,
                    show_progress=show_progress)
     m = mc_maps(pre.run_path, d, cfg, device=ctx.device, model=pre.model)
-    rows.append(_row("U2AD S1", anomaly_map(d.images, m.mean.numpy(), d.cord > 0), d, cfg,
+    rows.append(_row("U2AD S1", anomaly_map(d.images, m.mean.numpy(), d.cord > 0, cfg.score.sided), d, cfg,
                      time.perf_counter() - t0, extra))
     if s3:
         t0 = time.perf_counter()
         res = adapt(cfg, paths[cohort], ctx.run_dir, init=pre.run_path, masking="u2ad",
                     name=f"crossover-{cohort}-S3-u2ad", device=ctx.device, seed=ctx.seed, show_progress=show_progress)
         m = mc_maps(res.run_path, d, cfg, device=ctx.device, model=res.model)
-        rows.append(_row("U2AD S3", anomaly_map(d.images, m.mean.numpy(), d.cord > 0), d, cfg,
+        rows.append(_row("U2AD S3", anomaly_map(d.images, m.mean.numpy(), d.cord > 0, cfg.score.sided), d, cfg,
                          time.perf_counter() - t0, extra))
     if s3_reference:
         t0 = time.perf_counter()
         model_ref, _ = load_checkpoint(s3_reference, ctx.device)
         m = mc_maps(s3_reference, d, cfg, device=ctx.device, model=model_ref)
-        rows.append(_row("U2AD S3*", anomaly_map(d.images, m.mean.numpy(), d.cord > 0), d, cfg,
+        rows.append(_row("U2AD S3*", anomaly_map(d.images, m.mean.numpy(), d.cord > 0, cfg.score.sided), d, cfg,
                          time.perf_counter() - t0, extra))
     t0 = time.perf_counter()
-    _, maps = anomaly_maps("zscore", None, d)
+    _, maps = anomaly_maps("zscore", None, d, sided=cfg.score.sided)
     rows.append(_row("Z-scoring", maps, d, cfg, time.perf_counter() - t0, extra))
     t0 = time.perf_counter()
     model, _ = baseline_model(ctx, recon_method, cohort, "S1", paths=paths, show_progress=show_progress)
-    _, maps = anomaly_maps(recon_method, model, d, device=ctx.device, seed=ctx.seed)
+    _, maps = anomaly_maps(recon_method, model, d, device=ctx.device, seed=ctx.seed, sided=cfg.score.sided)
     rows.append(_row(f"{recon_method.upper()} S1", maps, d, cfg, time.perf_counter() - t0,
                      {**extra, "family": "reconstruction baseline"}))
     t0 = time.perf_counter()

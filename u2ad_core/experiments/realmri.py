@@ -499,7 +499,7 @@ def score_methods(models: Mapping[str, Any], data, preset: Preset, device: str =
                                   batch_size=preset.mc.batch_size, ddof=preset.mc.ddof)
     for meth in signal:
         m = get_method(meth)
-        _, maps = anomaly_maps(m, SignalModel(m.name, m.sub_config(preset.baselines)), data)
+        _, maps = anomaly_maps(m, SignalModel(m.name, m.sub_config(preset.baselines)), data, sided=preset.score.sided)
         out[m.label] = score_anomaly_maps(maps, data, preset.score)
     return out
 

@@ -24,7 +24,8 @@ Outputs in ``--out`` (each written atomically)::
     curves.csv   long format: subject, slice, row, curve, segment
     scores.csv   subject, slice, patient_score, top_segment, C2-3 ... C7-T1
                  (+ patient_label, lesion_segments when the input has them)
-    infer.json   what was run: checkpoint, input, settings, timings
+    infer.json   what was run: checkpoint, input, settings (``score.sided``: the residual's sign,
+                 ``--sided``), timings
 
 Python: :func:`infer` returns the :class:`~u2ad_core.method.scoring.ScoreResult` and the paths.
 """
@@ -263,6 +264,8 @@ def _cli(args: argparse.Namespace) -> int:
         overrides["curve"] = args.curve
     if args.erode is not None:
         overrides["erode_cord"] = args.erode
+    if args.sided:
+        overrides["sided"] = args.sided
     try:
         result, paths = infer(
             args.checkpoint, args.input, args.out, mask=args.mask, labels=args.labels, levels=args.levels,
@@ -303,6 +306,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--mask-ratio", type=float, default=None, help="MC mask ratio (default: preset)")
     p.add_argument("--curve", choices=("centreline", "rows"), default=None, help="anomaly-curve geometry")
     p.add_argument("--erode", type=int, default=None, help="cord erosion iterations before scoring")
+    p.add_argument("--sided", choices=("abs", "bright"), default=None,
+                   help="sign of the residual map: abs = |x - x_hat| (paper), bright = max(x - x_hat, 0) "
+                        "(hyperintensities only); default: the preset's score.sided")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None)

@@ -6,7 +6,10 @@ Everything below works on stacks of N slices at once (numpy arrays ``(N, H, W)``
 1. **ROI** -- the cord mask, optionally eroded ``erode_cord`` times (:func:`cord_roi`). The
    lesion ground truth is never used to build it.
 2. **Anomaly map** -- ``|x - mean of K MC reconstructions|`` inside the ROI, 0 outside
-   (:func:`anomaly_map`).
+   (:func:`anomaly_map`); ``ScoreConfig.sided = "bright"`` keeps only the positive residual
+   ``max(x - mean, 0)`` (a T2 hyperintensity is bright), ``"abs"`` / ``None`` the paper's
+   ``|x - mean|``. The sign is applied to the residual itself, before step 3
+   (:func:`apply_sided`; the same switch drives every baseline's map).
 3. **Post-processing** (:func:`postprocess`), each step switchable for the ablation:
    drop the bottom ``drop_bottom`` fraction of the map's values *within the ROI* of each
    slice (values ``<=`` that quantile become 0), label connected components of what remains
@@ -43,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from u2ad_core.core.config import ScoreConfig, to_dict
+from u2ad_core.core.config import SIDES, ScoreConfig, to_dict
 from u2ad_core.core.labels import SEGMENTS
 from u2ad_core.core.runtime import make_generator
 from u2ad_core.method.uncertainty import mc_uncertainty
@@ -51,6 +54,7 @@ from u2ad_core.method.uncertainty import mc_uncertainty
 __all__ = [
     "ScoreResult",
     "cord_roi",
+    "apply_sided",
     "anomaly_map",
     "postprocess",
     "centreline",
@@ -108,10 +112,32 @@ def cord_roi(cord: np.ndarray, erode: int = 0) -> np.ndarray:
     return eroded
 
 
-def anomaly_map(images: np.ndarray, recon_mean: np.ndarray, roi: np.ndarray) -> np.ndarray:
+def apply_sided(residual: np.ndarray, sided: str | None, default: str = "abs") -> np.ndarray:
+    """The sign rule of :attr:`~u2ad_core.core.config.ScoreConfig.sided` on a signed residual.
+
+    residual: any shape, ``x - x_hat`` (positive = brighter than expected). ``sided``:
+    ``"abs"`` -> ``|residual|`` (paper 3.5); ``"bright"`` -> ``max(residual, 0)``
+    (hyperintensities only); ``None`` -> the caller's ``default`` rule (``"abs"`` or
+    ``"bright"``). Same shape and dtype. Apply it to the raw residual, before any filtering.
+    """
+    if sided not in SIDES:
+        raise ValueError(f"sided must be one of {SIDES}, got {sided!r}")
+    rule = default if sided is None else sided
+    if rule == "abs":
+        return np.abs(residual)
+    if rule == "bright":
+        return np.maximum(residual, 0)
+    raise ValueError(f"default sidedness must be 'abs' or 'bright', got {default!r}")
+
+
+def anomaly_map(images: np.ndarray, recon_mean: np.ndarray, roi: np.ndarray,
+                sided: str | None = None) -> np.ndarray:
     """AnoMap = ``|x - mean of K reconstructions|`` inside ``roi``, 0 outside.
 
     images, recon_mean: ``(N, H, W)`` float; roi: ``(N, H, W)`` bool -> ``(N, H, W)`` float32.
+    ``sided`` (:attr:`~u2ad_core.core.config.ScoreConfig.sided`): ``None`` or ``"abs"`` =
+    ``|x - mean|`` (paper), ``"bright"`` = ``max(x - mean, 0)``; applied to the raw residual,
+    before any post-processing (:func:`apply_sided`).
     """
     images = _as_stack(images, "images").astype(np.float32, copy=False)
     recon_mean = _as_stack(recon_mean, "recon_mean").astype(np.float32, copy=False)
@@ -120,7 +146,7 @@ def anomaly_map(images: np.ndarray, recon_mean: np.ndarray, roi: np.ndarray) -> 
         raise ValueError(
             f"images {images.shape}, recon_mean {recon_mean.shape} and roi {roi.shape} differ"
         )
-    return np.where(roi, np.abs(images - recon_mean), 0.0).astype(np.float32)
+    return np.where(roi, apply_sided(images - recon_mean, sided), 0.0).astype(np.float32)
 
 
 def postprocess(
@@ -397,12 +423,13 @@ def score_maps(
     images, recon_mean: ``(N, H, W)`` float in [0, 1]; cord, segments: ``(N, H, W)`` uint8;
     eu: optional ``(N, H, W)`` MC variance (kept for reconstruction metrics); meta: optional
     per-slice columns for the table (subject, slice_index, patient_label, lesion_segments,
-    slice_offset).
+    slice_offset). The map's sign follows ``score_cfg.sided`` (:func:`anomaly_map`), applied
+    to the residual before the post-processing.
     """
     images = _as_stack(images, "images")
     segments = _as_stack(segments, "segments")
     roi = cord_roi(cord, score_cfg.erode_cord)
-    raw = anomaly_map(images, recon_mean, roi)
+    raw = anomaly_map(images, recon_mean, roi, score_cfg.sided)
     maps = postprocess(
         raw, roi, score_cfg.drop_bottom, score_cfg.top_components, score_cfg.connectivity
     )
