@@ -38,6 +38,11 @@ RECIPES: dict[str, dict] = {
     "data2x": {"data.cohorts.spine_generic_like": 80},
     "data2x-e40": {"data.cohorts.spine_generic_like": 80,
                    "pretrain.epochs": 40, "pretrain.lr_step": 30},
+    "norenorm": {"pretrain.renormalize": False},
+    "e60": {"pretrain.epochs": 60, "pretrain.lr_step": 45},
+    "norenorm-e60": {"pretrain.renormalize": False, "pretrain.epochs": 60, "pretrain.lr_step": 45},
+    "data3x": {"data.cohorts.spine_generic_like": 120},
+    "lr3e-3": {"pretrain.lr": 3e-3},
 }
 DIM = 0.15  # a slice whose cord mean is below this counts as a dim cord
 

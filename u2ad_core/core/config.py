@@ -248,6 +248,9 @@ class TrainConfig:
     brightness: tuple[float, float] = (0.8, 1.2)  # paper 4.3 augmentation
     contrast: tuple[float, float] = (0.8, 1.2)  # paper 4.3 augmentation
     noise_std: float = 0.02  # paper 4.3 ("variance of 0.02"; authors' code uses it as sigma)
+    # paper 4.3: "the images are then re-normalized to the range of 0-1" (min-max per image),
+    # which undoes the brightness and contrast factors; False keeps them (project option)
+    renormalize: bool = True
     amp: bool = True  # mixed precision, CUDA only
     checkpoint_every: int = 10  # epochs between checkpoints (resume granularity)
 

@@ -129,7 +129,8 @@ def augment(images: torch.Tensor, generator: torch.Generator, cfg: TrainConfig) 
 
     Per image: contrast x U(cfg.contrast) about the image mean, brightness x U(cfg.brightness),
     additive Gaussian noise (sigma ``cfg.noise_std``), clip to [0, 1], then min-max renormalise
-    to [0, 1] (the paper: "the images are then re-normalized to the range of 0-1").
+    to [0, 1] (the paper: "the images are then re-normalized to the range of 0-1"), which
+    undoes the two factors up to the clipping; ``cfg.renormalize=False`` skips that step.
 
     images: (B, 1, H, W) float in [0, 1], any device -> (B, 1, H, W), same device and dtype.
     """
@@ -145,6 +146,8 @@ def augment(images: torch.Tensor, generator: torch.Generator, cfg: TrainConfig) 
     x = (x - mean) * contrast.to(dev) + mean
     x = x * brightness.to(dev) + noise.to(dev)
     x = x.clamp(0.0, 1.0)
+    if not cfg.renormalize:
+        return x.to(dt)
     lo = x.amin(dim=(2, 3), keepdim=True)
     hi = x.amax(dim=(2, 3), keepdim=True)
     x = (x - lo) / (hi - lo).clamp_min(1e-6)
