@@ -24,9 +24,12 @@ import pandas as pd
 from u2ad_core.core.presets import get_preset
 from u2ad_core.data.datasets import load_dataset, prepare_all
 from u2ad_core.method.mcmaps import mc_maps
-from u2ad_core.method.train import pretrain
+from u2ad_core.method.train import pretrain, strategy_model
 from u2ad_core.metrics import residuals as R
 
+NR = {"pretrain.renormalize": False, "adapt.renormalize": False}  # keep the brightness / contrast draws
+A12 = {"adapt.epochs": 12, "adapt.stage2_start": 8, "adapt.refresh_every": 4, "adapt.lr_step": 6,
+       "adapt.checkpoint_every": 4, "adapt.snapshot_every": 4}  # half the cpu adaptation, 3 refreshes as before
 # name -> dotted overrides on the preset (the cpu preset pretrains 20 epochs, lr 1e-3, step 15)
 RECIPES: dict[str, dict] = {
     "base": {},
@@ -42,6 +45,10 @@ RECIPES: dict[str, dict] = {
     "e60": {"pretrain.epochs": 60, "pretrain.lr_step": 45},
     "norenorm-e60": {"pretrain.renormalize": False, "pretrain.epochs": 60, "pretrain.lr_step": 45},
     "data3x": {"data.cohorts.spine_generic_like": 120},
+    "nr": NR,
+    "nr-a12": {**NR, **A12},
+    "nr-e60-a12": {**NR, **A12, "pretrain.epochs": 60, "pretrain.lr_step": 45},
+    "e60-a12": {**A12, "pretrain.epochs": 60, "pretrain.lr_step": 45},
     "lr3e-3": {"pretrain.lr": 3e-3},
 }
 DIM = 0.15  # a slice whose cord mean is below this counts as a dim cord
@@ -54,24 +61,16 @@ def healthy_middle(data_path: Path):
     return data, sel
 
 
-def measure(recipe: str, preset_name: str, out: Path, cohort: str, device: str) -> dict:
-    cfg = get_preset(preset_name, **RECIPES[recipe])
-    paths = prepare_all(cfg, out / "data" / preset_name, seed=cfg.seed)
-    t0 = time.perf_counter()
-    res = pretrain(cfg, paths["spine_generic_like"], out / "runs", name=f"pretrain-{recipe}", device=device,
-                   show_progress=False)
-    train_s = time.perf_counter() - t0
-    data, sel = healthy_middle(paths[cohort])
-    mean = mc_maps(res.run_path, data, cfg, device=device, model=res.model).mean.numpy()[sel]
+def residual_row(model_name: str, run_path: Path, model, cfg, data, sel, device: str) -> dict:
+    """The residual numbers of one model's K-pass MC mean on the selected slices."""
+    mean = mc_maps(run_path, data, cfg, device=device, model=model).mean.numpy()[sel]
     x, cord, subj = data.images[sel], data.cord[sel], np.asarray(data.subject)[sel]
-    row = {"recipe": recipe, "reused": res.reused, "train_s": round(train_s, 1),
-           "steps": int(cfg.pretrain.epochs) * -(-len(load_dataset(paths["spine_generic_like"]).images) // cfg.pretrain.batch_size),
-           "final_loss": float(res.history[-1].get("loss", np.nan)) if res.history else np.nan}
+    row: dict = {"model": model_name}
     for st in ("pooled", "median"):
-        df = R.compare_predictors(x, cord, {"S1": mean}, lesion=data.lesion[sel], groups=subj, statistic=st)
-        row[f"interior_{st}"] = float(df.loc["S1", "interior"])
-        row[f"ratio_{st}"] = float(df.loc["S1", "interior_ratio"])
-        row[f"edge_{st}"] = float(df.loc["S1", "edge"])
+        df = R.compare_predictors(x, cord, {model_name: mean}, lesion=data.lesion[sel], groups=subj, statistic=st)
+        row[f"interior_{st}"] = float(df.loc[model_name, "interior"])
+        row[f"ratio_{st}"] = float(df.loc[model_name, "interior_ratio"])
+        row[f"edge_{st}"] = float(df.loc[model_name, "edge"])
         row[f"cordmean_interior_{st}"] = float(df.loc["cord mean", "interior"])
         row[f"running_interior_{st}"] = float(df.loc[[i for i in df.index if i.startswith("running")][0], "interior"])
     t = R.residual_table(x, mean, cord, groups=subj)
@@ -84,6 +83,29 @@ def measure(recipe: str, preset_name: str, out: Path, cohort: str, device: str) 
     return row
 
 
+def measure(recipe: str, preset_name: str, out: Path, cohort: str, device: str, s3: bool) -> list[dict]:
+    cfg = get_preset(preset_name, **RECIPES[recipe])
+    paths = prepare_all(cfg, out / "data" / preset_name, seed=cfg.seed, verbose=False, show_progress=False)
+    t0 = time.perf_counter()
+    res = pretrain(cfg, paths["spine_generic_like"], out / "runs", name=f"pretrain-{recipe}", device=device,
+                   show_progress=False)
+    base = {"recipe": recipe, "reused": res.reused, "train_s": round(time.perf_counter() - t0, 1),
+            "steps": int(cfg.pretrain.epochs) * -(-len(load_dataset(paths["spine_generic_like"]).images)
+                                                  // cfg.pretrain.batch_size),
+            "final_loss": float(res.history[-1].get("loss", np.nan)) if res.history else np.nan}
+    data, sel = healthy_middle(paths[cohort])
+    rows = [{**base, **residual_row("S1", res.run_path, res.model, cfg, data, sel, device)}]
+    if s3:
+        t0 = time.perf_counter()
+        model, run_path = strategy_model(cfg, cohort, "S3", data_dir=out / "data" / preset_name,
+                                         run_dir=out / "runs", device=device, show_progress=False)
+        n_adapt = len(data.images)
+        rows.append({**base, "train_s": round(time.perf_counter() - t0, 1),
+                     "steps": int(cfg.adapt.epochs) * -(-n_adapt // cfg.adapt.batch_size), "final_loss": np.nan,
+                     **residual_row("S3", run_path, model, cfg, data, sel, device)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="cpu")
@@ -91,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cohort", default="renji_like")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    ap.add_argument("--s3", action="store_true", help="also adapt (S3, U2AD masking) and measure it")
+    ap.add_argument("--csv", default="recipes.csv")
     args = ap.parse_args(argv)
     out = Path(args.out)
     rows = []
@@ -98,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if r not in RECIPES:
             print(f"unknown recipe {r!r}; choose from {list(RECIPES)}", file=sys.stderr)
             return 2
-        rows.append(measure(r, args.preset, out, args.cohort, args.device))
+        rows += measure(r, args.preset, out, args.cohort, args.device, args.s3)
         df = pd.DataFrame(rows)
-        df.to_csv(out / "recipes.csv", index=False)
+        df.to_csv(out / args.csv, index=False)
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(df.round(4).to_string(index=False), flush=True)
     return 0

@@ -246,3 +246,55 @@ def test_statistic_median_resists_one_failed_slice_pooled_shows_it():
     assert median.loc["m", "interior"] == pytest.approx(np.median(t[t.level == "slice"].interior))
     with pytest.raises(ValueError, match="statistic"):
         R.compare_predictors(x, cord, {"m": model}, statistic="max")
+
+
+# --- a dataset's lesion-free patients -------------------------------------------------
+def _slice_data(n_pat=4, seed=1):
+    """A SliceData-like namespace: 3 slices per patient (offsets -1, 0, 1), patient 0 with a lesion."""
+    from types import SimpleNamespace
+
+    x, cord, clean = _smooth_cord_data(n=3 * n_pat, seed=seed)
+    lesion = np.zeros_like(cord)
+    lesion[:3, 20:24, 6:9] = 1
+    return SimpleNamespace(images=x.astype(np.float32), cord=cord, clean=clean.astype(np.float32), lesion=lesion,
+                           subject=np.repeat([f"p{i}" for i in range(n_pat)], 3),
+                           patient_label=np.repeat([1] + [0] * (n_pat - 1), 3),
+                           slice_offset=np.tile([-1, 0, 1], n_pat))
+
+
+def test_healthy_selection_takes_middle_slices_of_lesion_free_patients():
+    d = _slice_data()
+    sel = R.healthy_selection(d)
+    assert sel.tolist() == [False] * 3 + [False, True, False] * 3
+    assert R.healthy_selection(d, middle=False).tolist() == [False] * 3 + [True] * 9
+    del d.patient_label
+    assert R.healthy_selection(d).sum() == 4   # no labels: every patient's middle slice
+
+
+def test_check_dataset_uses_only_the_selection_and_the_noise_floor():
+    import torch
+
+    d = _slice_data()
+    garbage = np.where(d.cord > 0, 5.0, d.images)
+    garbage[d.patient_label == 0] = d.clean[d.patient_label == 0]   # perfect where it is checked
+    df = R.check_dataset(d, {"m": torch.from_numpy(garbage.astype(np.float32))})
+    assert df.attrs["n_slices"] == 3 and df.attrs["n_patients"] == 3
+    assert df.loc["m", "interior_x_noise"] == pytest.approx(1.0, rel=1e-5)
+    assert df.loc["m", "verdict"] == "learned"
+    with pytest.raises(ValueError, match="no slice selected"):
+        R.check_dataset(d, {"m": garbage}, sel=np.zeros(len(d.images), bool))
+
+
+def test_competence_view_and_sentence_follow_the_numbers():
+    from u2ad_core.book.competence import learned_sentence, residual_view, sig3
+
+    d = _slice_data()
+    bad = R.cord_mean_prediction(d.images, d.cord) + np.where(d.cord, 0.05, 0.0)
+    df = R.check_dataset(d, {"good": d.clean, "bad": bad})
+    view = residual_view(df)
+    assert list(view.columns) == ["interior", "edge", "ratio to cord mean", "× noise floor", "patients ≤ margin",
+                                  "verdict"]
+    assert view.loc["good", "verdict"] == "learned" and view.loc["cord mean", "verdict"] == ""
+    assert view.loc["good", "× noise floor"] == "1"
+    assert "**learned**" in learned_sentence(df, "good") and "**not learned**" in learned_sentence(df, "bad")
+    assert sig3(0.123456) == "0.123" and sig3(float("nan")) == "" and sig3("x") == "x"

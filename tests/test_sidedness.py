@@ -224,7 +224,7 @@ def test_training_specifications_do_not_contain_the_switch():
     from u2ad_core.baselines.training import _spec as baseline_spec
     from u2ad_core.method.train import _spec as u2ad_spec
 
-    base, bright = get_preset("cpu"), get_preset("cpu", **{"score.sided": "bright"})
+    base, bright = get_preset("cpu", **{"score.sided": "abs"}), get_preset("cpu", **{"score.sided": "bright"})
     assert base.hash() != bright.hash()  # the preset hash covers scoring
     for kind in ("pretrain", "adapt"):
         cfg = base.pretrain if kind == "pretrain" else base.adapt
@@ -243,3 +243,9 @@ def test_infer_cli_has_the_switch():
     args = parser.parse_args(["infer", "--checkpoint", "c", "--input", "i", "--out", "o", "--sided", "bright"])
     assert args.sided == "bright"
     assert parser.parse_args(["infer", "--checkpoint", "c", "--input", "i", "--out", "o"]).sided is None
+
+
+def test_every_preset_scores_bright_pixels_only():
+    """One rule for every method in every table: the book's presets all count bright residuals."""
+    for name in ("smoke", "cpu", "paper", "paper_ci"):
+        assert get_preset(name).score.sided == "bright", name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -71,6 +72,10 @@ def test_augment_is_seeded_and_in_unit_range():
     y = train.augment(x, make_generator(0), ident)
     lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
     assert torch.allclose(y, (x - lo) / (hi - lo), atol=1e-6)
+    # renormalize=False keeps the brightness / contrast draws (the min-max undoes them)
+    half = TrainConfig(brightness=(0.5, 0.5), contrast=(1.0, 1.0), noise_std=0.0, renormalize=False)
+    assert torch.allclose(train.augment(x, make_generator(0), half), 0.5 * x, atol=1e-7)
+    assert torch.allclose(train.augment(x, make_generator(0), replace(half, renormalize=True)), y, atol=1e-6)
 
 
 def test_lr_schedule_matches_steplr_and_stage2_restart():
@@ -226,6 +231,15 @@ def test_adapt_keeps_weight_snapshots_outside_the_run_hash(tmp_path):
                         masking="u2ad", device="cpu", seed=0, show_progress=False)
     assert again.reused and again.run_path == full.run_path
     assert train.snapshot_paths(tmp_path / "no-such-run") == {}
+    # the residual curve reads the start, the snapshot and the final weights: 3 points, no training
+    from u2ad_core.method.competence import residual_curve
+
+    d.subject, d.patient_label = np.arange(len(d.images)).astype(str), np.zeros(len(d.images), int)
+    curve = residual_curve(full.run_path, d, p, init_path=pre.run_path, device="cpu")
+    assert curve["epoch"].tolist() == [0, 2, 4] and curve["steps"].tolist() == [0, 4, 8]   # 6 slices, batch 4
+    assert {"model", "running mean", "local mean", "cord_mean", "verdict"} <= set(curve.columns)
+    assert np.isfinite(curve["model"]).all() and "noise floor" not in curve.columns
+    assert residual_curve(full.run_path, d, p, device="cpu")["epoch"].tolist() == [2, 4]
 
 
 def test_adapt_variants_and_scratch(tmp_path):

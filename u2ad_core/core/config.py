@@ -299,10 +299,11 @@ class ScoreConfig:
     patient_span: str = "segments"
     # Sign of the residual that becomes every method's anomaly map, applied at the residual,
     # before any filtering / post-processing: "abs" = |x - x_hat| (paper 3.5, AnoMap);
-    # "bright" = max(x - x_hat, 0) (project: a T2 hyperintensity is bright); None = each
-    # method's own rule as before (transitional: U2AD and the reconstruction baselines "abs",
-    # the signal methods SignalConfig.one_sided). Scoring only: in no training specification.
-    sided: str | None = None
+    # "bright" = max(x - x_hat, 0) (project default: the target, a T2 hyperintensity, is
+    # bright; one rule for every method in every table; chapter 07 shows "abs" beside it); None
+    # = each method's own rule (U2AD and the reconstruction baselines "abs", the signal methods
+    # SignalConfig.one_sided). Scoring only: in no training specification.
+    sided: str | None = "bright"
 
     def __post_init__(self):
         if self.sided not in SIDES:

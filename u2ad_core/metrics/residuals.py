@@ -58,6 +58,8 @@ __all__ = [
     "learned_verdict",
     "STATISTICS",
     "compare_predictors",
+    "healthy_selection",
+    "check_dataset",
     "oracle_map",
 ]
 
@@ -395,3 +397,44 @@ def oracle_map(images: np.ndarray, twin: np.ndarray, one_sided: bool = True,
     if o["cord"] is not None:
         d = np.where(o["cord"] > 0, d, 0.0)
     return d.astype(np.float32)
+
+
+def healthy_selection(data, middle: bool = True) -> np.ndarray:
+    """``(N,)`` bool: the slices of a ``SliceData`` on which a reconstruction is checked.
+
+    The lesion-free patients (``patient_label == 0``; all slices when the dataset has no patient
+    labels) and, with ``middle``, only their middle sagittal slice (``slice_offset == 0``).
+    """
+    n = len(data.images)
+    sel = np.ones(n, bool)
+    if getattr(data, "patient_label", None) is not None:
+        sel &= np.asarray(data.patient_label) == 0
+    if middle and getattr(data, "slice_offset", None) is not None:
+        sel &= np.asarray(data.slice_offset) == 0
+    return sel
+
+
+def check_dataset(data, predictions: Mapping[str, np.ndarray], *, middle: bool = True,
+                  statistic: str = "median", margin: float = LEARNED_MARGIN, sel: np.ndarray | None = None
+                  ) -> pd.DataFrame:
+    """:func:`compare_predictors` on a dataset's lesion-free patients (:func:`healthy_selection`).
+
+    data: a ``SliceData`` (``images``, ``cord``, ``lesion``, ``subject`` and, on the phantom,
+    ``clean`` for the noise floor); predictions: name -> ``(N, H, W)`` array or CPU tensor over
+    *all* N slices of ``data`` (e.g. ``{"U2AD S3": mc.mean}``); ``sel``: ``(N,)`` bool to use
+    instead of :func:`healthy_selection`. The verdict pairs the model with the cord-mean
+    predictor per patient. ``df.attrs`` adds ``n_slices`` and ``n_patients``.
+    """
+    sel = healthy_selection(data, middle) if sel is None else np.asarray(sel, bool)
+    if not sel.any():
+        raise ValueError("check_dataset: no slice selected (no lesion-free patient in this dataset?)")
+    pick = {k: np.asarray(v, dtype=np.float32)[sel] for k, v in predictions.items()}
+    clean = getattr(data, "clean", None)
+    lesion = getattr(data, "lesion", None)
+    groups = np.asarray(data.subject)[sel]
+    df = compare_predictors(np.asarray(data.images)[sel], np.asarray(data.cord)[sel], pick,
+                            lesion=None if lesion is None else np.asarray(lesion)[sel],
+                            clean=None if clean is None else np.asarray(clean)[sel],
+                            groups=groups, statistic=statistic, margin=margin)
+    df.attrs.update(n_slices=int(sel.sum()), n_patients=int(len(pd.unique(groups))))
+    return df
