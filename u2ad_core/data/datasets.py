@@ -18,7 +18,16 @@ patient_label      int8 (N,)                 1 lesion, 0 none, -1 unknown
 lesion_segments    str (N,)                  e.g. ``C4-5;C5-6``
 site               str (N,), optional        acquisition site
 original           float32 (N, H, W), opt.   pseudo-anomaly sets: image before anomalies
+clean              float32 (N, H, W), opt.   phantom: the noise-free image (oracle)
+twin               float32 (N, H, W), opt.   phantom: the lesion-free twin, same noise (oracle)
 =================  ========================  ===============================================
+
+``clean`` and ``twin`` are what a real scan hides (:mod:`u2ad_core.data.phantom` writes them beside
+each subject, :mod:`u2ad_core.data.preprocess` carries them through the image's own slicing,
+resampling, crop and intensity map): on the grid and scale of ``images``, ``twin == images``
+wherever the lesion's contrast does not reach, ``None`` for real data and files without them.
+They are for diagnostics only: no training, scoring or detection code reads them (the torch
+:class:`SliceDataset` does not serve them), and :func:`build_pseudo_set` drops them.
 
 :func:`prepare_all` makes every file a preset needs, once: it generates the phantom cohorts
 into ``data_dir/raw/<cohort>/`` (skipped when the stamp matches), preprocesses them into
@@ -62,8 +71,8 @@ __all__ = [
 
 REQUIRED = ("images", "cord", "csf", "segments", "lesion", "subject", "slice_index", "slice_offset",
             "patient_label", "lesion_segments")
-OPTIONAL = ("site", "original")
-PER_SLICE_IMAGES = ("images", "cord", "csf", "segments", "lesion", "original")
+OPTIONAL = ("site", "original", "clean", "twin")
+PER_SLICE_IMAGES = ("images", "cord", "csf", "segments", "lesion", "original", "clean", "twin")
 
 COHORT_PURPOSE: dict[str, str] = {
     "spine_generic_like": "pretrain",
@@ -90,6 +99,8 @@ class SliceData:
     lesion_segments: np.ndarray
     site: np.ndarray | None = None
     original: np.ndarray | None = None
+    clean: np.ndarray | None = None
+    twin: np.ndarray | None = None
     path: Path | None = field(default=None, compare=False)
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,6 +110,10 @@ class SliceData:
             v = getattr(self, f)
             if v is not None and len(v) != n:
                 raise ValueError(f"SliceData: field {f!r} has {len(v)} rows, images has {n}")
+        for f in ("clean", "twin"):
+            v = getattr(self, f)
+            if v is not None and v.shape != self.images.shape:
+                raise ValueError(f"SliceData: oracle field {f!r} has shape {v.shape}, images {self.images.shape}")
         if self.site is None:
             self.site = np.array([""] * n)
 

@@ -63,6 +63,12 @@ On disk (the *phantom layout*, read by :mod:`u2ad_core.data.io`)::
     DIR/participants.tsv                     subject, site, diagnosis, lesion_segments, ...
     DIR/sub-<id>/sub-<id>_T2w.nii.gz         image (int16/uint16, site orientation)
     DIR/sub-<id>/sub-<id>_labels.nii.gz      label map (uint8; values of u2ad_core.core.labels)
+    DIR/sub-<id>/oracle/sub-<id>_T2w_noisefree.nii.gz   noise-free image (int32, 1/4 stored unit)
+    DIR/sub-<id>/oracle/sub-<id>_T2w_lesionfree.nii.gz  lesion-free twin, same noise (lesion patients)
+
+The ``oracle/`` volumes (:data:`u2ad_core.data.io.ORACLE_FILES`) are what a real scan hides, kept
+for diagnostics (the preprocessing carries them into ``SliceData.clean`` / ``twin``); no method
+reads them.
 """
 
 from __future__ import annotations

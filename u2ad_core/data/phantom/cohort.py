@@ -3,6 +3,8 @@
 
 A subject is deterministic in ``(seed, index)``: anatomy and scanner noise come from the
 generator ``SeedSequence([seed, index, 7])``, the artefacts from ``SeedSequence([seed, index, 8])``.
+Beside each subject its oracle volumes (noise-free image, lesion-free twin; :func:`_write_oracle`)
+go to ``sub-<id>/oracle/``, for diagnostics only.
 Which patients carry a lesion is drawn once per cohort (:func:`_lesion_flags`).
 """
 
@@ -27,12 +29,14 @@ from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig, PhantomConfig, config_hash
 from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, atomic_write_text, progress
+from u2ad_core.data.io import ORACLE_DIR, ORACLE_FILES, oracle_files
 from u2ad_core.data.phantom.anatomy import _sample_anatomy
 from u2ad_core.data.phantom.render import _render
 from u2ad_core.data.phantom.sites import COHORT_SPECS, SITES, SiteProfile, effective_site, n_lesion_patients
 
-PHANTOM_VERSION = 3
-"""Bumped whenever the generator changes what it writes (invalidates cached cohorts)."""
+PHANTOM_VERSION = 4
+"""Bumped whenever the generator changes what it writes (invalidates cached cohorts).
+4: the oracle volumes (noise-free image, lesion-free twin) beside every subject."""
 
 
 # --------------------------------------------------------------------------------------
@@ -47,9 +51,12 @@ def _reorient_ras_to(data: np.ndarray, affine: np.ndarray, codes: str):
     return np.ascontiguousarray(out), new_aff
 
 
-def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``data`` with ``affine`` as qform and sform (mm), atomically."""
+def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, slope: float | None = None) -> None:
+    """Write ``data`` with ``affine`` as qform and sform (mm), atomically; ``slope``: the NIfTI
+    ``scl_slope`` (readers see ``data * slope``; the stored values stay ``data`` exactly)."""
     img = nib.Nifti1Image(data, affine)
+    if slope is not None:
+        img.header.set_slope_inter(float(slope), 0.0)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
@@ -98,14 +105,43 @@ def _stored(vol: np.ndarray, site: SiteProfile) -> np.ndarray:
     return np.clip(np.rint(stored), info.min, info.max).astype(site.dtype)
 
 
-def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_slices: int,
-                     lesion: bool, site: str | None = None, knobs: PhantomConfig | None = None) -> SubjectResult:
-    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``).
+ORACLE_SUBSTEPS = 4
+"""The noise-free oracle volume is stored in 1/4 of the image's stored unit (int32, NIfTI
+``scl_slope`` = 1/4): 8x finer than the image's own rounding, and 1/50 to 1/480 of the noise
+sigma (12-120 stored units at the sites of :data:`SITES`). A float32 copy would be ~2.5x the image's
+size on disk (and its gzip time) for digits below the image's quantisation; 1/16 costs ~20 % more
+than 1/4."""
 
-    ``knobs`` (:class:`~u2ad_core.core.config.PhantomConfig`, default: the calibrated defaults) apply
-    to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
-    artefacts from another, so a knob changes only what it names.
+
+def _write_oracle(subject_dir: Path, subject: str, oracle: dict[str, np.ndarray], affine: np.ndarray,
+                  site: SiteProfile, lesion: bool) -> None:
+    """Write the oracle volumes of :func:`~u2ad_core.data.phantom.render._oracle` beside the subject
+    (:func:`u2ad_core.data.io.oracle_files`), in the image's orientation and grid.
+
+    - the noise-free image in the image's stored scale (CSF = ``site.scale``), as int32
+      ``rint(clean * scale * ORACLE_SUBSTEPS)`` with ``scl_slope = 1 / ORACLE_SUBSTEPS`` (readers
+      get ``clean * scale`` to within 1/8 of a stored unit);
+    - the lesion-free twin through :func:`_stored` exactly like the image (same dtype and scale),
+      so it equals the stored image bit for bit wherever the float twin equals the float image;
+      written for subjects with a lesion only (``lesion``): without one the twin *is* the image,
+      and :func:`u2ad_core.data.io.scan_cohort` takes the image for it.
     """
+    paths = oracle_files(subject_dir, subject)
+    paths["clean"].parent.mkdir(parents=True, exist_ok=True)
+    fine = np.rint(oracle["clean"].astype(np.float64) * (site.scale * ORACLE_SUBSTEPS))
+    clean_o, aff_o = _reorient_ras_to(fine.astype(np.int32), affine, site.orientation)
+    _save_nifti(paths["clean"], clean_o, aff_o, slope=1.0 / ORACLE_SUBSTEPS)
+    if lesion:
+        twin_o, _ = _reorient_ras_to(_stored(oracle["twin"], site), affine, site.orientation)
+        _save_nifti(paths["twin"], twin_o, aff_o)
+
+
+def _render_subject(cohort: str, index: int, seed: int, n_slices: int, lesion: bool, site: str | None = None,
+                    knobs: PhantomConfig | None = None, oracle: bool = False):
+    """Render subject ``index`` of ``cohort`` exactly as :func:`generate_subject` does (same
+    generators, same draws). Returns ``(site_name, site_profile, anatomy, image, labels, affine,
+    extras)`` (see :func:`~u2ad_core.data.phantom.render._render`; ``oracle`` adds
+    ``extras["oracle"]`` and changes nothing else)."""
     spec = COHORT_SPECS[cohort]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
     arng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 8]))
@@ -114,7 +150,22 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
     knobs = (knobs or PhantomConfig()) if dcm else None
     sp = _subject_site(site_name, knobs)
     an = _sample_anatomy(rng, dcm=dcm, lesion=lesion, knobs=knobs)
-    vol, lab, aff, extras = _render(an, sp, n_slices, rng, knobs=knobs, artefact_rng=arng)
+    vol, lab, aff, extras = _render(an, sp, n_slices, rng, knobs=knobs, artefact_rng=arng, oracle=oracle)
+    return site_name, sp, an, vol, lab, aff, extras
+
+
+def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_slices: int,
+                     lesion: bool, site: str | None = None, knobs: PhantomConfig | None = None) -> SubjectResult:
+    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``), with
+    its oracle volumes (:func:`_write_oracle`).
+
+    ``knobs`` (:class:`~u2ad_core.core.config.PhantomConfig`, default: the calibrated defaults) apply
+    to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
+    artefacts from another, so a knob changes only what it names.
+    """
+    spec = COHORT_SPECS[cohort]
+    site_name, sp, an, vol, lab, aff, extras = _render_subject(cohort, index, seed, n_slices, lesion, site, knobs,
+                                                               oracle=True)
     sid = f"{cohort.split('_')[0]}{index + 1:03d}"
     out = Path(out_dir) / f"sub-{sid}"
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +175,7 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
     f_lab = out / f"sub-{sid}_labels.nii.gz"
     _save_nifti(f_img, img_o, aff_o)
     _save_nifti(f_lab, lab_o, aff_o)
+    _write_oracle(out, f"sub-{sid}", extras["oracle"], aff, sp, lesion=bool(an.lesions))
     segs = sorted({sg for le in extras["lesions"] for sg in le["segments"]}, key=L.SEGMENTS.index)
     return SubjectResult(
         subject=f"sub-{sid}", site=site_name, diagnosis=spec.diagnosis,
@@ -253,6 +305,9 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
             "generation": gcfg, "generation_hash": config_hash(gcfg), "complete": True,
             "n_lesion": int(flags.sum()), "seconds": round(time.perf_counter() - t0, 2),
             "layout": "phantom",
+            "oracle": {"dir": f"sub-<id>/{ORACLE_DIR}", "files": dict(ORACLE_FILES),
+                       "clean_unit": f"1/{ORACLE_SUBSTEPS} of the image's stored unit (scl_slope)",
+                       "twin": "lesion patients only; without a lesion the twin is the image"},
         })
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{int(time.time() * 1e3) % 10**9}"
