@@ -1,6 +1,7 @@
 """The phantom's oracle (what a real scan hides): the noise-free image and the lesion-free twin,
-rendered from the subject's own draws, written beside the cohort, carried into ``SliceData.clean``
-/ ``twin`` by the preprocessing, and read by no training or scoring code.
+rendered from the subject's own draws, written beside the cohort (uncompressed, for the cohorts of
+the calibrated phantom unless asked: not a knob grid's), carried into ``SliceData.clean`` / ``twin``
+by the preprocessing, and read by no training or scoring code.
 
 Footprint (where the twin may differ from the image): the voxels where the lesions changed the
 tissue volume (``extras["oracle"]["lesion_tissue"]``), dilated in-plane by the scanner blur's
@@ -11,6 +12,7 @@ along the whole AP line (axis 1) of every footprint voxel, with a small amplitud
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -22,13 +24,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from u2ad_core.core import labels as L
-from u2ad_core.core.config import PhantomConfig
+from u2ad_core.core.config import CohortSizes, PhantomConfig
 from u2ad_core.core.presets import get_preset
 from u2ad_core.data import phantom as P
-from u2ad_core.data.datasets import SliceData, load_dataset
+from u2ad_core.data.datasets import SliceData, load_data, load_dataset, prepare_all
 from u2ad_core.data.io import ORACLE_FILES, Volume, oracle_files, scan_cohort, to_ras
 from u2ad_core.data.phantom import render as R
-from u2ad_core.data.phantom.cohort import ORACLE_SUBSTEPS, _render_subject, _stored
+from u2ad_core.data.phantom.cohort import ORACLE_DTYPES, ORACLE_SUBSTEPS, _render_subject, _stored
 from u2ad_core.data.preprocess import preprocess_cohort, preprocess_volume
 
 CFG = get_preset("smoke").data
@@ -160,10 +162,11 @@ def test_twin_is_the_image_without_a_lesion(knobs):
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    """renji_like, 4 subjects (2 with a lesion), ringing off (exact footprints)."""
+    """renji_like, 4 subjects (2 with a lesion), ringing off (exact footprints): knobs other than the
+    calibrated ones, so the oracle is asked for."""
     cfg = replace(CFG, phantom=NO_RINGING)
     return P.generate_cohort("renji_like", 4, 3, tmp_path_factory.mktemp("oracle") / "renji_like", cfg,
-                             show_progress=False)
+                             show_progress=False, oracle=True)
 
 
 def _nib(path: Path):
@@ -173,21 +176,24 @@ def _nib(path: Path):
 
 def test_oracle_files_sit_beside_the_subject_on_the_image_grid(cohort):
     """``sub-<id>/oracle/``: the noise-free volume for everyone, in 1/4 of the stored unit; the
-    twin for lesion patients only, stored exactly like the image; no layout takes them for an image."""
+    twin for lesion patients only, stored exactly like the image; both uncompressed NIfTI; no
+    layout takes them for an image."""
     sc = scan_cohort(cohort)
     assert sc.layout == "phantom" and len(sc.subjects) == 4
     n_twin = 0
     for i, sf in enumerate(sc.subjects):
         paths = oracle_files(sf.image.parent, sf.subject)
         assert sf.clean == paths["clean"] and paths["clean"].is_file()
-        assert sf.clean.name == f"{sf.subject}{ORACLE_FILES['clean']}"
+        assert sf.clean.name == f"{sf.subject}{ORACLE_FILES['clean']}" and sf.clean.suffix == ".nii"
+        assert sf.clean.read_bytes()[:2] != b"\x1f\x8b"  # not gzipped
         img, a = _nib(sf.image)
         cln, c = _nib(paths["clean"])
         assert np.allclose(cln.affine, img.affine) and c.shape == a.shape
         stored_img = to_ras(np.asarray(a), img.affine)[0]  # back to the generator's RAS arrays
         c_ras = to_ras(np.asarray(c, np.float64), img.affine)[0]
         fine = to_ras(np.asarray(cln.dataobj.get_unscaled()), img.affine)[0]
-        assert cln.get_data_dtype() == np.int32 and cln.dataobj.slope == 1.0 / ORACLE_SUBSTEPS
+        assert cln.get_data_dtype() in [np.dtype(t) for t in ORACLE_DTYPES]
+        assert cln.dataobj.slope == 1.0 / ORACLE_SUBSTEPS
         _, site, an, vol, lab, aff, ex = _render_subject("renji_like", i, 3, stored_img.shape[0], sf.patient_label == 1,
                                                          knobs=NO_RINGING, oracle=True)
         o = ex["oracle"]
@@ -338,3 +344,90 @@ def test_no_training_or_scoring_code_reads_the_oracle():
                    slice_offset=np.zeros(n, int), patient_label=np.zeros(n, np.int8),
                    lesion_segments=np.array(["", ""]), clean=z + 1, twin=z + 2)
     assert not {"clean", "twin"} & set(SliceDataset(sd)[0])
+
+
+# --------------------------------------------------------------------------------------
+# Where the oracle is written: the calibrated phantom's cohorts, not a knob grid's
+# --------------------------------------------------------------------------------------
+SMALL = replace(CFG, cohorts=CohortSizes(spine_generic_like=2, openneuro_like=2, renji_like=3, ruijin_like=2),
+                n_sagittal_healthy=5, n_sagittal_clinical=3)
+FAINT = replace(SMALL, phantom=PhantomConfig(lesion_conspicuity="faint"))  # a knob grid's point
+
+
+def _stamp(root: Path) -> dict:
+    return json.loads((root / "phantom.json").read_text())
+
+
+def _oracle_dirs(root: Path) -> list[Path]:
+    return sorted(root.glob("sub-*/oracle"))
+
+
+def _nifti_bytes(root: Path) -> dict[str, bytes]:
+    """The images and label maps of a cohort, file by file (gzip is deterministic in nibabel)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("sub-*/sub-*.nii.gz"))}
+
+
+def test_knob_grid_cohorts_skip_the_oracle_and_the_calibrated_ones_have_it(tmp_path):
+    """``prepare_all`` without ``oracle``: the default-knob cohorts get the oracle files and the
+    dataset fields, a knob grid's ``<cohort>~<hash>`` cohort neither; the stamp says which."""
+    assert P.oracle_by_default("renji_like", SMALL) and P.oracle_by_default("spine_generic_like", FAINT)
+    assert not P.oracle_by_default("renji_like", FAINT)
+    base = prepare_all(SMALL, tmp_path, seed=0, cohorts=["renji_like"], show_progress=False, verbose=False)
+    grid = prepare_all(FAINT, tmp_path, seed=0, cohorts=["spine_generic_like", "renji_like"], show_progress=False,
+                       verbose=False)
+    raw = tmp_path / "raw"
+    knob_dir = raw / P.phantom_dir_name("renji_like", FAINT)
+    assert knob_dir.name.startswith("renji_like~") and knob_dir.is_dir()
+    for root, has in ((raw / "renji_like", True), (raw / "spine_generic_like", True), (knob_dir, False)):
+        assert _stamp(root)["oracle"] is has and P.cohort_has_oracle(root) is has
+        assert len(_oracle_dirs(root)) == (len(list(root.glob("sub-*"))) if has else 0)
+        assert all(sf.clean is None and sf.twin is None for sf in scan_cohort(root).subjects) is not has
+    d = load_dataset(base["renji_like"])
+    assert d.clean is not None and d.twin is not None and d.manifest["oracle"] == ["clean", "twin"]
+    assert load_dataset(grid["spine_generic_like"]).clean is not None
+    g = load_dataset(grid["renji_like"])
+    assert g.clean is None and g.twin is None and g.manifest["oracle"] == []
+    # the training and scoring code's reader leaves them out
+    assert load_data(base["renji_like"])[0].clean is None and load_dataset(base["renji_like"], oracle=False).twin is None
+
+
+def test_oracle_can_be_forced_either_way(tmp_path):
+    """``oracle=True`` writes it for a knob grid's cohort, ``oracle=False`` leaves it out of a calibrated
+    one; the images and labels are the same bytes with and without it."""
+    on = P.generate_cohort("renji_like", 3, 3, tmp_path / "grid_on", FAINT, show_progress=False, oracle=True)
+    off = P.generate_cohort("renji_like", 3, 3, tmp_path / "grid_off", FAINT, show_progress=False)
+    assert _stamp(on)["oracle"] is True and len(_oracle_dirs(on)) == 3
+    assert _stamp(off)["oracle"] is False and not _oracle_dirs(off)
+    assert _nifti_bytes(on) == _nifti_bytes(off) and len(_nifti_bytes(on)) == 6
+    assert (on / "participants.tsv").read_text() == (off / "participants.tsv").read_text()
+    plain = P.generate_cohort("renji_like", 3, 3, tmp_path / "plain", SMALL, show_progress=False, oracle=False)
+    assert _stamp(plain)["oracle"] is False and not _oracle_dirs(plain)
+    paths = prepare_all(FAINT, tmp_path / "data", seed=0, cohorts=["renji_like"], oracle=True, show_progress=False,
+                        verbose=False)
+    d = load_dataset(paths["renji_like"])
+    assert d.clean is not None and d.twin is not None
+
+
+def test_a_cohort_without_the_oracle_gets_it_when_asked(tmp_path):
+    """A cohort generated without the oracle is regenerated with it when it is asked for (same images,
+    a new dataset file with the fields); one with it is reused as it is by a request without it."""
+    kw = dict(seed=0, cohorts=["renji_like"], show_progress=False, verbose=False)
+    root = tmp_path / "raw" / "renji_like"
+    first = prepare_all(SMALL, tmp_path, oracle=False, **kw)["renji_like"]
+    assert _stamp(root)["oracle"] is False and not _oracle_dirs(root)
+    images = _nifti_bytes(root)
+    d0 = load_dataset(first)
+    assert d0.clean is None and d0.twin is None
+    second = prepare_all(SMALL, tmp_path, **kw)["renji_like"]  # the default asks for it
+    assert _stamp(root)["oracle"] is True and len(_oracle_dirs(root)) == 3
+    assert _nifti_bytes(root) == images and second != first
+    d1 = load_dataset(second)
+    assert d1.clean is not None and d1.twin is not None
+    for f in ("images", "cord", "csf", "segments", "lesion", "subject", "slice_index", "patient_label"):
+        assert np.array_equal(getattr(d0, f), getattr(d1, f)), f
+    stamp = (root / "phantom.json").stat().st_mtime_ns
+    for ask in (False, None, True):
+        assert prepare_all(SMALL, tmp_path, oracle=ask, **kw)["renji_like"] == second
+        assert (root / "phantom.json").stat().st_mtime_ns == stamp
+    assert P.cohort_is_current(root, P.generation_config("renji_like", 3, _stamp(root)["generation"]["seed"], SMALL),
+                               oracle=True)

@@ -25,7 +25,9 @@ twin               float32 (N, H, W), opt.   phantom: the lesion-free twin, same
 ``clean`` and ``twin`` are what a real scan hides (:mod:`u2ad_core.data.phantom` writes them beside
 each subject, :mod:`u2ad_core.data.preprocess` carries them through the image's own slicing,
 resampling, crop and intensity map): on the grid and scale of ``images``, ``twin == images``
-wherever the lesion's contrast does not reach, ``None`` for real data and files without them.
+wherever the lesion's contrast does not reach, ``None`` for real data and files without them,
+among them the knob grids' cohorts (``raw/<cohort>~<hash>/``), generated without the oracle
+unless :func:`prepare_all` is asked for it (``oracle=True``).
 They are for diagnostics only: no training, scoring or detection code reads them (the torch
 :class:`SliceDataset` does not serve them), and :func:`build_pseudo_set` drops them.
 
@@ -54,7 +56,7 @@ from u2ad_core.core.config import DataConfig, config_hash
 from u2ad_core.core.presets import Preset, get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json
 from u2ad_core.data.phantom import COHORT_SPECS, generate_cohort, phantom_dir_name
-from u2ad_core.data.preprocess import preprocess_cohort
+from u2ad_core.data.preprocess import ORACLE_FIELDS, preprocess_cohort
 from u2ad_core.data.pseudo import add_pseudo_anomalies
 
 __all__ = [
@@ -192,8 +194,12 @@ def data_hash(data: Any, fields: Sequence[str] = ("images", "cord")) -> str:
     return h.hexdigest()[:16]
 
 
-def load_dataset(path: str | Path) -> SliceData:
-    """Read a dataset file written by :func:`u2ad_core.data.preprocess.preprocess_cohort` (or ``save``)."""
+def load_dataset(path: str | Path, oracle: bool = True) -> SliceData:
+    """Read a dataset file written by :func:`u2ad_core.data.preprocess.preprocess_cohort` (or ``save``).
+
+    ``oracle=False`` leaves out the oracle fields ``clean`` / ``twin`` (``None``; not even
+    decompressed: they are two thirds of a phantom cohort's file), as :func:`load_data` does for
+    the training and scoring code, which never reads them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path} (run prepare_all or `u2ad preprocess`)")
@@ -203,7 +209,7 @@ def load_dataset(path: str | Path) -> SliceData:
             raise ValueError(f"{path}: not a dataset file, missing fields {missing}")
         kw = {f: z[f] for f in REQUIRED}
         for f in OPTIONAL:
-            kw[f] = z[f] if f in z.files else None
+            kw[f] = z[f] if f in z.files and (oracle or f not in ORACLE_FIELDS) else None
     man_path = path.with_suffix(".json")
     manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
     return SliceData(**kw, path=path, manifest=manifest)
@@ -211,19 +217,21 @@ def load_dataset(path: str | Path) -> SliceData:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, mtime_ns: int) -> SliceData:
-    return load_dataset(path)
+    return load_dataset(path, oracle=False)
 
 
 def load_data(data: Any, cache: bool = False) -> tuple[Any, str]:
-    """``(data, source)`` for a training or scoring call: a dataset path is read
-    (:func:`load_dataset`; ``cache=True`` reads each file once per process, keyed by path and
-    modification time: the returned arrays are shared, never modify them), an object with
-    ``images`` and ``cord`` ``(N, H, W)`` is used as it is (``source`` ``"<in memory>"``)."""
+    """``(data, source)`` for a training or scoring call: a dataset path is read without the
+    oracle fields (:func:`load_dataset` with ``oracle=False``; ``cache=True`` reads each file once
+    per process, keyed by path and modification time: the returned arrays are shared, never modify
+    them), an object with ``images`` and ``cord`` ``(N, H, W)`` is used as it is (``source``
+    ``"<in memory>"``)."""
     if isinstance(data, (str, Path)):
         p = Path(data)
         if not p.exists():
             raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
-        return (_load_cached(str(p.resolve()), p.stat().st_mtime_ns) if cache else load_dataset(p)), str(p)
+        data = _load_cached(str(p.resolve()), p.stat().st_mtime_ns) if cache else load_dataset(p, oracle=False)
+        return data, str(p)
     if not hasattr(data, "images") or not hasattr(data, "cord"):
         raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
     return data, "<in memory>"
@@ -330,7 +338,7 @@ def _default_workers(n: int) -> int:
 
 def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: int = 0,
                 show_progress: bool = True, verbose: bool = True, workers: int | None = None,
-                cohorts: Sequence[str] | None = None) -> dict[str, Path]:
+                cohorts: Sequence[str] | None = None, oracle: bool | None = None) -> dict[str, Path]:
     """Generate (once) and preprocess (once) every cohort of a preset; return the file paths.
 
     Returns ``{"spine_generic_like", "openneuro_like", "pseudo", "renji_like", "ruijin_like"}``
@@ -339,6 +347,10 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
     Clinical cohorts generated with other knobs than the defaults (``DataConfig.phantom``) go to
     ``raw/<cohort>~<hash>/`` (:func:`u2ad_core.data.phantom.phantom_dir_name`). ``cohorts``: only
     these (e.g. ``["renji_like"]`` for a knob grid); ``"pseudo"`` comes with ``openneuro_like``.
+    ``oracle``: write the phantom's oracle volumes and carry them into ``clean`` / ``twin``; ``None``
+    (default) for the cohorts of the calibrated phantom only, not for a knob grid's ``~<hash>`` ones
+    (:func:`u2ad_core.data.phantom.oracle_by_default`); ``True`` / ``False`` force it for every
+    cohort generated here (a cohort that has them keeps them: ``False`` reuses it as it is).
     """
 
     cfg = _data_config(preset)
@@ -359,7 +371,8 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
         out = raw / phantom_dir_name(name, cfg)
         stamp_before = (out / "phantom.json").read_text() if (out / "phantom.json").is_file() else None
         w = workers if workers is not None else _default_workers(n)
-        generate_cohort(name, n, cohort_seed(seed, name), out, cfg, workers=w, show_progress=show_progress)
+        generate_cohort(name, n, cohort_seed(seed, name), out, cfg, workers=w, show_progress=show_progress,
+                        oracle=oracle)
         generated = stamp_before != (out / "phantom.json").read_text()
         purpose = COHORT_PURPOSE[name]
         n_sl = int(getattr(cfg, f"slices_{purpose}"))

@@ -4,7 +4,8 @@ Four folder layouts are recognised automatically by :func:`detect_layout`:
 ``phantom``
     What :mod:`u2ad_core.data.phantom` writes: ``phantom.json``, ``participants.tsv`` and
     ``sub-<id>/sub-<id>_T2w.nii.gz`` + ``sub-<id>/sub-<id>_labels.nii.gz`` (label map), and
-    (phantom version >= 4) the oracle volumes ``sub-<id>/oracle/`` (:data:`ORACLE_FILES`).
+    when the cohort has them (``phantom.json``: ``"oracle": true``) the oracle volumes
+    ``sub-<id>/oracle/`` (:data:`ORACLE_FILES`).
 ``bids`` (Spine Generic)
     ``sub-*/anat/sub-*_T2w.nii.gz`` with ``derivatives/labels/sub-*/anat/*_T2w_seg-manual.nii.gz``
     (binary cord mask) and, when present, ``*_T2w_labels-disc-manual.nii.gz`` (one voxel per
@@ -75,13 +76,17 @@ IGNORED_LABELS: dict[int, str] = {7: "undocumented in the authors' data; a thin 
 
 
 ORACLE_DIR = "oracle"
-ORACLE_FILES: dict[str, str] = {"clean": "_T2w_noisefree.nii.gz", "twin": "_T2w_lesionfree.nii.gz"}
+ORACLE_FILES: dict[str, str] = {"clean": "_T2w_noisefree.nii", "twin": "_T2w_lesionfree.nii"}
 """A phantom subject's oracle volumes, ``sub-<id>/oracle/sub-<id><suffix>`` (:func:`oracle_files`),
-on the image's grid and intensity scale: ``clean`` the noise-free image (int32 in 1/4 of the
-image's stored unit, NIfTI ``scl_slope`` 1/4), ``twin`` the lesion-free twin with the same noise
-draw, stored exactly as the image is (same dtype and scale), written for lesion patients only: a
-subject with a noise-free file and no twin file has no lesion, its twin is its image.
-Diagnostics only: no method reads them, and no layout takes them for an image."""
+uncompressed NIfTI on the image's grid and intensity scale: ``clean`` the noise-free image (an
+integer in 1/4 of the image's stored unit, NIfTI ``scl_slope`` 1/4; int16, uint16 or int32,
+the smallest that holds it), ``twin`` the lesion-free twin with the same noise draw, stored exactly
+as the image is (same dtype and scale), written for lesion patients only: a subject with a
+noise-free file and no twin file has no lesion, its twin is its image. Uncompressed because gzip
+was most of their cost (phantom version 5; version 4 wrote them as ``.nii.gz``). Written for the
+cohorts of the calibrated phantom only unless asked (``oracle`` of
+:func:`u2ad_core.data.phantom.generate_cohort`). Diagnostics only: no method reads them, and no
+layout takes them for an image."""
 
 
 def oracle_files(subject_dir: str | Path, subject: str) -> dict[str, Path]:
@@ -448,7 +453,7 @@ def scan_cohort(root: str | Path) -> Cohort:
             sf = SubjectFiles(sid, img, lab if lab.is_file() else None, site=row.get("site", ""),
                               patient_label=pl, lesion_segments=segs)
             orc = oracle_files(d, sid)
-            if orc["clean"].is_file():  # phantom version >= 4; no twin file: no lesion, the twin is the image
+            if orc["clean"].is_file():  # an oracle cohort; no twin file: no lesion, the twin is the image
                 sf.clean, sf.twin = orc["clean"], (orc["twin"] if orc["twin"].is_file() else img)
             if not img.is_file():
                 sf.problem = f"{img}: image file missing for subject {sid}"

@@ -358,8 +358,8 @@ def _input_fingerprint(root: Path) -> dict[str, Any]:
     stamp = root / "phantom.json"
     if stamp.is_file():
         meta = json.loads(stamp.read_text())
-        if "generation_hash" in meta:
-            return {"phantom": meta["generation_hash"]}
+        if "generation_hash" in meta:  # and whether it has the oracle (regenerating a cohort to add it changes it)
+            return {"phantom": meta["generation_hash"], "oracle": meta.get("oracle") is True}
     files = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and (p.name.endswith((".nii", ".nii.gz", ".tsv", ".npy"))):
@@ -459,7 +459,8 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
         "name": name, "file": path.name, "config": key, "config_hash": h, "data_config": asdict(data_cfg),
         "input_dir": str(input_dir), "layout": cohort.layout, "n_subjects": n_subj,
         "n_slices_total": int(arrays["images"].shape[0]), "image_size": list(arrays["images"].shape[1:]),
-        "oracle": sorted(set(ORACLE_FIELDS) & set(arrays)), "n_errors": len(errors), "errors": errors, "n_warnings": n_warn, "subjects": subjects_meta,
+        "oracle": sorted(set(ORACLE_FIELDS) & set(arrays)), "n_errors": len(errors), "errors": errors,
+        "n_warnings": n_warn, "subjects": subjects_meta,
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": package_versions(),
     }
