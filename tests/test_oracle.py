@@ -312,6 +312,23 @@ def test_fields_survive_save_load_and_middle(dataset, tmp_path):
         replace(back, clean=back.clean[:, :-1])
 
 
+def test_twin_is_stored_as_its_bitwise_difference_from_the_images(dataset, tmp_path):
+    """The file holds ``twin_xor`` (zero wherever twin == images: all but a few % of the voxels), and
+    reads back the exact twin; a file with a plain ``twin`` (preprocessing version 2) reads the same."""
+    with np.load(dataset.path) as z:
+        assert "twin" not in z.files and z["twin_xor"].dtype == np.uint32
+        xor = z["twin_xor"]
+    assert np.array_equal(xor == 0, dataset.twin == dataset.images) and 0 < (xor != 0).mean() < 0.1
+    assert dataset.twin.dtype == np.float32 and dataset.twin.flags.writeable
+    old = tmp_path / "old.npz"
+    np.savez_compressed(old, **dataset.arrays())
+    with np.load(old) as z:
+        assert "twin" in z.files and "twin_xor" not in z.files
+    back = load_dataset(old)
+    assert np.array_equal(back.twin, dataset.twin) and np.array_equal(back.clean, dataset.clean)
+    assert load_dataset(old, oracle=False).twin is None
+
+
 def test_no_oracle_files_no_fields(cohort, tmp_path):
     """(e) A cohort without oracle files (an older phantom; real data never has them) gives ``None``;
     so does a cohort where one subject lacks them (a partial oracle would mislead)."""

@@ -20,6 +20,7 @@ site               str (N,), optional        acquisition site
 original           float32 (N, H, W), opt.   pseudo-anomaly sets: image before anomalies
 clean              float32 (N, H, W), opt.   phantom: the noise-free image (oracle)
 twin               float32 (N, H, W), opt.   phantom: the lesion-free twin, same noise (oracle)
+                                             (on disk ``twin_xor``: its bits XOR ``images``'s)
 =================  ========================  ===============================================
 
 ``clean`` and ``twin`` are what a real scan hides (:mod:`u2ad_core.data.phantom` writes them beside
@@ -54,9 +55,9 @@ import torch
 from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig, config_hash
 from u2ad_core.core.presets import Preset, get_preset
-from u2ad_core.core.runtime import atomic_path, atomic_write_json
+from u2ad_core.core.runtime import atomic_write_json
 from u2ad_core.data.phantom import COHORT_SPECS, generate_cohort, phantom_dir_name
-from u2ad_core.data.preprocess import ORACLE_FIELDS, preprocess_cohort
+from u2ad_core.data.preprocess import ORACLE_FIELDS, preprocess_cohort, read_dataset_npz, save_dataset_npz
 from u2ad_core.data.pseudo import add_pseudo_anomalies
 
 __all__ = [
@@ -170,10 +171,7 @@ class SliceData:
 
     def save(self, path: str | Path, manifest: dict[str, Any] | None = None) -> Path:
         """Write ``path`` (.npz, compressed) and its manifest ``path.with_suffix('.json')``."""
-        path = Path(path)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **self.arrays())
+        path = save_dataset_npz(path, self.arrays())
         if manifest is not None:
             atomic_write_json(path.with_suffix(".json"), manifest)
         return path
@@ -198,8 +196,8 @@ def load_dataset(path: str | Path, oracle: bool = True) -> SliceData:
     """Read a dataset file written by :func:`u2ad_core.data.preprocess.preprocess_cohort` (or ``save``).
 
     ``oracle=False`` leaves out the oracle fields ``clean`` / ``twin`` (``None``; not even
-    decompressed: they are two thirds of a phantom cohort's file), as :func:`load_data` does for
-    the training and scoring code, which never reads them."""
+    decompressed: the noise-free image is half of a phantom cohort's file), as :func:`load_data`
+    does for the training and scoring code, which never reads them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path} (run prepare_all or `u2ad preprocess`)")
@@ -207,9 +205,9 @@ def load_dataset(path: str | Path, oracle: bool = True) -> SliceData:
         missing = [f for f in REQUIRED if f not in z.files]
         if missing:
             raise ValueError(f"{path}: not a dataset file, missing fields {missing}")
-        kw = {f: z[f] for f in REQUIRED}
+        kw = read_dataset_npz(z, REQUIRED + tuple(f for f in OPTIONAL if oracle or f not in ORACLE_FIELDS))
         for f in OPTIONAL:
-            kw[f] = z[f] if f in z.files and (oracle or f not in ORACLE_FIELDS) else None
+            kw.setdefault(f, None)
     man_path = path.with_suffix(".json")
     manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
     return SliceData(**kw, path=path, manifest=manifest)

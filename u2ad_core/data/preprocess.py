@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -68,15 +68,24 @@ __all__ = [
     "preprocess_subject",
     "preprocess_cohort",
     "INTENSITY_MODES",
+    "ORACLE_FIELDS",
+    "save_dataset_npz",
+    "read_dataset_npz",
     "cli_register",
 ]
 
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 """Bumped when the preprocessing changes what it writes (invalidates cached dataset files).
-2: the phantom's oracle fields ``clean`` / ``twin``."""
+2: the phantom's oracle fields ``clean`` / ``twin``. 3: ``twin`` stored as ``twin_xor``
+(:func:`save_dataset_npz`)."""
 
 ORACLE_FIELDS = ("clean", "twin")
 """The phantom's oracle fields of a dataset file (``SliceData.clean`` / ``twin``; diagnostics only)."""
+
+TWIN_XOR = "twin_xor"
+"""The member that stores ``twin`` in a dataset file: its bits XOR those of ``images`` (both float32),
+zero wherever the twin equals the image, i.e. everywhere but near the lesions: 1-2 % of a phantom
+cohort's file instead of a third, and ~10x faster to compress and to read back."""
 
 INTENSITY_MODES = ("auto", "foreground", "authors", "none")
 """``intensity`` of :func:`preprocess_volume`; ``auto`` = ``none`` for already-normalised
@@ -378,10 +387,29 @@ def preprocess_key(input_dir: str | Path, data_cfg: DataConfig, n_slices: int) -
     }
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_dataset_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write the fields ``arrays`` of a dataset file to ``path`` (compressed ``.npz``, atomically),
+    ``twin`` as :data:`TWIN_XOR` when it and ``images`` are float32 of one shape (else as it is);
+    :func:`read_dataset_npz` reads it back exactly."""
+    arrays = dict(arrays)
+    twin, img = arrays.get("twin"), arrays.get("images")
+    if twin is not None and img is not None and twin.dtype == img.dtype == np.float32 and twin.shape == img.shape:
+        del arrays["twin"]
+        arrays[TWIN_XOR] = np.ascontiguousarray(twin).view(np.uint32) ^ np.ascontiguousarray(img).view(np.uint32)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
+    return Path(path)
+
+
+def read_dataset_npz(z: Any, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``fields`` of an open dataset file ``z`` (``np.load``) that it holds, ``twin`` from
+    ``twin`` or :data:`TWIN_XOR` (:func:`save_dataset_npz`)."""
+    out = {f: z[f] for f in fields if f in z.files}
+    if "twin" in fields and "twin" not in out and TWIN_XOR in z.files:
+        img = np.ascontiguousarray(out["images"] if "images" in out else z["images"])
+        out["twin"] = (img.view(np.uint32) ^ z[TWIN_XOR]).view(np.float32)
+    return out
 
 
 def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig, n_slices: int,
@@ -453,7 +481,7 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
     for k in ORACLE_FIELDS:  # only when every subject has them (else no field: a partial oracle would mislead)
         if all(k in p_ for p_ in parts):
             arrays[k] = np.concatenate([p_[k] for p_ in parts])
-    _save_npz(path, arrays)
+    save_dataset_npz(path, arrays)
     n_subj = len(parts)
     manifest = {
         "name": name, "file": path.name, "config": key, "config_hash": h, "data_config": asdict(data_cfg),
