@@ -18,7 +18,19 @@ patient_label      int8 (N,)                 1 lesion, 0 none, -1 unknown
 lesion_segments    str (N,)                  e.g. ``C4-5;C5-6``
 site               str (N,), optional        acquisition site
 original           float32 (N, H, W), opt.   pseudo-anomaly sets: image before anomalies
+clean              float32 (N, H, W), opt.   phantom: the noise-free image (oracle)
+twin               float32 (N, H, W), opt.   phantom: the lesion-free twin, same noise (oracle)
+                                             (on disk ``twin_xor``: its bits XOR ``images``'s)
 =================  ========================  ===============================================
+
+``clean`` and ``twin`` are what a real scan hides (:mod:`u2ad_core.data.phantom` writes them beside
+each subject, :mod:`u2ad_core.data.preprocess` carries them through the image's own slicing,
+resampling, crop and intensity map): on the grid and scale of ``images``, ``twin == images``
+wherever the lesion's contrast does not reach, ``None`` for real data and files without them,
+among them the knob grids' cohorts (``raw/<cohort>~<hash>/``), generated without the oracle
+unless :func:`prepare_all` is asked for it (``oracle=True``).
+They are for diagnostics only: no training, scoring or detection code reads them (the torch
+:class:`SliceDataset` does not serve them), and :func:`build_pseudo_set` drops them.
 
 :func:`prepare_all` makes every file a preset needs, once: it generates the phantom cohorts
 into ``data_dir/raw/<cohort>/`` (skipped when the stamp matches), preprocesses them into
@@ -43,9 +55,9 @@ import torch
 from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig, config_hash
 from u2ad_core.core.presets import Preset, get_preset
-from u2ad_core.core.runtime import atomic_path, atomic_write_json
+from u2ad_core.core.runtime import atomic_write_json
 from u2ad_core.data.phantom import COHORT_SPECS, generate_cohort, phantom_dir_name
-from u2ad_core.data.preprocess import preprocess_cohort
+from u2ad_core.data.preprocess import ORACLE_FIELDS, preprocess_cohort, read_dataset_npz, save_dataset_npz
 from u2ad_core.data.pseudo import add_pseudo_anomalies
 
 __all__ = [
@@ -62,8 +74,8 @@ __all__ = [
 
 REQUIRED = ("images", "cord", "csf", "segments", "lesion", "subject", "slice_index", "slice_offset",
             "patient_label", "lesion_segments")
-OPTIONAL = ("site", "original")
-PER_SLICE_IMAGES = ("images", "cord", "csf", "segments", "lesion", "original")
+OPTIONAL = ("site", "original", "clean", "twin")
+PER_SLICE_IMAGES = ("images", "cord", "csf", "segments", "lesion", "original", "clean", "twin")
 
 COHORT_PURPOSE: dict[str, str] = {
     "spine_generic_like": "pretrain",
@@ -90,6 +102,8 @@ class SliceData:
     lesion_segments: np.ndarray
     site: np.ndarray | None = None
     original: np.ndarray | None = None
+    clean: np.ndarray | None = None
+    twin: np.ndarray | None = None
     path: Path | None = field(default=None, compare=False)
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,6 +113,10 @@ class SliceData:
             v = getattr(self, f)
             if v is not None and len(v) != n:
                 raise ValueError(f"SliceData: field {f!r} has {len(v)} rows, images has {n}")
+        for f in ("clean", "twin"):
+            v = getattr(self, f)
+            if v is not None and v.shape != self.images.shape:
+                raise ValueError(f"SliceData: oracle field {f!r} has shape {v.shape}, images {self.images.shape}")
         if self.site is None:
             self.site = np.array([""] * n)
 
@@ -153,10 +171,7 @@ class SliceData:
 
     def save(self, path: str | Path, manifest: dict[str, Any] | None = None) -> Path:
         """Write ``path`` (.npz, compressed) and its manifest ``path.with_suffix('.json')``."""
-        path = Path(path)
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **self.arrays())
+        path = save_dataset_npz(path, self.arrays())
         if manifest is not None:
             atomic_write_json(path.with_suffix(".json"), manifest)
         return path
@@ -177,8 +192,12 @@ def data_hash(data: Any, fields: Sequence[str] = ("images", "cord")) -> str:
     return h.hexdigest()[:16]
 
 
-def load_dataset(path: str | Path) -> SliceData:
-    """Read a dataset file written by :func:`u2ad_core.data.preprocess.preprocess_cohort` (or ``save``)."""
+def load_dataset(path: str | Path, oracle: bool = True) -> SliceData:
+    """Read a dataset file written by :func:`u2ad_core.data.preprocess.preprocess_cohort` (or ``save``).
+
+    ``oracle=False`` leaves out the oracle fields ``clean`` / ``twin`` (``None``; not even
+    decompressed: the noise-free image is half of a phantom cohort's file), as :func:`load_data`
+    does for the training and scoring code, which never reads them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path} (run prepare_all or `u2ad preprocess`)")
@@ -186,9 +205,9 @@ def load_dataset(path: str | Path) -> SliceData:
         missing = [f for f in REQUIRED if f not in z.files]
         if missing:
             raise ValueError(f"{path}: not a dataset file, missing fields {missing}")
-        kw = {f: z[f] for f in REQUIRED}
+        kw = read_dataset_npz(z, REQUIRED + tuple(f for f in OPTIONAL if oracle or f not in ORACLE_FIELDS))
         for f in OPTIONAL:
-            kw[f] = z[f] if f in z.files else None
+            kw.setdefault(f, None)
     man_path = path.with_suffix(".json")
     manifest = json.loads(man_path.read_text()) if man_path.is_file() else {}
     return SliceData(**kw, path=path, manifest=manifest)
@@ -196,19 +215,21 @@ def load_dataset(path: str | Path) -> SliceData:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, mtime_ns: int) -> SliceData:
-    return load_dataset(path)
+    return load_dataset(path, oracle=False)
 
 
 def load_data(data: Any, cache: bool = False) -> tuple[Any, str]:
-    """``(data, source)`` for a training or scoring call: a dataset path is read
-    (:func:`load_dataset`; ``cache=True`` reads each file once per process, keyed by path and
-    modification time: the returned arrays are shared, never modify them), an object with
-    ``images`` and ``cord`` ``(N, H, W)`` is used as it is (``source`` ``"<in memory>"``)."""
+    """``(data, source)`` for a training or scoring call: a dataset path is read without the
+    oracle fields (:func:`load_dataset` with ``oracle=False``; ``cache=True`` reads each file once
+    per process, keyed by path and modification time: the returned arrays are shared, never modify
+    them), an object with ``images`` and ``cord`` ``(N, H, W)`` is used as it is (``source``
+    ``"<in memory>"``)."""
     if isinstance(data, (str, Path)):
         p = Path(data)
         if not p.exists():
             raise FileNotFoundError(f"dataset file not found: {p} (run prepare_all or u2ad preprocess first)")
-        return (_load_cached(str(p.resolve()), p.stat().st_mtime_ns) if cache else load_dataset(p)), str(p)
+        data = _load_cached(str(p.resolve()), p.stat().st_mtime_ns) if cache else load_dataset(p, oracle=False)
+        return data, str(p)
     if not hasattr(data, "images") or not hasattr(data, "cord"):
         raise TypeError(f"data must be a dataset path or a SliceData (images, cord), got {type(data).__name__}")
     return data, "<in memory>"
@@ -315,7 +336,7 @@ def _default_workers(n: int) -> int:
 
 def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: int = 0,
                 show_progress: bool = True, verbose: bool = True, workers: int | None = None,
-                cohorts: Sequence[str] | None = None) -> dict[str, Path]:
+                cohorts: Sequence[str] | None = None, oracle: bool | None = None) -> dict[str, Path]:
     """Generate (once) and preprocess (once) every cohort of a preset; return the file paths.
 
     Returns ``{"spine_generic_like", "openneuro_like", "pseudo", "renji_like", "ruijin_like"}``
@@ -324,6 +345,10 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
     Clinical cohorts generated with other knobs than the defaults (``DataConfig.phantom``) go to
     ``raw/<cohort>~<hash>/`` (:func:`u2ad_core.data.phantom.phantom_dir_name`). ``cohorts``: only
     these (e.g. ``["renji_like"]`` for a knob grid); ``"pseudo"`` comes with ``openneuro_like``.
+    ``oracle``: write the phantom's oracle volumes and carry them into ``clean`` / ``twin``; ``None``
+    (default) for the cohorts of the calibrated phantom only, not for a knob grid's ``~<hash>`` ones
+    (:func:`u2ad_core.data.phantom.oracle_by_default`); ``True`` / ``False`` force it for every
+    cohort generated here (a cohort that has them keeps them: ``False`` reuses it as it is).
     """
 
     cfg = _data_config(preset)
@@ -344,7 +369,8 @@ def prepare_all(preset: Preset | DataConfig | str, data_dir: str | Path, seed: i
         out = raw / phantom_dir_name(name, cfg)
         stamp_before = (out / "phantom.json").read_text() if (out / "phantom.json").is_file() else None
         w = workers if workers is not None else _default_workers(n)
-        generate_cohort(name, n, cohort_seed(seed, name), out, cfg, workers=w, show_progress=show_progress)
+        generate_cohort(name, n, cohort_seed(seed, name), out, cfg, workers=w, show_progress=show_progress,
+                        oracle=oracle)
         generated = stamp_before != (out / "phantom.json").read_text()
         purpose = COHORT_PURPOSE[name]
         n_sl = int(getattr(cfg, f"slices_{purpose}"))

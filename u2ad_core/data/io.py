@@ -3,7 +3,9 @@
 Four folder layouts are recognised automatically by :func:`detect_layout`:
 ``phantom``
     What :mod:`u2ad_core.data.phantom` writes: ``phantom.json``, ``participants.tsv`` and
-    ``sub-<id>/sub-<id>_T2w.nii.gz`` + ``sub-<id>/sub-<id>_labels.nii.gz`` (label map).
+    ``sub-<id>/sub-<id>_T2w.nii.gz`` + ``sub-<id>/sub-<id>_labels.nii.gz`` (label map), and
+    when the cohort has them (``phantom.json``: ``"oracle": true``) the oracle volumes
+    ``sub-<id>/oracle/`` (:data:`ORACLE_FILES`).
 ``bids`` (Spine Generic)
     ``sub-*/anat/sub-*_T2w.nii.gz`` with ``derivatives/labels/sub-*/anat/*_T2w_seg-manual.nii.gz``
     (binary cord mask) and, when present, ``*_T2w_labels-disc-manual.nii.gz`` (one voxel per
@@ -58,6 +60,9 @@ __all__ = [
     "read_array",
     "load_array",
     "to_ras",
+    "ORACLE_DIR",
+    "ORACLE_FILES",
+    "oracle_files",
 ]
 
 LAYOUTS = ("phantom", "bids", "authors", "u2ad_arrays")
@@ -68,6 +73,26 @@ ARRAY_SHAPE = (3, 256, 256)
 IGNORED_LABELS: dict[int, str] = {7: "undocumented in the authors' data; a thin low-signal band behind the cord, "
                                      "likely a ligament"}
 """Label values accepted in the authors' arrays and set to background, with a :class:`DataWarning`."""
+
+
+ORACLE_DIR = "oracle"
+ORACLE_FILES: dict[str, str] = {"clean": "_T2w_noisefree.nii", "twin": "_T2w_lesionfree.nii"}
+"""A phantom subject's oracle volumes, ``sub-<id>/oracle/sub-<id><suffix>`` (:func:`oracle_files`),
+uncompressed NIfTI on the image's grid and intensity scale: ``clean`` the noise-free image (an
+integer in 1/4 of the image's stored unit, NIfTI ``scl_slope`` 1/4; int16, uint16 or int32,
+the smallest that holds it), ``twin`` the lesion-free twin with the same noise draw, stored exactly
+as the image is (same dtype and scale), written for lesion patients only: a subject with a
+noise-free file and no twin file has no lesion, its twin is its image. Uncompressed because gzip
+was most of their cost (phantom version 5; version 4 wrote them as ``.nii.gz``). Written for the
+cohorts of the calibrated phantom only unless asked (``oracle`` of
+:func:`u2ad_core.data.phantom.generate_cohort`). Diagnostics only: no method reads them, and no
+layout takes them for an image."""
+
+
+def oracle_files(subject_dir: str | Path, subject: str) -> dict[str, Path]:
+    """``{"clean": path, "twin": path}`` of a phantom subject's oracle volumes (:data:`ORACLE_FILES`)."""
+    d = Path(subject_dir) / ORACLE_DIR
+    return {k: d / f"{subject}{suffix}" for k, suffix in ORACLE_FILES.items()}
 
 
 class DataError(ValueError):
@@ -88,6 +113,8 @@ class SubjectFiles:
     labels: label map with the values of :mod:`u2ad_core.core.labels`; cord / csf: binary masks;
     discs: disc point labels (3 = C2-3 ... 8 = C7-T1); levels: vertebral levels (2 = C2 ...
     8 = T1), e.g. a cord mask labelled by level. ``patient_label`` 1 / 0 / -1 (unknown).
+    clean / twin: the phantom's oracle volumes (:data:`ORACLE_FILES`; ``None`` for real data);
+    ``twin`` is ``image`` itself for a phantom subject without a lesion.
     """
 
     subject: str
@@ -97,13 +124,15 @@ class SubjectFiles:
     csf: Path | None = None
     discs: Path | None = None
     levels: Path | None = None
+    clean: Path | None = None
+    twin: Path | None = None
     site: str = ""
     patient_label: int = -1
     lesion_segments: str = ""
     problem: str = ""  # set by scan_cohort when something required is missing
 
     def files(self) -> dict[str, str]:
-        return {k: str(getattr(self, k)) for k in ("image", "labels", "cord", "csf", "discs", "levels")
+        return {k: str(getattr(self, k)) for k in ("image", "labels", "cord", "csf", "discs", "levels", "clean", "twin")
                 if getattr(self, k) is not None}
 
 
@@ -124,7 +153,9 @@ class Volume:
     image: float32 (X, Y, Z). Masks uint8 (X, Y, Z) or ``None``. ``zooms`` (3,) mm.
     ``source_index[i]`` is the index along the stored file's sagittal axis of RAS slice ``i``.
     ``normalised``: the intensities are already in [0, 1] (the authors' arrays); the
-    preprocessing then keeps them instead of clipping and min-maxing again.
+    preprocessing then keeps them instead of clipping and min-maxing again. ``clean`` / ``twin``:
+    float32 (X, Y, Z) on the image's grid and intensity scale, the phantom's noise-free image and
+    lesion-free twin (:data:`ORACLE_FILES`), ``None`` for real data.
     """
 
     subject: str
@@ -137,6 +168,8 @@ class Volume:
     csf: np.ndarray | None = None
     discs: np.ndarray | None = None
     levels: np.ndarray | None = None
+    clean: np.ndarray | None = None
+    twin: np.ndarray | None = None
     orientation: str = ""
     files: dict[str, str] = field(default_factory=dict)
     normalised: bool = False
@@ -248,7 +281,28 @@ def load_subject(sf: SubjectFiles) -> Volume:
         raise DataError(f"{src}: empty cord mask (no voxel labelled cord) for subject {sf.subject}")
     if vol.csf is not None:
         vol.csf = (vol.csf > 0).astype(np.uint8)
+    _load_oracle(vol, sf, img.shape, aff)
     return vol
+
+
+def _load_oracle(vol: Volume, sf: SubjectFiles, shape: tuple[int, ...], aff: np.ndarray) -> None:
+    """Set ``vol.clean`` / ``vol.twin`` (float32, RAS, the image's scale) from ``sf.clean`` /
+    ``sf.twin``; a twin path equal to the image path reuses the image (a lesion-free phantom
+    subject). Each must lie on the image grid (:class:`DataError` naming the file otherwise)."""
+    for key in ("clean", "twin"):
+        p = getattr(sf, key)
+        if p is None:
+            continue
+        if Path(p) == Path(sf.image):
+            setattr(vol, key, vol.image.copy())
+            continue
+        what = {"clean": "noise-free oracle image", "twin": "lesion-free oracle image"}[key]
+        a, a_aff = read_nifti(p, what)
+        _check_same_grid(Path(sf.image), shape, aff, Path(p), a.shape, a_aff, what)
+        if not np.isfinite(a).all():
+            raise DataError(f"{p}: {what} contains NaN or infinite values")
+        a_ras, _, _ = to_ras(np.asarray(a, np.float32), a_aff)
+        setattr(vol, key, np.ascontiguousarray(a_ras, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------------------
@@ -398,6 +452,9 @@ def scan_cohort(root: str | Path) -> Cohort:
             pl, segs = _label_from_row(row) if row else (-1, "")
             sf = SubjectFiles(sid, img, lab if lab.is_file() else None, site=row.get("site", ""),
                               patient_label=pl, lesion_segments=segs)
+            orc = oracle_files(d, sid)
+            if orc["clean"].is_file():  # an oracle cohort; no twin file: no lesion, the twin is the image
+                sf.clean, sf.twin = orc["clean"], (orc["twin"] if orc["twin"].is_file() else img)
             if not img.is_file():
                 sf.problem = f"{img}: image file missing for subject {sid}"
             elif sf.labels is None:

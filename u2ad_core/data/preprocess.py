@@ -29,6 +29,11 @@ reoriented everything to RAS:
    ... T1), else from disc labels (midpoints of consecutive discs), else from a
    level-labelled cord (centroid of each level).
 
+5. **Oracle** (phantom cohorts only): a subject's noise-free image and lesion-free twin
+   (``sub-<id>/oracle/``, :data:`u2ad_core.data.io.ORACLE_FILES`) go through exactly the image's
+   slicing, intensity map (the image's parameters, never their own), anti-aliasing, resampling
+   and clipping into the fields ``clean`` and ``twin``, for diagnostics only.
+
 :func:`preprocess_cohort` writes one ``.npz`` per cohort and slice count (compressed) and a
 JSON manifest beside it; the file name carries the hash of everything that determines it,
 so an unchanged configuration reuses the file and a changed one writes a new one. A bad
@@ -43,7 +48,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -63,11 +68,24 @@ __all__ = [
     "preprocess_subject",
     "preprocess_cohort",
     "INTENSITY_MODES",
+    "ORACLE_FIELDS",
+    "save_dataset_npz",
+    "read_dataset_npz",
     "cli_register",
 ]
 
-PREPROCESS_VERSION = 1
-"""Bumped when the preprocessing changes what it writes (invalidates cached dataset files)."""
+PREPROCESS_VERSION = 3
+"""Bumped when the preprocessing changes what it writes (invalidates cached dataset files).
+2: the phantom's oracle fields ``clean`` / ``twin``. 3: ``twin`` stored as ``twin_xor``
+(:func:`save_dataset_npz`)."""
+
+ORACLE_FIELDS = ("clean", "twin")
+"""The phantom's oracle fields of a dataset file (``SliceData.clean`` / ``twin``; diagnostics only)."""
+
+TWIN_XOR = "twin_xor"
+"""The member that stores ``twin`` in a dataset file: its bits XOR those of ``images`` (both float32),
+zero wherever the twin equals the image, i.e. everywhere but near the lesions: 1-2 % of a phantom
+cohort's file instead of a third, and ~10x faster to compress and to read back."""
 
 INTENSITY_MODES = ("auto", "foreground", "authors", "none")
 """``intensity`` of :func:`preprocess_volume`; ``auto`` = ``none`` for already-normalised
@@ -92,13 +110,14 @@ def _foreground_range(image: np.ndarray, pct: tuple[float, float], path: str) ->
     return float(lo), float(hi)
 
 
-def _authors_normalise(image: np.ndarray, idx: np.ndarray, pct: tuple[float, float], path: str
-                       ) -> tuple[np.ndarray, tuple[float, float]]:
-    """The authors' ``normalize`` (datasets/preprocess_private.py) of the whole volume, on slices ``idx``.
+def _authors_normalise(image: np.ndarray, pct: tuple[float, float], path: str
+                       ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[float, float]]:
+    """The authors' ``normalize`` (datasets/preprocess_private.py) with the parameters of the whole volume.
 
     image (X, Y, Z). Voxels equal to the corner voxel are background; the others are clipped
-    to their ``pct`` percentiles; the result is min-maxed over the volume. Returns the slices
-    (len(idx), Y, Z) float32 in [0, 1] and the (lo, hi) clip range.
+    to their ``pct`` percentiles; the result is min-maxed over the volume. Returns the map
+    (any (n, Y, Z) slices of this image, or arrays on its scale -> float32 in [0, 1]) and the
+    (lo, hi) clip range.
     """
     corner = float(image[0, 0, 0])
     vals = image[image != corner]
@@ -108,9 +127,26 @@ def _authors_normalise(image: np.ndarray, idx: np.ndarray, pct: tuple[float, flo
     if not hi > lo:
         raise DataError(f"{path}: image has no intensity range (constant?)")
     m, mx = min(corner, lo), max(corner, hi)
-    sl = image[idx]
-    out = np.where(sl != corner, np.clip(sl, lo, hi), sl)
-    return ((out - m) / (mx - m)).astype(np.float32), (lo, hi)
+
+    def norm(sl: np.ndarray) -> np.ndarray:
+        out = np.where(sl != corner, np.clip(sl, lo, hi), sl)
+        return ((out - m) / (mx - m)).astype(np.float32)
+
+    return norm, (lo, hi)
+
+
+def _intensity_map(vol: Volume, intensity: str, pct: tuple[float, float]
+                   ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[float, float]]:
+    """The image's intensity normalisation (module docstring, step 2) as a map that applies the
+    image's own parameters to any array on its scale (the image's slices, or the phantom's oracle
+    volumes), and the (lo, hi) range. ``intensity``: ``foreground``, ``authors`` or ``none``."""
+    src_name = vol.files.get("image", vol.subject)
+    if intensity == "foreground":  # clip to foreground percentiles, min-max
+        lo, hi = _foreground_range(vol.image, pct, src_name)
+        return (lambda a: np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)), (lo, hi)
+    if intensity == "authors":
+        return _authors_normalise(vol.image, pct, src_name)
+    return (lambda a: np.clip(a, 0.0, 1.0).astype(np.float32)), (0.0, 1.0)  # "none": already in [0, 1]
 
 
 # --------------------------------------------------------------------------------------
@@ -217,8 +253,10 @@ def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int, intensit
 
     Arrays: images float32 (n, H, W) in [0, 1]; cord, csf, segments, lesion uint8 (n, H, W);
     slice_index int (n,) (index in the stored file), slice_offset int (n,); ``n`` is
-    ``n_slices``, or fewer when the volume has fewer sagittal slices. ``intensity``: one of
-    :data:`INTENSITY_MODES` (module docstring, step 2).
+    ``n_slices``, or fewer when the volume has fewer sagittal slices; ``clean`` / ``twin``
+    float32 (n, H, W) when the volume has them (the phantom's oracle volumes, through exactly the
+    image's slicing, intensity map with the image's parameters, anti-aliasing, resampling and
+    clipping). ``intensity``: one of :data:`INTENSITY_MODES` (module docstring, step 2).
     """
     if intensity not in INTENSITY_MODES:
         raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
@@ -238,16 +276,7 @@ def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int, intensit
         idx = np.unique(np.clip(idx + shift, 0, nx - 1))  # fewer slices than asked: keep each once
         offs = idx - x_mid
 
-    # intensity
-    src_name = vol.files.get("image", vol.subject)
-    if intensity == "foreground":  # clip to foreground percentiles, min-max
-        lo, hi = _foreground_range(vol.image, data_cfg.clip_percentiles, src_name)
-        img = np.clip((vol.image[idx] - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    elif intensity == "authors":
-        img, (lo, hi) = _authors_normalise(vol.image, idx, data_cfg.clip_percentiles, src_name)
-    else:  # "none": already in [0, 1]
-        img = np.clip(vol.image[idx], 0.0, 1.0).astype(np.float32)
-        lo, hi = 0.0, 1.0
+    norm, (lo, hi) = _intensity_map(vol, intensity, data_cfg.clip_percentiles)
 
     # crop centre (mm in the array grid: y = j * dy, z = k * dz)
     mid_cord = cord3[x_mid]
@@ -274,8 +303,15 @@ def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int, intensit
 
     # anti-aliasing when downsampling
     sig = [0.0, 0.5 * np.sqrt(max((p / dy) ** 2 - 1, 0.0)), 0.5 * np.sqrt(max((p / dz) ** 2 - 1, 0.0))]
-    src = ndi.gaussian_filter(img, sig) if max(sig) > 0.3 else img
-    images = np.clip(_sample(src, coords, 1), 0.0, 1.0).astype(np.float32)
+
+    def to_slices(a3: np.ndarray) -> np.ndarray:
+        """(X, Y, Z) on the image's scale -> normalised, anti-aliased, resampled (n, H, W) in [0, 1]."""
+        img = norm(a3[idx])
+        src = ndi.gaussian_filter(img, sig) if max(sig) > 0.3 else img
+        return np.clip(_sample(src, coords, 1), 0.0, 1.0).astype(np.float32)
+
+    images = to_slices(vol.image)
+    oracle = {k: to_slices(getattr(vol, k)) for k in ("clean", "twin") if getattr(vol, k) is not None}
     cord = _sample(cord3[idx], coords, 0).astype(np.uint8)
     csf = _sample(vol.csf[idx], coords, 0).astype(np.uint8) if vol.csf is not None else np.zeros_like(cord)
     if vol.labels is not None:
@@ -292,7 +328,7 @@ def preprocess_volume(vol: Volume, data_cfg: DataConfig, n_slices: int, intensit
     return {
         "images": images, "cord": cord, "csf": csf, "segments": segments, "lesion": lesion,
         "slice_index": vol.source_index[idx].astype(np.int64), "slice_offset": offs.astype(np.int64),
-        "segments_source": source, "centroids_rc": cent_rc, "intensity_range": (lo, hi),
+        "segments_source": source, "centroids_rc": cent_rc, "intensity_range": (lo, hi), **oracle,
     }
 
 
@@ -331,8 +367,8 @@ def _input_fingerprint(root: Path) -> dict[str, Any]:
     stamp = root / "phantom.json"
     if stamp.is_file():
         meta = json.loads(stamp.read_text())
-        if "generation_hash" in meta:
-            return {"phantom": meta["generation_hash"]}
+        if "generation_hash" in meta:  # and whether it has the oracle (regenerating a cohort to add it changes it)
+            return {"phantom": meta["generation_hash"], "oracle": meta.get("oracle") is True}
     files = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and (p.name.endswith((".nii", ".nii.gz", ".tsv", ".npy"))):
@@ -351,10 +387,29 @@ def preprocess_key(input_dir: str | Path, data_cfg: DataConfig, n_slices: int) -
     }
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_dataset_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write the fields ``arrays`` of a dataset file to ``path`` (compressed ``.npz``, atomically),
+    ``twin`` as :data:`TWIN_XOR` when it and ``images`` are float32 of one shape (else as it is);
+    :func:`read_dataset_npz` reads it back exactly."""
+    arrays = dict(arrays)
+    twin, img = arrays.get("twin"), arrays.get("images")
+    if twin is not None and img is not None and twin.dtype == img.dtype == np.float32 and twin.shape == img.shape:
+        del arrays["twin"]
+        arrays[TWIN_XOR] = np.ascontiguousarray(twin).view(np.uint32) ^ np.ascontiguousarray(img).view(np.uint32)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
+    return Path(path)
+
+
+def read_dataset_npz(z: Any, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``fields`` of an open dataset file ``z`` (``np.load``) that it holds, ``twin`` from
+    ``twin`` or :data:`TWIN_XOR` (:func:`save_dataset_npz`)."""
+    out = {f: z[f] for f in fields if f in z.files}
+    if "twin" in fields and "twin" not in out and TWIN_XOR in z.files:
+        img = np.ascontiguousarray(out["images"] if "images" in out else z["images"])
+        out["twin"] = (img.view(np.uint32) ^ z[TWIN_XOR]).view(np.float32)
+    return out
 
 
 def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: DataConfig, n_slices: int,
@@ -423,13 +478,17 @@ def preprocess_cohort(input_dir: str | Path, out_dir: str | Path, data_cfg: Data
               ("images", "cord", "csf", "segments", "lesion", "slice_index", "slice_offset", "patient_label")}
     for k in ("subject", "site", "lesion_segments"):
         arrays[k] = np.concatenate([p_[k] for p_ in parts]).astype(str)
-    _save_npz(path, arrays)
+    for k in ORACLE_FIELDS:  # only when every subject has them (else no field: a partial oracle would mislead)
+        if all(k in p_ for p_ in parts):
+            arrays[k] = np.concatenate([p_[k] for p_ in parts])
+    save_dataset_npz(path, arrays)
     n_subj = len(parts)
     manifest = {
         "name": name, "file": path.name, "config": key, "config_hash": h, "data_config": asdict(data_cfg),
         "input_dir": str(input_dir), "layout": cohort.layout, "n_subjects": n_subj,
         "n_slices_total": int(arrays["images"].shape[0]), "image_size": list(arrays["images"].shape[1:]),
-        "n_errors": len(errors), "errors": errors, "n_warnings": n_warn, "subjects": subjects_meta,
+        "oracle": sorted(set(ORACLE_FIELDS) & set(arrays)), "n_errors": len(errors), "errors": errors,
+        "n_warnings": n_warn, "subjects": subjects_meta,
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": package_versions(),
     }

@@ -63,6 +63,15 @@ On disk (the *phantom layout*, read by :mod:`u2ad_core.data.io`)::
     DIR/participants.tsv                     subject, site, diagnosis, lesion_segments, ...
     DIR/sub-<id>/sub-<id>_T2w.nii.gz         image (int16/uint16, site orientation)
     DIR/sub-<id>/sub-<id>_labels.nii.gz      label map (uint8; values of u2ad_core.core.labels)
+    DIR/sub-<id>/oracle/sub-<id>_T2w_noisefree.nii   noise-free image (integer, 1/4 stored unit)
+    DIR/sub-<id>/oracle/sub-<id>_T2w_lesionfree.nii  lesion-free twin, same noise (lesion patients)
+
+The ``oracle/`` volumes (:data:`u2ad_core.data.io.ORACLE_FILES`, uncompressed) are what a real scan
+hides, kept for diagnostics (the preprocessing carries them into ``SliceData.clean`` / ``twin``); no
+method reads them. They are written where they are read, the cohorts of the calibrated phantom
+(:func:`oracle_by_default`), not a knob grid's ``<cohort>~<hash>`` ones, unless ``oracle=True``
+(:func:`generate_cohort`, :func:`u2ad_core.data.datasets.prepare_all`); ``phantom.json`` says
+whether a cohort has them (``"oracle"``).
 """
 
 from __future__ import annotations
@@ -85,10 +94,12 @@ from u2ad_core.data.phantom.cohort import (
     SubjectResult,
     _reorient_ras_to,
     cli_register,
+    cohort_has_oracle,
     cohort_is_current,
     generate_cohort,
     generate_subject,
     generation_config,
+    oracle_by_default,
     phantom_dir_name,
 )
 from u2ad_core.data.phantom.render import _render
@@ -121,5 +132,7 @@ __all__ = [
     "generate_subject",
     "generate_cohort",
     "cohort_is_current",
+    "cohort_has_oracle",
+    "oracle_by_default",
     "cli_register",
 ]

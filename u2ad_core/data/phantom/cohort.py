@@ -3,6 +3,9 @@
 
 A subject is deterministic in ``(seed, index)``: anatomy and scanner noise come from the
 generator ``SeedSequence([seed, index, 7])``, the artefacts from ``SeedSequence([seed, index, 8])``.
+Beside each subject its oracle volumes (noise-free image, lesion-free twin; :func:`_write_oracle`)
+go to ``sub-<id>/oracle/``, for diagnostics only, in the cohorts where they are read: those of the
+calibrated phantom (:func:`oracle_by_default`; ``oracle`` of :func:`generate_cohort` forces it).
 Which patients carry a lesion is drawn once per cohort (:func:`_lesion_flags`).
 """
 
@@ -27,12 +30,16 @@ from u2ad_core.core import labels as L
 from u2ad_core.core.config import DataConfig, PhantomConfig, config_hash
 from u2ad_core.core.presets import get_preset
 from u2ad_core.core.runtime import atomic_path, atomic_write_json, atomic_write_text, progress
+from u2ad_core.data.io import ORACLE_DIR, ORACLE_FILES, oracle_files
 from u2ad_core.data.phantom.anatomy import _sample_anatomy
 from u2ad_core.data.phantom.render import _render
 from u2ad_core.data.phantom.sites import COHORT_SPECS, SITES, SiteProfile, effective_site, n_lesion_patients
 
-PHANTOM_VERSION = 3
-"""Bumped whenever the generator changes what it writes (invalidates cached cohorts)."""
+PHANTOM_VERSION = 5
+"""Bumped whenever the generator changes what it writes (invalidates cached cohorts).
+4: the oracle volumes (noise-free image, lesion-free twin) beside every subject.
+5: the oracle volumes uncompressed (``.nii``), and only in the cohorts that ask for them
+(``phantom.json`` says whether a cohort has them); images and labels unchanged since 3."""
 
 
 # --------------------------------------------------------------------------------------
@@ -47,13 +54,17 @@ def _reorient_ras_to(data: np.ndarray, affine: np.ndarray, codes: str):
     return np.ascontiguousarray(out), new_aff
 
 
-def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``data`` with ``affine`` as qform and sform (mm), atomically."""
+def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, slope: float | None = None) -> None:
+    """Write ``data`` with ``affine`` as qform and sform (mm), atomically, gzipped for a ``.nii.gz``
+    path and uncompressed for a ``.nii`` one; ``slope``: the NIfTI ``scl_slope`` (readers see
+    ``data * slope``; the stored values stay ``data`` exactly)."""
     img = nib.Nifti1Image(data, affine)
+    if slope is not None:
+        img.header.set_slope_inter(float(slope), 0.0)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
-    with atomic_path(path, suffix=".nii.gz") as tmp:
+    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(img, str(tmp))
 
 
@@ -98,14 +109,55 @@ def _stored(vol: np.ndarray, site: SiteProfile) -> np.ndarray:
     return np.clip(np.rint(stored), info.min, info.max).astype(site.dtype)
 
 
-def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_slices: int,
-                     lesion: bool, site: str | None = None, knobs: PhantomConfig | None = None) -> SubjectResult:
-    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``).
+ORACLE_SUBSTEPS = 4
+"""The noise-free oracle volume is stored in 1/4 of the image's stored unit (an integer, NIfTI
+``scl_slope`` = 1/4): 8x finer than the image's own rounding, and 1/50 to 1/480 of the noise
+sigma (12-120 stored units at the sites of :data:`SITES`). A float32 copy would be 2x to 4x the
+size on disk for digits below the image's quantisation."""
 
-    ``knobs`` (:class:`~u2ad_core.core.config.PhantomConfig`, default: the calibrated defaults) apply
-    to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
-    artefacts from another, so a knob changes only what it names.
+ORACLE_DTYPES = (np.int16, np.uint16, np.int32)
+"""The noise-free oracle volume's dtype: the first of these that holds its values (uncompressed,
+so the bytes per voxel are its size on disk)."""
+
+
+def _write_oracle(subject_dir: Path, subject: str, oracle: dict[str, np.ndarray], affine: np.ndarray,
+                  site: SiteProfile, lesion: bool) -> None:
+    """Write the oracle volumes of :func:`~u2ad_core.data.phantom.render._oracle` beside the subject
+    (:func:`u2ad_core.data.io.oracle_files`), in the image's orientation and grid.
+
+    - the noise-free image in the image's stored scale (CSF = ``site.scale``), as the integers
+      ``rint(clean * scale * ORACLE_SUBSTEPS)`` (the first of :data:`ORACLE_DTYPES` that holds
+      them) with ``scl_slope = 1 / ORACLE_SUBSTEPS`` (readers get ``clean * scale`` to within 1/8
+      of a stored unit);
+    - the lesion-free twin through :func:`_stored` exactly like the image (same dtype and scale),
+      so it equals the stored image bit for bit wherever the float twin equals the float image;
+      written for subjects with a lesion only (``lesion``): without one the twin *is* the image,
+      and :func:`u2ad_core.data.io.scan_cohort` takes the image for it.
+
+    Both uncompressed (:data:`u2ad_core.data.io.ORACLE_FILES`): gzip took 0.03-0.04 s a volume,
+    more than rendering the twin, and reading them back 0.01-0.016 s (uncompressed: 0.002-0.004
+    and ~0.001 s). On disk the noise-free volume (mostly int16) takes what the gzipped int32 one
+    did, the twin ~1.4x its gzipped size: the cpu preset's main cohorts hold 306 MB of oracle
+    files (239 MB gzipped) beside 178 MB of images and labels.
     """
+    paths = oracle_files(subject_dir, subject)
+    paths["clean"].parent.mkdir(parents=True, exist_ok=True)
+    fine = np.rint(oracle["clean"].astype(np.float64) * (site.scale * ORACLE_SUBSTEPS))
+    lo, hi = (float(fine.min()), float(fine.max())) if fine.size else (0.0, 0.0)
+    dt = next(t for t in ORACLE_DTYPES if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    clean_o, aff_o = _reorient_ras_to(fine.astype(dt), affine, site.orientation)
+    _save_nifti(paths["clean"], clean_o, aff_o, slope=1.0 / ORACLE_SUBSTEPS)
+    if lesion:
+        twin_o, _ = _reorient_ras_to(_stored(oracle["twin"], site), affine, site.orientation)
+        _save_nifti(paths["twin"], twin_o, aff_o)
+
+
+def _render_subject(cohort: str, index: int, seed: int, n_slices: int, lesion: bool, site: str | None = None,
+                    knobs: PhantomConfig | None = None, oracle: bool = False):
+    """Render subject ``index`` of ``cohort`` exactly as :func:`generate_subject` does (same
+    generators, same draws). Returns ``(site_name, site_profile, anatomy, image, labels, affine,
+    extras)`` (see :func:`~u2ad_core.data.phantom.render._render`; ``oracle`` adds
+    ``extras["oracle"]`` and changes nothing else)."""
     spec = COHORT_SPECS[cohort]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
     arng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 8]))
@@ -114,7 +166,24 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
     knobs = (knobs or PhantomConfig()) if dcm else None
     sp = _subject_site(site_name, knobs)
     an = _sample_anatomy(rng, dcm=dcm, lesion=lesion, knobs=knobs)
-    vol, lab, aff, extras = _render(an, sp, n_slices, rng, knobs=knobs, artefact_rng=arng)
+    vol, lab, aff, extras = _render(an, sp, n_slices, rng, knobs=knobs, artefact_rng=arng, oracle=oracle)
+    return site_name, sp, an, vol, lab, aff, extras
+
+
+def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_slices: int,
+                     lesion: bool, site: str | None = None, knobs: PhantomConfig | None = None,
+                     oracle: bool = True) -> SubjectResult:
+    """Generate and write subject ``index`` of ``cohort`` (deterministic in ``(seed, index)``), with
+    its oracle volumes (:func:`_write_oracle`) when ``oracle``: the image and labels are the same
+    bytes either way.
+
+    ``knobs`` (:class:`~u2ad_core.core.config.PhantomConfig`, default: the calibrated defaults) apply
+    to the clinical (DCM) cohorts only. Anatomy and scanner noise come from one stream, the
+    artefacts from another, so a knob changes only what it names.
+    """
+    spec = COHORT_SPECS[cohort]
+    site_name, sp, an, vol, lab, aff, extras = _render_subject(cohort, index, seed, n_slices, lesion, site, knobs,
+                                                               oracle=oracle)
     sid = f"{cohort.split('_')[0]}{index + 1:03d}"
     out = Path(out_dir) / f"sub-{sid}"
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +193,8 @@ def generate_subject(cohort: str, index: int, seed: int, out_dir: str | Path, n_
     f_lab = out / f"sub-{sid}_labels.nii.gz"
     _save_nifti(f_img, img_o, aff_o)
     _save_nifti(f_lab, lab_o, aff_o)
+    if oracle:
+        _write_oracle(out, f"sub-{sid}", extras["oracle"], aff, sp, lesion=bool(an.lesions))
     segs = sorted({sg for le in extras["lesions"] for sg in le["segments"]}, key=L.SEGMENTS.index)
     return SubjectResult(
         subject=f"sub-{sid}", site=site_name, diagnosis=spec.diagnosis,
@@ -163,16 +234,39 @@ def phantom_dir_name(cohort: str, data_cfg: DataConfig | None = None) -> str:
     return f"{cohort}~{config_hash(data_cfg.phantom, n=8)}"
 
 
-def cohort_is_current(out_dir: str | Path, gen_cfg: dict[str, Any]) -> bool:
-    """True when ``out_dir`` holds a complete cohort generated with exactly ``gen_cfg``."""
+def oracle_by_default(cohort: str, data_cfg: DataConfig | None = None) -> bool:
+    """Whether :func:`generate_cohort` writes the oracle volumes when not told (``oracle=None``):
+    for the cohorts where they are read, those in their plain folder under ``raw/`` (the healthy
+    cohorts, and the clinical ones with the calibrated knobs ``PhantomConfig()``); not for a knob
+    grid's ``<cohort>~<hash>`` folders (:func:`phantom_dir_name`), which no diagnostic reads."""
+    return phantom_dir_name(cohort, data_cfg) == cohort
+
+
+def _stamp(out_dir: str | Path) -> dict[str, Any] | None:
+    """``out_dir/phantom.json`` when ``out_dir`` holds a complete cohort (with participants.tsv)."""
     stamp = Path(out_dir) / "phantom.json"
     if not stamp.is_file() or not (Path(out_dir) / "participants.tsv").is_file():
-        return False
+        return None
     try:
         meta = json.loads(stamp.read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("complete", False) else None
+
+
+def cohort_has_oracle(out_dir: str | Path) -> bool:
+    """True when the cohort in ``out_dir`` was generated with its oracle volumes (its stamp says so)."""
+    meta = _stamp(out_dir)
+    return bool(meta) and meta.get("oracle") is True
+
+
+def cohort_is_current(out_dir: str | Path, gen_cfg: dict[str, Any], oracle: bool = False) -> bool:
+    """True when ``out_dir`` holds a complete cohort generated with exactly ``gen_cfg`` and, when
+    ``oracle``, with its oracle volumes (a cohort with them serves a request without them too)."""
+    meta = _stamp(out_dir)
+    if meta is None or meta.get("generation_hash") != config_hash(gen_cfg):
         return False
-    return meta.get("generation_hash") == config_hash(gen_cfg) and meta.get("complete", False)
+    return not oracle or meta.get("oracle") is True
 
 
 def _lesion_flags(cohort: str, n: int, seed: int) -> np.ndarray:
@@ -217,7 +311,7 @@ def _participants_tsv(rows: list[SubjectResult]) -> str:
 
 def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
                     data_cfg: DataConfig | None = None, workers: int = 1,
-                    show_progress: bool = True, force: bool = False) -> Path:
+                    show_progress: bool = True, force: bool = False, oracle: bool | None = None) -> Path:
     """Generate a phantom cohort into ``out_dir``; returns ``out_dir``.
 
     name: one of :data:`COHORT_SPECS` (``spine_generic_like``, ``openneuro_like``, ``renji_like``,
@@ -225,9 +319,19 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
     lesion patients of the paper is kept (:func:`n_lesion_patients`). Volumes have
     ``data_cfg.n_sagittal_healthy`` or ``n_sagittal_clinical`` sagittal slices.
 
+    oracle: write each subject's oracle volumes (noise-free image, lesion-free twin,
+    ``sub-<id>/oracle/``, :data:`u2ad_core.data.io.ORACLE_FILES`; diagnostics only). ``None``
+    (default): only where they are read, the cohorts of the calibrated phantom
+    (:func:`oracle_by_default`: not a knob grid's cohorts); ``True`` / ``False``: force. They change
+    nothing else (images and labels are the same bytes) and add a fifth to the generation time
+    (the cpu preset's main cohorts: 21 -> 25 s on 2 workers). ``phantom.json`` records
+    ``"oracle": true`` or ``false``.
+
     Idempotent: when ``out_dir/phantom.json`` carries the same generation hash the cohort is
-    reused (``force=True`` regenerates). The cohort is written into a temporary sibling
-    folder and renamed into place, so a half-written cohort is never mistaken for a result.
+    reused (``force=True`` regenerates), provided it has the oracle when ``oracle`` asks for it:
+    a cohort without it is then regenerated with it, and one with it serves a request without
+    (:func:`cohort_is_current`). The cohort is written into a temporary sibling folder and
+    renamed into place, so a half-written cohort is never mistaken for a result.
     """
     data_cfg = data_cfg or DataConfig()
     if name not in COHORT_SPECS:
@@ -238,7 +342,8 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
         raise ValueError(f"n must be >= 1, got {n}")
     out_dir = Path(out_dir)
     gcfg = generation_config(name, n, seed, data_cfg)
-    if not force and cohort_is_current(out_dir, gcfg):
+    oracle = oracle_by_default(name, data_cfg) if oracle is None else bool(oracle)
+    if not force and cohort_is_current(out_dir, gcfg, oracle=oracle):
         return out_dir
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{int(time.time() * 1e3) % 10**9}"
     tmp.mkdir(parents=True, exist_ok=False)
@@ -246,13 +351,17 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
     try:
         flags = _lesion_flags(name, n, seed)
         knobs = data_cfg.phantom if COHORT_SPECS[name].diagnosis == "DCM" else None
-        jobs = [(name, i, seed, tmp, gcfg["n_sagittal"], bool(flags[i]), None, knobs) for i in range(n)]
+        jobs = [(name, i, seed, tmp, gcfg["n_sagittal"], bool(flags[i]), None, knobs, oracle) for i in range(n)]
         rows = _generate_subjects(name, jobs, workers, show_progress)
         atomic_write_text(tmp / "participants.tsv", _participants_tsv(rows))
         atomic_write_json(tmp / "phantom.json", {
             "generation": gcfg, "generation_hash": config_hash(gcfg), "complete": True,
             "n_lesion": int(flags.sum()), "seconds": round(time.perf_counter() - t0, 2),
-            "layout": "phantom",
+            "layout": "phantom", "oracle": oracle,
+            **({"oracle_files": {"dir": f"sub-<id>/{ORACLE_DIR}", "files": dict(ORACLE_FILES),
+                                 "clean_unit": f"1/{ORACLE_SUBSTEPS} of the image's stored unit (scl_slope)",
+                                 "twin": "lesion patients only; without a lesion the twin is the image"}}
+               if oracle else {}),
         })
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{int(time.time() * 1e3) % 10**9}"
@@ -277,7 +386,8 @@ def _cli(args: argparse.Namespace) -> int:
         knobs[f"data.phantom.{key.strip()}"] = yaml.safe_load(value)
     cfg = get_preset(args.preset, **knobs).data
     t0 = time.perf_counter()
-    out = generate_cohort(args.cohort, args.n, args.seed, args.out, cfg, workers=args.workers, force=args.force)
+    out = generate_cohort(args.cohort, args.n, args.seed, args.out, cfg, workers=args.workers, force=args.force,
+                          oracle=args.oracle)
     meta = json.loads((out / "phantom.json").read_text())
     print(f"{args.cohort}: {meta['generation']['n']} subjects ({meta['n_lesion']} with lesion) -> {out} "
           f"({time.perf_counter() - t0:.1f} s)")
@@ -296,6 +406,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--preset", default="paper", help="preset giving the slices per volume (default paper)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is current")
+    p.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=None,
+                   help="write (or not) each subject's noise-free image and lesion-free twin under "
+                        "sub-<id>/oracle/ (default: only with the calibrated knobs, i.e. without --knob)")
     p.add_argument("--knob", action="append", metavar="NAME=VALUE",
                    help="a difficulty knob for clinical cohorts (PhantomConfig field), e.g. coupling=independent, "
                         "lesion_conspicuity=faint, artefacts=false, scanner_shift=0.5 (repeatable)")

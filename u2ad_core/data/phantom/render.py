@@ -14,6 +14,11 @@
    (in-plane blur, contrast curve, truncation ringing, bias field), (S, NY, NZ);
 6. :func:`_rician_noise`: the stored magnitude image.
 
+With ``oracle=True`` :func:`_render` also returns, from the same draws, the noise-free image and
+the lesion-free twin (the tissue volume before step 3 through steps 4-6 with the same artefact,
+bias and noise draws; :func:`_oracle`), for diagnostics only (they are written beside a cohort
+by :mod:`.cohort`, never read by a method).
+
 Every draw is separated from the arithmetic that uses it (``_draw_*`` return the random fields,
 the other stages are deterministic), so the same draws can be applied to two volumes, e.g. a
 subject and its lesion-free twin. Draw order (subject generator ``rng``): the template's, one
@@ -265,14 +270,20 @@ def _rician_noise(clean: np.ndarray, site: SiteProfile, draw: ScannerDraw) -> np
 # The pipeline
 # --------------------------------------------------------------------------------------
 def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Generator,
-            knobs: PhantomConfig | None = None, artefact_rng: np.random.Generator | None = None):
+            knobs: PhantomConfig | None = None, artefact_rng: np.random.Generator | None = None,
+            oracle: bool = False):
     """Build one subject: returns (image RAS float32 (S, NY, NZ), labels RAS uint8 (S, NY, NZ),
     affine RAS (4, 4), extras).
 
     ``knobs.artefacts`` (clinical cohorts: pass ``knobs``; healthy ones: ``None``) adds partial
     volume at compressed levels, CSF flow voids and truncation ringing, drawn from
     ``artefact_rng`` so that switching them does not change anything else. ``extras``:
-    ``lesions`` (see :func:`_add_lesions`), ``body_centroid_u`` and ``slice_x_mm``.
+    ``lesions`` (see :func:`_add_lesions`), ``body_centroid_u`` and ``slice_x_mm``; with
+    ``oracle`` also ``oracle``: the arrays of :func:`_oracle`, ``lesion_tissue`` (S, NY, NZ)
+    bool, the voxels where the lesions changed the tissue volume (after the thick-slice artefacts;
+    the source of the footprint) and ``scan``, the subject's :class:`ScannerDraw` (its noise).
+    ``oracle`` draws nothing and changes nothing
+    else: image, labels and every other extra are bit-identical with it on or off.
     """
     T = _tissues(site, rng)
     y, z = _field_of_view(an, site, rng)
@@ -282,17 +293,21 @@ def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Genera
     bg = _background(an, T, U, V, canal, tex)
     layers = _structure_layers(an, T, U, V, canal, tex, bg, rng)
     x = _slice_positions(rng, n_slices, site.slice_mm)
-    vol, lab = _composite(bg.img, layers, x, site.slice_mm)
-    vol, lab, les_info = _add_lesions(vol, lab, an, T, U, V, canal, x)
+    vol0, lab0 = _composite(bg.img, layers, x, site.slice_mm)
+    vol, lab, les_info = _add_lesions(vol0, lab0, an, T, U, V, canal, x)
 
     arts = knobs if knobs is not None and knobs.artefacts else None
     arng = artefact_rng if artefact_rng is not None else np.random.default_rng(0)
-    vol = _tissue_artefacts(vol, lab, _draw_artefacts(arng, an, U.shape, arts), arts, an, T, U, V, canal,
-                            site.pixel_mm)
+    art_draw = _draw_artefacts(arng, an, U.shape, arts)
 
+    def tissue(v: np.ndarray, lb: np.ndarray) -> np.ndarray:
+        return _tissue_artefacts(v, lb, art_draw, arts, an, T, U, V, canal, site.pixel_mm)
+
+    vol = tissue(vol, lab)
     shape = (n_slices, *U.shape)
     scan = _draw_scanner(rng, shape)
-    clean = _scanner_image(vol.reshape(shape), site, scan.bias, ringing=arts.ringing if arts else 1.0)
+    ringing = arts.ringing if arts else 1.0
+    clean = _scanner_image(vol.reshape(shape), site, scan.bias, ringing=ringing)
     image = _rician_noise(clean, site, scan)
 
     affine = np.diag([site.slice_mm, site.pixel_mm, site.pixel_mm, 1.0]).astype(np.float64)
@@ -302,4 +317,34 @@ def _render(an: Anatomy, site: SiteProfile, n_slices: int, rng: np.random.Genera
         "body_centroid_u": [float(v) for v in canal.cent],
         "slice_x_mm": [float(v) for v in x],
     }
+    if oracle:
+        twin_tissue = tissue(vol0, lab0).reshape(shape) if an.lesions else None
+        extras["oracle"] = _oracle(image, clean, twin_tissue, site, scan, ringing)
+        extras["oracle"]["lesion_tissue"] = (vol.reshape(shape) != twin_tissue) if twin_tissue is not None \
+            else np.zeros(shape, bool)
+        extras["oracle"]["scan"] = scan
     return image, lab.reshape(shape), affine, extras
+
+
+def _oracle(image: np.ndarray, clean: np.ndarray, twin_tissue: np.ndarray | None, site: SiteProfile,
+            scan: ScannerDraw, ringing: float) -> dict[str, np.ndarray]:
+    """What a real scan hides, from the subject's own draws (no new ones), all (S, NY, NZ) (the
+    noisy ones float32 like the image, the noise-free ones in the scanner stage's own precision):
+
+    - ``clean``: the noise-free image, so ``image == _rician_noise(clean, site, scan)`` exactly;
+    - ``twin``: the lesion-free twin as the scanner stores it: the tissue volume before
+      :func:`_add_lesions` (``twin_tissue``, after the same thick-slice artefacts; ``None`` when
+      the subject has no lesion) through the same scanner (bias, ringing) and the same noise
+      fields ``scan.n1``, ``scan.n2``;
+    - ``twin_clean``: its noise-free version.
+
+    Footprint (where ``twin`` may differ from ``image``): the voxels a lesion changed in the tissue
+    volume, dilated in-plane by the blur's radius ``int(3 * site.blur_px + 0.5)`` pixels (the
+    Gaussian is truncated at 3 sigma); with ringing (``ringing < 1``) it spreads along the whole
+    AP line (axis 1) of every such voxel. Everywhere else ``twin == image`` bit for bit (every
+    stage is pointwise or local); a subject without a lesion has ``twin == image`` everywhere.
+    """
+    if twin_tissue is None:
+        return {"clean": clean.copy(), "twin": image.copy(), "twin_clean": clean.copy()}
+    twin_clean = _scanner_image(twin_tissue, site, scan.bias, ringing=ringing)
+    return {"clean": clean.copy(), "twin": _rician_noise(twin_clean, site, scan), "twin_clean": twin_clean}
