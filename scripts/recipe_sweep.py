@@ -49,6 +49,15 @@ RECIPES: dict[str, dict] = {
     "nr-a12": {**NR, **A12},
     "nr-e60-a12": {**NR, **A12, "pretrain.epochs": 60, "pretrain.lr_step": 45},
     "e60-a12": {**A12, "pretrain.epochs": 60, "pretrain.lr_step": 45},
+    # context radius 1: about half the tokens (the ROI patches and their 8 neighbours), so about
+    # twice the steps for the same minutes
+    "nr-c1-e40-a48": {**NR, "model.context_radius": 1, "pretrain.epochs": 40, "pretrain.lr_step": 30,
+                      "adapt.epochs": 48, "adapt.stage2_start": 32, "adapt.refresh_every": 16, "adapt.lr_step": 24,
+                      "adapt.checkpoint_every": 16, "adapt.snapshot_every": 8},
+    # the same, adapted 4x as long (lr 1e-3 / 1e-4 / 1e-5 every 64 epochs): where does the residual settle?
+    "nr-c1-e40-a192": {**NR, "model.context_radius": 1, "pretrain.epochs": 40, "pretrain.lr_step": 30,
+                       "adapt.epochs": 192, "adapt.stage2_start": 128, "adapt.refresh_every": 32, "adapt.lr_step": 64,
+                       "adapt.checkpoint_every": 32, "adapt.snapshot_every": 16},
     "lr3e-3": {"pretrain.lr": 3e-3},
 }
 DIM = 0.15  # a slice whose cord mean is below this counts as a dim cord
@@ -87,7 +96,7 @@ def measure(recipe: str, preset_name: str, out: Path, cohort: str, device: str, 
     cfg = get_preset(preset_name, **RECIPES[recipe])
     paths = prepare_all(cfg, out / "data" / preset_name, seed=cfg.seed, verbose=False, show_progress=False)
     t0 = time.perf_counter()
-    res = pretrain(cfg, paths["spine_generic_like"], out / "runs", name=f"pretrain-{recipe}", device=device,
+    res = pretrain(cfg, paths["spine_generic_like"], out / "runs", device=device,  # the name strategy_model reuses
                    show_progress=False)
     base = {"recipe": recipe, "reused": res.reused, "train_s": round(time.perf_counter() - t0, 1),
             "steps": int(cfg.pretrain.epochs) * -(-len(load_dataset(paths["spine_generic_like"]).images)

@@ -298,3 +298,27 @@ def test_competence_view_and_sentence_follow_the_numbers():
     assert view.loc["good", "× noise floor"] == "1"
     assert "**learned**" in learned_sentence(df, "good") and "**not learned**" in learned_sentence(df, "bad")
     assert sig3(0.123456) == "0.123" and sig3(float("nan")) == "" and sig3("x") == "x"
+
+
+def test_masked_context_interpolates_a_ramp_exactly_and_sees_only_visible_patches():
+    from scipy import ndimage
+
+    cord = rect_cord(n=2, h=64, w=16, rows=(0, 64), cols=(4, 12))
+    ramp = np.where(cord, 0.2 + 0.005 * np.arange(64)[None, :, None], 0.0)
+    # one mask by hand: hidden rows between visible ones are interpolated exactly (a linear ramp)
+    c0 = cord[0] > 0
+    hidden = np.zeros_like(c0)
+    hidden[24:40, 4:8], hidden[24:32, 8:12] = True, True
+    dist = np.minimum(np.rint(ndimage.distance_transform_edt(c0)).astype(int), 7)
+    one = R._interpolate_masked(ramp[0], c0, hidden, dist)
+    assert np.abs(one - ramp[0])[hidden].max() < 1e-12 and not one[~hidden].any()
+    # random masks: a constant cord is predicted exactly wherever a mask hid it
+    flat = np.where(cord, 0.4, 0.0)
+    assert np.abs(R.masked_context_prediction(flat, cord, mask_ratio=0.5, k=6) - flat).max() < 1e-6
+    # a bright spot inside one patch is invisible while that patch is hidden: never predicted there
+    spot = ramp.copy()
+    spot[:, 20:24, 6:8] += 0.5
+    q = R.masked_context_prediction(spot, cord, patch=8, mask_ratio=0.5, k=6, seed=1)
+    assert q.dtype == np.float32 and np.all(q[:, 20:24, 6:8] < spot[:, 20:24, 6:8] - 0.2)
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        R.masked_context_prediction(ramp[:, :60], cord[:, :60])

@@ -6,6 +6,8 @@ cord mean, a running mean along the cord, a local mean) and the phantom's noise 
 
 * :func:`residual_view`: the table of :func:`~u2ad_core.metrics.residuals.check_dataset`, with
   short column names and three significant digits;
+  the row ``masked context`` is what interpolating the visible cord patches reaches under the
+  model's own masking (a bound from the information the model has, not a learned model);
 * :func:`plot_slice_residuals`: one point per slice, the interior residual of each model against
   the slice's cord mean (dim cords are where a model that predicts a typical cord fails);
 * :func:`learned_sentence`: one sentence per model, its words decided by the numbers.
@@ -63,21 +65,25 @@ def residual_view(df: pd.DataFrame, trivial_verdicts: bool = False) -> pd.DataFr
 
 def _models(df: pd.DataFrame) -> list[str]:
     """The model rows of a :func:`compare_predictors` table (not the trivial ones, not the floor)."""
-    trivial = ("cord mean", "running mean", "local mean", "noise floor")
+    trivial = ("cord mean", "running mean", "local mean", "noise floor", R.MASKED_CONTEXT)
     return [i for i in df.index if not str(i).startswith(trivial)]
 
 
-def learned_sentence(df: pd.DataFrame, name: str) -> str:
-    """One sentence on model ``name`` of a :func:`check_dataset` table, decided by its numbers."""
+def learned_sentence(df: pd.DataFrame, name: str, context: bool = True) -> str:
+    """One sentence on model ``name`` of a :func:`check_dataset` table, decided by its numbers
+    (``context``: also what the running mean reaches, once per table)."""
     r = df.loc[name]
     margin = df.attrs.get("margin", R.LEARNED_MARGIN)
     run = [i for i in df.index if str(i).startswith("running mean")]
     parts = [f"Inside the cord, {name}'s residual is **{r['interior_ratio']:.2f} ×** the cord-mean predictor's "
              f"({df.attrs.get('statistic', 'median')} over {df.attrs.get('n_slices', '?')} slices of "
              f"{df.attrs.get('n_patients', '?')} lesion-free patients)"]
-    if run:
+    if run and context:
         parts.append(f"a running mean along the cord, which learns nothing, reaches "
                      f"**{df.loc[run[0], 'interior_ratio']:.2f} ×**")
+    if R.MASKED_CONTEXT in df.index and context:
+        parts.append(f"interpolating the cord patches a masked model sees reaches "
+                     f"**{df.loc[R.MASKED_CONTEXT, 'interior_ratio']:.2f} ×**")
     if np.isfinite(r.get("interior_x_noise", np.nan)):
         parts.append(f"the residual is **{r['interior_x_noise']:.1f} ×** the noise floor")
     word = {"learned": f"**learned**: its patients' ratios sit below {margin} by more than their spread",

@@ -20,7 +20,7 @@ from u2ad_core.core.presets import Preset
 from u2ad_core.core.runtime import make_generator
 from u2ad_core.method.runs import load_checkpoint, snapshot_paths
 from u2ad_core.method.uncertainty import mc_uncertainty
-from u2ad_core.metrics.residuals import check_dataset, healthy_selection
+from u2ad_core.metrics.residuals import MASKED_CONTEXT, check_dataset, healthy_selection
 
 __all__ = ["residual_curve"]
 
@@ -50,7 +50,7 @@ def residual_curve(run_path: str | Path, data: Any, preset: Preset, *, init_path
     epochs into optimiser steps (``ceil(N / preset.adapt.batch_size)`` per epoch, N = all slices).
 
     Returns one row per epoch: ``epoch``, ``steps``, ``model`` / ``running mean`` / ``local mean``
-    / ``noise floor`` interior residual as a ratio to the cord-mean predictor's (``statistic``
+    / ``masked context`` / ``noise floor`` interior residual as a ratio to the cord-mean predictor's (``statistic``
     over slices; ``noise floor`` NaN without ``data.clean``), ``cord_mean`` (the cord-mean
     predictor's own interior residual) and ``verdict`` (the model's, per patient).
     """
@@ -66,12 +66,13 @@ def residual_curve(run_path: str | Path, data: Any, preset: Preset, *, init_path
                             batch_size=preset.mc.batch_size, device=device)
         mean = np.zeros(np.shape(data.images), np.float32)
         mean[sel] = mc.mean.numpy().reshape(x.shape)
-        df = check_dataset(data, {"model": mean}, statistic=statistic, sel=sel)
+        df = check_dataset(data, {"model": mean}, statistic=statistic, sel=sel,
+                           masked_context=(preset.model.patch_size, preset.masking.mask_ratio))
         ratio = df["interior_ratio"]
         row = {"epoch": epoch, "steps": epoch * steps_per_epoch, "model": ratio["model"],
                "cord_mean": df.loc["cord mean", "interior"], "verdict": df.loc["model", "verdict"]}
         for name in df.index:
-            if name.startswith(("running mean", "local mean", "noise floor")):
+            if name.startswith(("running mean", "local mean", "noise floor", MASKED_CONTEXT)):
                 row[name.split(" (")[0]] = ratio[name]
         rows.append(row)
     return pd.DataFrame(rows)

@@ -58,6 +58,8 @@ __all__ = [
     "learned_verdict",
     "STATISTICS",
     "compare_predictors",
+    "masked_context_prediction",
+    "MASKED_CONTEXT",
     "healthy_selection",
     "check_dataset",
     "oracle_map",
@@ -414,21 +416,32 @@ def healthy_selection(data, middle: bool = True) -> np.ndarray:
     return sel
 
 
+MASKED_CONTEXT = "masked context"
+"""Row name of :func:`masked_context_prediction` in :func:`check_dataset`'s table."""
+
+
 def check_dataset(data, predictions: Mapping[str, np.ndarray], *, middle: bool = True,
-                  statistic: str = "median", margin: float = LEARNED_MARGIN, sel: np.ndarray | None = None
-                  ) -> pd.DataFrame:
+                  statistic: str = "median", margin: float = LEARNED_MARGIN, sel: np.ndarray | None = None,
+                  masked_context: tuple[int, float] | None = (8, 0.75), seed: int = 0) -> pd.DataFrame:
     """:func:`compare_predictors` on a dataset's lesion-free patients (:func:`healthy_selection`).
 
     data: a ``SliceData`` (``images``, ``cord``, ``lesion``, ``subject`` and, on the phantom,
     ``clean`` for the noise floor); predictions: name -> ``(N, H, W)`` array or CPU tensor over
     *all* N slices of ``data`` (e.g. ``{"U2AD S3": mc.mean}``); ``sel``: ``(N,)`` bool to use
     instead of :func:`healthy_selection`. The verdict pairs the model with the cord-mean
-    predictor per patient. ``df.attrs`` adds ``n_slices`` and ``n_patients``.
+    predictor per patient. ``masked_context``: ``(patch, mask_ratio)`` of the model, adds the
+    row :data:`MASKED_CONTEXT` (:func:`masked_context_prediction`, K = 10 masks from ``seed``:
+    what interpolating the visible cord patches reaches), ``None`` leaves it out.
+    ``df.attrs`` adds ``n_slices`` and ``n_patients``.
     """
     sel = healthy_selection(data, middle) if sel is None else np.asarray(sel, bool)
     if not sel.any():
         raise ValueError("check_dataset: no slice selected (no lesion-free patient in this dataset?)")
     pick = {k: np.asarray(v, dtype=np.float32)[sel] for k, v in predictions.items()}
+    if masked_context is not None:
+        patch, ratio = masked_context
+        pick[MASKED_CONTEXT] = masked_context_prediction(np.asarray(data.images)[sel], np.asarray(data.cord)[sel],
+                                                         patch=patch, mask_ratio=ratio, seed=seed)
     clean = getattr(data, "clean", None)
     lesion = getattr(data, "lesion", None)
     groups = np.asarray(data.subject)[sel]
@@ -438,3 +451,65 @@ def check_dataset(data, predictions: Mapping[str, np.ndarray], *, middle: bool =
                             groups=groups, statistic=statistic, margin=margin)
     df.attrs.update(n_slices=int(sel.sum()), n_patients=int(len(pd.unique(groups))))
     return df
+
+
+def _interpolate_masked(x: np.ndarray, c: np.ndarray, hidden: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """One slice ``(H, W)``: predict the ``hidden`` cord pixels from the visible ones only.
+
+    The visible pixels give a cross-cord profile (mean deviation from their row's mean, by
+    distance to the cord's edge) and a level per row (row mean minus the profile), which is
+    interpolated linearly along the rows; prediction = level + profile. 0 elsewhere.
+    """
+    vis = c & ~hidden
+    rows = np.flatnonzero(vis.any(1))
+    row_mean = np.full(x.shape[0], np.nan)
+    row_mean[rows] = [x[r][vis[r]].mean() for r in rows]
+    n_cls = int(dist.max()) + 1
+    rr, cc = np.nonzero(vis)
+    dev_sum = np.bincount(dist[rr, cc], weights=x[rr, cc] - row_mean[rr], minlength=n_cls)
+    dev_n = np.bincount(dist[rr, cc], minlength=n_cls)
+    dev = np.divide(dev_sum, dev_n, out=np.zeros(n_cls), where=dev_n > 0)
+    lvl_sum = np.bincount(rr, weights=x[rr, cc] - dev[dist[rr, cc]], minlength=x.shape[0])
+    lvl_n = np.bincount(rr, minlength=x.shape[0])
+    level = np.interp(np.arange(x.shape[0]), rows, lvl_sum[rows] / lvl_n[rows])
+    out = np.zeros_like(x)
+    hr, hc = np.nonzero(hidden)
+    out[hr, hc] = level[hr] + dev[dist[hr, hc]]
+    return out
+
+
+def masked_context_prediction(images: np.ndarray, cord: np.ndarray, patch: int = 8, mask_ratio: float = 0.75,
+                              k: int = 10, seed: int = 0) -> np.ndarray:
+    """A predictor that sees only what a masked-patch model sees: a bound for EdgeMAE's MC mean.
+
+    For each slice, ``k`` times: hide ``round(mask_ratio * n)`` of its ``n`` cord patches
+    (``patch x patch`` squares holding a cord pixel, as the model's ROI patches), then predict
+    every hidden cord pixel by interpolating the visible cord pixels (a level per row, linear
+    along the rows, plus the cross-cord profile by distance to the edge; no learning). The
+    prediction is the mean over the masks that hid the pixel, as the Monte-Carlo mean is. A
+    model that beats it has learned more than interpolation; one far above it has not learned
+    what its visible context shows. images, cord: ``(N, H, W)`` (H, W multiples of ``patch``);
+    returns ``(N, H, W)`` float32, the image outside the cord and where no mask hid a pixel.
+    """
+    x, c, _ = _check(images, cord)
+    n, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {patch}")
+    rng = np.random.default_rng(seed)
+    out = x.astype(np.float32).copy()
+    for i in range(n):
+        ci = c[i]
+        grid = ci.reshape(h // patch, patch, w // patch, patch).any((1, 3))
+        roi = np.flatnonzero(grid.ravel())
+        dist = np.minimum(np.rint(ndimage.distance_transform_edt(ci)).astype(int), 7)
+        acc, cnt = np.zeros((h, w)), np.zeros((h, w))
+        for _ in range(k):
+            m = np.zeros(grid.size, bool)
+            m[rng.choice(roi, int(round(mask_ratio * roi.size)), replace=False)] = True
+            hidden = np.repeat(np.repeat(m.reshape(grid.shape), patch, 0), patch, 1) & ci
+            if hidden.any() and (ci & ~hidden).any():
+                acc[hidden] += _interpolate_masked(x[i], ci, hidden, dist)[hidden]
+                cnt[hidden] += 1
+        seen = cnt > 0
+        out[i][seen] = (acc[seen] / cnt[seen]).astype(np.float32)
+    return out
