@@ -15,6 +15,10 @@ the lesion-free ``twin``; all ``(N, H, W)``, same grid and intensity scale):
 * :func:`compare_predictors`: one tidy DataFrame, one row per predictor (a model's MC mean and
   the trivial ones), with the ratio to the cord-mean predictor, the multiple of the noise floor
   and the word "learned" (:func:`learned_verdict`);
+* :func:`masked_context_prediction`: what interpolating the visible cord patches reaches under
+  a masked-patch model's own masking (the information such a model has; a bound, not a model);
+* :func:`check_dataset` / :func:`healthy_selection`: all of the above on a ``SliceData``'s
+  lesion-free patients' middle slices;
 * :func:`oracle_map`: the anomaly map ``x - healthy twin``, the ceiling of any reconstruction
   method on the phantom, shaped like any other anomaly map (``(N, H, W)`` float32, 0 outside the
   cord) for :func:`u2ad_core.baselines.common.evaluate_maps`.
@@ -28,9 +32,10 @@ Conventions (the numbers depend on them, so they are fixed here):
   (pixel-weighted), not the mean of the per-slice values; per-group values (e.g. per patient,
   ``groups``) pool the same way within each group. :func:`compare_predictors` can summarise by
   the median of the per-slice values instead (``statistic="median"``, robust to a few slices
-  where a model fails; the pooled value shows them). On the cpu book's renji_like middle slices
-  of lesion-free patients the two disagree for U2AD S3 (interior 0.154 median, 0.468 pooled),
-  because it over-predicts the few dim cords; the trivial predictors barely move.
+  where a model fails; the pooled value shows them). Measured on the cpu preset's renji_like
+  middle slices of lesion-free patients with the paper's renormalisation after augmentation
+  (2026-12-07), the two disagreed for U2AD S3 (interior 0.154 median, 0.468 pooled) because it
+  over-predicted the few dim cords; without it they agree (0.138 / 0.149).
 * **Healthy pixels.** Lesion pixels (``lesion > 0``) are excluded from every residual; the
   predictors themselves never see the lesion mask (a predictor must not know where the lesion is).
   Excluding whole slices or patients with lesions is the caller's choice (index the arrays).
