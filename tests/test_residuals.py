@@ -292,8 +292,7 @@ def test_competence_view_and_sentence_follow_the_numbers():
     bad = R.cord_mean_prediction(d.images, d.cord) + np.where(d.cord, 0.05, 0.0)
     df = R.check_dataset(d, {"good": d.clean, "bad": bad})
     view = residual_view(df)
-    assert list(view.columns) == ["interior", "edge", "ratio to cord mean", "× noise floor", "patients ≤ margin",
-                                  "verdict"]
+    assert list(view.columns) == ["interior", "edge", "÷ cord mean", "× noise floor", "verdict"]
     assert view.loc["good", "verdict"] == "learned" and view.loc["cord mean", "verdict"] == ""
     assert view.loc["good", "× noise floor"] == "1"
     assert "**learned**" in learned_sentence(df, "good") and "**not learned**" in learned_sentence(df, "bad")

@@ -28,9 +28,8 @@ __all__ = ["residual_view", "plot_slice_residuals", "learned_sentence", "sig3"]
 COLUMNS = {
     "interior": "interior",
     "edge": "edge",
-    "interior_ratio": "ratio to cord mean",
+    "interior_ratio": "÷ cord mean",
     "interior_x_noise": "× noise floor",
-    "share_below_margin": "patients ≤ margin",
     "verdict": "verdict",
 }
 """Columns of :func:`residual_view`, from :func:`~u2ad_core.metrics.residuals.compare_predictors`."""
@@ -48,15 +47,14 @@ def sig3(v) -> str:
 def residual_view(df: pd.DataFrame, trivial_verdicts: bool = False) -> pd.DataFrame:
     """``df`` of :func:`~u2ad_core.metrics.residuals.check_dataset` for a page: RMS residual over
     the cord mean (interior, edge), the interior ratio to the cord-mean predictor, the multiple of
-    the noise floor (when the dataset has it), the share of patients at or below the margin and
-    the verdict; numbers as strings with three significant digits. The trivial predictors' and
+    the noise floor (when the dataset has it) and the verdict (the share of patients at or below
+    the margin stays in ``df``); numbers as strings with three significant digits. The trivial predictors' and
     the noise floor's verdicts are blanked unless ``trivial_verdicts``."""
     cols = [c for c in COLUMNS if c in df.columns and not (c == "interior_x_noise" and df[c].isna().all())]
     out = df[cols].copy()
-    out["share_below_margin"] = out["share_below_margin"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.0f} %")
     trivial = [i for i in out.index if i not in _models(df)]
     if not trivial_verdicts:
-        out.loc[trivial, ["verdict", "share_below_margin"]] = ""
+        out.loc[trivial, "verdict"] = ""
     out = out.apply(lambda col: col.map(sig3))
     out.columns = [COLUMNS[c] for c in cols]
     out.index.name = "predictor"
