@@ -30,7 +30,8 @@ def test_cpu_schedule_scales_together():
     assert p.baselines.pretrain_epochs == 2 * cfg.baselines.pretrain_epochs
     half = cfg.override(**B.budget_overrides(cfg, 0.5))
     assert half.pretrain.epochs == cfg.pretrain.epochs // 2
-    assert half.pretrain.lr_step == 8  # 7.5 rounds up, not to the even 8 by chance: 15 * 0.5 + 0.5
+    odd = cfg.override(**{"pretrain.lr_step": 15})
+    assert odd.override(**B.budget_overrides(odd, 0.5)).pretrain.lr_step == 8  # 7.5 rounds up (15 * 0.5 + 0.5)
 
 
 def test_tiny_schedules_keep_one_epoch_and_stage_order():
