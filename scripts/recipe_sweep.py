@@ -54,6 +54,13 @@ RECIPES: dict[str, dict] = {
     "nr-c1-e40-a48": {**NR, "model.context_radius": 1, "pretrain.epochs": 40, "pretrain.lr_step": 30,
                       "adapt.epochs": 48, "adapt.stage2_start": 32, "adapt.refresh_every": 16, "adapt.lr_step": 24,
                       "adapt.checkpoint_every": 16, "adapt.snapshot_every": 8},
+    # on the cpu preset as it is now (which has the recipe above): longer pretraining only
+    "cpu-e80": {"pretrain.epochs": 80, "pretrain.lr_step": 60},
+    "cpu-e160": {"pretrain.epochs": 160, "pretrain.lr_step": 120},
+    "cpu-e160-a24": {"pretrain.epochs": 160, "pretrain.lr_step": 120, "adapt.epochs": 24, "adapt.lr_step": 12,
+                     "adapt.stage2_start": 16, "adapt.refresh_every": 8, "adapt.checkpoint_every": 8},
+    "cpu-e120": {"pretrain.epochs": 120, "pretrain.lr_step": 90},
+    "cpu-e160-s16": {"pretrain.epochs": 160, "pretrain.lr_step": 120, "adapt.lr_step": 16},
     # the same, adapted 4x as long (lr 1e-3 / 1e-4 / 1e-5 every 64 epochs): where does the residual settle?
     "nr-c1-e40-a192": {**NR, "model.context_radius": 1, "pretrain.epochs": 40, "pretrain.lr_step": 30,
                        "adapt.epochs": 192, "adapt.stage2_start": 128, "adapt.refresh_every": 32, "adapt.lr_step": 64,
