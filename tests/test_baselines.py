@@ -154,7 +154,7 @@ def test_score_adapter_matches_u2ad_scoring():
     ref = score_maps(data.images, recon, data.cord, data.segments, sc,
                      meta={k: getattr(data, k) for k in ("subject", "slice_index", "patient_label",
                                                          "lesion_segments", "slice_offset")})
-    res = score_anomaly_maps(anomaly_map(data.images, recon, data.cord > 0), data, sc, recon)
+    res = score_anomaly_maps(anomaly_map(data.images, recon, data.cord > 0, sc.sided), data, sc, recon)
     assert np.allclose(res.maps, ref.maps) and np.allclose(res.curves, ref.curves, equal_nan=True)
     assert res.table.equals(ref.table)
 

@@ -50,9 +50,10 @@ def residual_curve(run_path: str | Path, data: Any, preset: Preset, *, init_path
     epochs into optimiser steps (``ceil(N / preset.adapt.batch_size)`` per epoch, N = all slices).
 
     Returns one row per epoch: ``epoch``, ``steps``, ``model`` / ``running mean`` / ``local mean``
-    / ``masked context`` / ``noise floor`` interior residual as a ratio to the cord-mean predictor's (``statistic``
-    over slices; ``noise floor`` NaN without ``data.clean``), ``cord_mean`` (the cord-mean
-    predictor's own interior residual) and ``verdict`` (the model's, per patient).
+    / ``masked context`` / ``noise floor`` interior residual as a ratio to the cord-mean
+    predictor's (``statistic`` over slices; no ``noise floor`` column without the phantom's
+    noise-free images), ``cord_mean`` (the cord-mean predictor's own interior residual) and
+    ``verdict`` (the model's, per patient).
     """
     run_path = Path(run_path)
     sel = healthy_selection(data)
