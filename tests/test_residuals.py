@@ -321,3 +321,16 @@ def test_masked_context_interpolates_a_ramp_exactly_and_sees_only_visible_patche
     assert q.dtype == np.float32 and np.all(q[:, 20:24, 6:8] < spot[:, 20:24, 6:8] - 0.2)
     with pytest.raises(ValueError, match="multiple of the patch"):
         R.masked_context_prediction(ramp[:, :60], cord[:, :60])
+
+
+def test_competence_view_says_the_verdict_as_a_predicate():
+    from u2ad_core.book.competence import residual_view
+
+    d = _slice_data()
+    # one patient worse than the cord mean, two reconstructed perfectly: the ratios straddle the margin
+    mixed = d.clean.copy()
+    p1 = d.subject == "p1"
+    mixed[p1] = R.cord_mean_prediction(d.images, d.cord)[p1] + 0.05 * (d.cord[p1] > 0)
+    df = R.check_dataset(d, {"m": mixed})
+    assert df.loc["m", "verdict"] == "no clear difference"
+    assert residual_view(df).loc["m", "verdict"] == "not clearly learned"

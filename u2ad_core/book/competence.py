@@ -52,6 +52,7 @@ def residual_view(df: pd.DataFrame, trivial_verdicts: bool = False) -> pd.DataFr
     the noise floor's verdicts are blanked unless ``trivial_verdicts``."""
     cols = [c for c in COLUMNS if c in df.columns and not (c == "interior_x_noise" and df[c].isna().all())]
     out = df[cols].copy()
+    out["verdict"] = out["verdict"].replace({"no clear difference": "not clearly learned"})
     trivial = [i for i in out.index if i not in _models(df)]
     if not trivial_verdicts:
         out.loc[trivial, "verdict"] = ""
