@@ -441,3 +441,18 @@ def test_render_is_the_pipeline_of_its_stages(stage):
     assert np.array_equal(R._rician_noise(clean, stage.site, scan), img)
     assert np.array_equal(lab_l.reshape(stage.shape), lab)
     assert ex["slice_x_mm"] == list(stage.x) and ex["lesions"] == info
+
+
+def test_two_writers_of_one_cohort_both_finish(tmp_path):
+    """Two generations of the same cohort into one folder at the same time (two sweep workers)
+    both succeed and leave one complete cohort, no temporary folder (their names once collided
+    on a millisecond clock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "openneuro_like"
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda _: P.generate_cohort("openneuro_like", 2, 5, out, SMOKE, workers=1,
+                                                         show_progress=False, force=True), range(2)))
+    assert done == [out, out] and (out / "phantom.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["openneuro_like"]
+    assert len(_rows(out)) == 2

@@ -15,6 +15,7 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -345,8 +346,8 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
     oracle = oracle_by_default(name, data_cfg) if oracle is None else bool(oracle)
     if not force and cohort_is_current(out_dir, gcfg, oracle=oracle):
         return out_dir
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{int(time.time() * 1e3) % 10**9}"
-    tmp.mkdir(parents=True, exist_ok=False)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # unique per call
     t0 = time.perf_counter()
     try:
         flags = _lesion_flags(name, n, seed)
@@ -363,15 +364,32 @@ def generate_cohort(name: str, n: int | None, seed: int, out_dir: str | Path,
                                  "twin": "lesion patients only; without a lesion the twin is the image"}}
                if oracle else {}),
         })
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{int(time.time() * 1e3) % 10**9}"
-            out_dir.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(out_dir)
+        _move_into_place(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _move_into_place(new: Path, target: Path) -> None:
+    """Rename the complete cohort folder ``new`` to ``target``, replacing an older cohort there.
+
+    Two processes generating the same cohort at once (e.g. two sweep workers over one data
+    folder) both finish: the one that renames last finds ``target`` already complete and keeps
+    it (same seed, same files), instead of failing; ``new`` is then left for the caller to remove.
+    """
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        try:
+            target.rename(old / target.name)
+        except FileNotFoundError:  # another process moved it first
+            pass
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        new.rename(target)
+    except OSError:
+        if not (target / "phantom.json").is_file():  # not a finished cohort of another process
+            raise
 
 
 # --------------------------------------------------------------------------------------
