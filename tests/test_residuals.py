@@ -334,3 +334,17 @@ def test_competence_view_says_the_verdict_as_a_predicate():
     df = R.check_dataset(d, {"m": mixed})
     assert df.loc["m", "verdict"] == "no clear difference"
     assert residual_view(df).loc["m", "verdict"] == "not clearly learned"
+
+
+def test_check_dataset_computes_the_masked_context_once_per_selection(monkeypatch):
+    d = _slice_data()
+    calls = []
+    real = R.masked_context_prediction
+    monkeypatch.setattr(R, "masked_context_prediction", lambda *a, **k: calls.append(1) or real(*a, **k))
+    R._MASKED_CACHE.clear()
+    a = R.check_dataset(d, {"m": d.clean})
+    b = R.check_dataset(d, {"other": d.images})
+    assert len(calls) == 1
+    assert a.loc[R.MASKED_CONTEXT, "interior"] == b.loc[R.MASKED_CONTEXT, "interior"]
+    R.check_dataset(d, {"m": d.clean}, seed=1)   # another mask seed: computed again
+    assert len(calls) == 2

@@ -45,6 +45,7 @@ Conventions (the numbers depend on them, so they are fixed here):
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -421,6 +422,23 @@ def healthy_selection(data, middle: bool = True) -> np.ndarray:
     return sel
 
 
+_MASKED_CACHE: dict[str, np.ndarray] = {}
+
+
+def _masked_context_cached(images: np.ndarray, cord: np.ndarray, patch: int, ratio: float, seed: int) -> np.ndarray:
+    """:func:`masked_context_prediction` once per distinct input (a page checks several models on
+    the same slices: chapter 09 a row per baseline, chapter 12 a point per snapshot)."""
+    h = hashlib.sha1(np.ascontiguousarray(images, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(cord > 0).tobytes())
+    h.update(repr((images.shape, patch, float(ratio), int(seed))).encode())
+    key = h.hexdigest()
+    if key not in _MASKED_CACHE:
+        if len(_MASKED_CACHE) >= 16:
+            _MASKED_CACHE.pop(next(iter(_MASKED_CACHE)))
+        _MASKED_CACHE[key] = masked_context_prediction(images, cord, patch=patch, mask_ratio=ratio, seed=seed)
+    return _MASKED_CACHE[key].copy()
+
+
 MASKED_CONTEXT = "masked context"
 """Row name of :func:`masked_context_prediction` in :func:`check_dataset`'s table."""
 
@@ -445,8 +463,8 @@ def check_dataset(data, predictions: Mapping[str, np.ndarray], *, middle: bool =
     pick = {k: np.asarray(v, dtype=np.float32)[sel] for k, v in predictions.items()}
     if masked_context is not None:
         patch, ratio = masked_context
-        pick[MASKED_CONTEXT] = masked_context_prediction(np.asarray(data.images)[sel], np.asarray(data.cord)[sel],
-                                                         patch=patch, mask_ratio=ratio, seed=seed)
+        pick[MASKED_CONTEXT] = _masked_context_cached(np.asarray(data.images)[sel], np.asarray(data.cord)[sel],
+                                                      patch, ratio, seed)
     clean = getattr(data, "clean", None)
     lesion = getattr(data, "lesion", None)
     groups = np.asarray(data.subject)[sel]
