@@ -348,3 +348,19 @@ def test_check_dataset_computes_the_masked_context_once_per_selection(monkeypatc
     assert a.loc[R.MASKED_CONTEXT, "interior"] == b.loc[R.MASKED_CONTEXT, "interior"]
     R.check_dataset(d, {"m": d.clean}, seed=1)   # another mask seed: computed again
     assert len(calls) == 2
+
+
+def test_plot_residual_curves_draws_a_panel_per_curve_with_the_reference_lines():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from u2ad_core.book.competence import plot_residual_curves
+
+    c = pd.DataFrame({"steps": [0, 10, 20], "model": [2.0, 1.0, 0.95], "running mean": [0.7] * 3,
+                      "masked context": [0.9] * 3})
+    fig = plot_residual_curves({"a": c, "b": c.drop(columns="masked context")})
+    a, b = fig.axes
+    assert a.get_title() == "a" and len(a.lines) == 1 + 2 + 2 and len(b.lines) == 1 + 1 + 2
+    assert list(a.lines[0].get_ydata()) == [2.0, 1.0, 0.95]

@@ -10,6 +10,8 @@ cord mean, a running mean along the cord, a local mean) and the phantom's noise 
   model's own masking (a bound from the information the model has, not a learned model);
 * :func:`plot_slice_residuals`: one point per slice, the interior residual of each model against
   the slice's cord mean (dim cords are where a model that predicts a typical cord fails);
+* :func:`plot_residual_curves`: :func:`u2ad_core.method.competence.residual_curve` tables, one
+  panel each, against the trivial predictors' lines;
 * :func:`learned_sentence`: one sentence per model, its words decided by the numbers.
 """
 
@@ -23,7 +25,7 @@ import pandas as pd
 
 from u2ad_core.metrics import residuals as R
 
-__all__ = ["residual_view", "plot_slice_residuals", "learned_sentence", "sig3"]
+__all__ = ["residual_view", "plot_slice_residuals", "plot_residual_curves", "learned_sentence", "sig3"]
 
 COLUMNS = {
     "interior": "interior",
@@ -119,3 +121,28 @@ def plot_slice_residuals(data, predictions: Mapping[str, np.ndarray], sel: np.nd
     if title:
         ax.set_title(title, fontsize=9)
     return ax
+
+
+CURVE_LINES = (("masked context", (0, (5, 1))), ("running mean", ":"), ("local mean", "-."), ("noise floor", "--"))
+"""The trivial predictors' columns of a residual curve and their line styles."""
+
+
+def plot_residual_curves(curves: Mapping[str, pd.DataFrame], label: str = "U2AD S3 (adaptation)"):
+    """One panel per ``{title: residual_curve table}``: the model's interior ratio against
+    optimiser steps, horizontal lines for the trivial predictors, the cord mean (1) and the
+    learned margin. Returns the figure."""
+    n = len(curves)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.0), dpi=120, layout="constrained", sharey=True, squeeze=False)
+    for ax, (title, c) in zip(axes[0], curves.items()):
+        ax.plot(c["steps"], c["model"], "o-", label=label)
+        for name, style in CURVE_LINES:
+            if name in c and c[name].notna().all():
+                ax.axhline(c[name].iloc[0], color="0.4", ls=style, lw=1, label=name)
+        ax.axhline(1.0, color="0.6", lw=1, label="cord mean")
+        ax.axhline(R.LEARNED_MARGIN, color="tab:green", lw=0.8, ls="--", label=f"margin {R.LEARNED_MARGIN}")
+        ax.set_xlabel("adaptation steps (batches)", fontsize=9)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[0, 0].set_ylabel("interior residual\n÷ cord-mean predictor's", fontsize=9)
+    axes[0, -1].legend(fontsize=8, frameon=False, loc="upper right")
+    return fig
