@@ -8,7 +8,7 @@ interior residual of the K-pass MC mean on renji_like's lesion-free patients' mi
 spread of the adaptation alone, ~1.5 min per seed on one core).
 
     OMP_NUM_THREADS=1 python scripts/seed_spread.py 1 [--preset cpu] [--out runs/recipes]
-        [--init runs/cpu/pretrain-XXXX] [--set adapt.lr_schedule=cosine ...] [--tag NAME --csv F]
+        [--init runs/cpu/pretrain-XXXX] [--set adapt.epochs=96 ...] [--tag NAME --csv F]
 
 Before 2026-12-07 (second session) this script let the training seed also draw the phantom
 (``prepare_all(seed=...)``), so seeds 1 and 2 adapted on other patients than the ones measured:

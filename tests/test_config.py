@@ -105,7 +105,17 @@ def test_each_preset_has_its_own_grids():
     assert g["cpu"].budget.in_book is False and g["cpu"].budget.minutes_estimate == 62.0
     assert g["smoke"].ablation.cv_repeats == 2 and g["cpu"].ablation.cv_repeats is None
     assert g["smoke"].crossover.s3_points == g["cpu"].crossover.s3_points == ()
+    assert g["cpu_long"] == g["cpu"]  # cpu_long changes the adaptation alone
+    g.pop("cpu_long")
     assert len({config_hash(x) for x in g.values()}) == len(g)  # four different grid sets
+
+
+def test_cpu_long_is_cpu_with_the_long_adaptation():
+    from u2ad_core.core.presets import LONG_ADAPT
+    cpu, long_ = get_preset("cpu"), get_preset("cpu_long")
+    assert long_.to_dict() | {"name": "cpu"} == cpu.override(**LONG_ADAPT).to_dict()
+    assert long_.adapt.epochs == 2 * cpu.adapt.epochs and long_.adapt.stage2_start < long_.adapt.epochs
+    assert long_.pretrain == cpu.pretrain and long_.model == cpu.model
 
 
 def test_cohorts_are_the_clinical_phantom_cohorts():

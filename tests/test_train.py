@@ -95,19 +95,6 @@ def test_lr_schedule_matches_steplr_and_stage2_restart():
     assert math.isclose(train.lr_at_epoch(paper, paper.stage2_start), 3e-6, rel_tol=1e-9)
 
 
-
-def test_cosine_schedule_matches_torch_and_rejects_unknown():
-    cfg = TrainConfig(epochs=12, lr=1e-3, lr_gamma=0.01, lr_schedule="cosine")
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * cfg.lr_gamma)
-    for e in range(cfg.epochs):
-        assert math.isclose(train.lr_at_epoch(cfg, e), opt.param_groups[0]["lr"], rel_tol=1e-9)
-        opt.step()
-        sched.step()
-    assert train.lr_at_epoch(cfg, 0) == cfg.lr
-    with pytest.raises(ValueError, match="lr_schedule"):
-        train.lr_at_epoch(replace(cfg, lr_schedule="linear"), 0)
-
 def test_stage_schedule():
     cfg = AdaptConfig(stage2_start=3)
     assert [train.stage_schedule("u2ad", cfg, e) for e in range(5)] == ["eu"] * 3 + ["au"] * 2

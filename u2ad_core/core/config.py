@@ -244,9 +244,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_step: int = 50  # paper 4.3: lr x 0.1 every 50 epochs
     lr_gamma: float = 0.1  # paper 4.3
-    # "step" (paper 4.3: StepLR above) or "cosine" (project: half a cosine from lr to lr_gamma x lr
-    # over the epochs, lr_step unused; restarts at stage 2 with restart_schedule_at_stage2)
-    lr_schedule: str = "step"
     batch_size: int = 8  # paper 4.3
     brightness: tuple[float, float] = (0.8, 1.2)  # paper 4.3 augmentation
     contrast: tuple[float, float] = (0.8, 1.2)  # paper 4.3 augmentation

@@ -62,8 +62,6 @@ weights, and a resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
-
 import argparse
 import json
 import time
@@ -157,28 +155,15 @@ def augment(images: torch.Tensor, generator: torch.Generator, cfg: TrainConfig) 
 
 
 def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of ``epoch`` (0-based).
-
-    ``cfg.lr_schedule == "step"`` (paper): StepLR, ``lr * lr_gamma ** (epoch // lr_step)``.
-    ``"cosine"`` (project): ``lr_min + (lr - lr_min) * (1 + cos(pi * e / E)) / 2`` with
-    ``lr_min = lr * lr_gamma`` and ``E`` the schedule's epochs, so epoch 0 runs at ``lr`` and the
-    last one near ``lr_min``.
+    """Learning rate of ``epoch`` (0-based): StepLR, ``lr * lr_gamma ** (epoch // lr_step)``.
 
     For an :class:`AdaptConfig` with ``restart_schedule_at_stage2`` the schedule restarts at
     ``stage2_start`` (epochs counted from there). Default (paper and authors' code): one
     schedule for the whole adaptation, so stage 2 runs at the decayed rate.
     """
-    e, total = int(epoch), int(cfg.epochs)
-    if isinstance(cfg, AdaptConfig) and cfg.restart_schedule_at_stage2:
-        if e >= cfg.stage2_start:
-            e, total = e - cfg.stage2_start, total - cfg.stage2_start
-        else:
-            total = cfg.stage2_start
-    if cfg.lr_schedule == "cosine":
-        lo = cfg.lr * cfg.lr_gamma
-        return float(lo + (cfg.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * e / max(1, total))))
-    if cfg.lr_schedule != "step":
-        raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {cfg.lr_schedule!r}")
+    e = int(epoch)
+    if isinstance(cfg, AdaptConfig) and cfg.restart_schedule_at_stage2 and e >= cfg.stage2_start:
+        e -= cfg.stage2_start
     step = max(1, int(cfg.lr_step))
     return float(cfg.lr * cfg.lr_gamma ** (e // step))
 
