@@ -110,12 +110,18 @@ def test_each_preset_has_its_own_grids():
     assert len({config_hash(x) for x in g.values()}) == len(g)  # four different grid sets
 
 
-def test_cpu_long_is_cpu_with_the_long_adaptation():
-    from u2ad_core.core.presets import LONG_ADAPT
+def test_cpu_long_is_cpu_with_the_longer_adaptation():
+    from u2ad_core.core.presets import longer_adaptation
+
     cpu, long_ = get_preset("cpu"), get_preset("cpu_long")
-    assert long_.to_dict() | {"name": "cpu"} == cpu.override(**LONG_ADAPT).to_dict()
-    assert long_.adapt.epochs == 2 * cpu.adapt.epochs and long_.adapt.stage2_start < long_.adapt.epochs
+    assert long_.to_dict() | {"name": "cpu"} == cpu.override(**longer_adaptation(cpu)).to_dict()
+    a = long_.adapt
+    assert (a.epochs, a.lr_step, a.stage2_start, a.refresh_every) == (96, 72, 64, 32)  # the measured schedule
     assert long_.pretrain == cpu.pretrain and long_.model == cpu.model
+    for name in ("smoke", "paper_ci", "paper"):  # valid schedules at every size
+        p = get_preset(name)
+        b = p.override(**longer_adaptation(p)).adapt
+        assert b.epochs == 2 * p.adapt.epochs and 1 <= b.stage2_start < b.epochs and b.refresh_every >= 1
 
 
 def test_cohorts_are_the_clinical_phantom_cohorts():

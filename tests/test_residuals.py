@@ -364,3 +364,9 @@ def test_plot_residual_curves_draws_a_panel_per_curve_with_the_reference_lines()
     a, b = fig.axes
     assert a.get_title() == "a" and len(a.lines) == 1 + 2 + 2 and len(b.lines) == 1 + 1 + 2
     assert list(a.lines[0].get_ydata()) == [2.0, 1.0, 0.95]
+    # a panel of two tables: two model lines, the reference lines once (from the first table)
+    longer = c.assign(steps=[0, 20, 40], model=[2.0, 0.9, 0.8])
+    (ax,) = plot_residual_curves({"both": {"short": c, "long": longer}}).axes
+    labels = [line.get_label() for line in ax.lines]
+    assert labels[:2] == ["short", "long"] and len(ax.lines) == 2 + 2 + 2
+    assert list(ax.lines[1].get_ydata()) == [2.0, 0.9, 0.8]

@@ -127,14 +127,21 @@ CURVE_LINES = (("masked context", (0, (5, 1))), ("running mean", ":"), ("local m
 """The trivial predictors' columns of a residual curve and their line styles."""
 
 
-def plot_residual_curves(curves: Mapping[str, pd.DataFrame], label: str = "U2AD S3 (adaptation)"):
+def plot_residual_curves(curves: Mapping[str, pd.DataFrame | Mapping[str, pd.DataFrame]],
+                         label: str = "U2AD S3 (adaptation)"):
     """One panel per ``{title: residual_curve table}``: the model's interior ratio against
-    optimiser steps, horizontal lines for the trivial predictors, the cord mean (1) and the
-    learned margin. Returns the figure."""
+    optimiser steps, horizontal lines for the trivial predictors (from the panel's first table),
+    the cord mean (1) and the learned margin. A panel given as ``{line label: table}`` draws one
+    line per table (e.g. two adaptation lengths); a bare table is drawn as ``label``.
+    Returns the figure."""
     n = len(curves)
-    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.0), dpi=120, layout="constrained", sharey=True, squeeze=False)
-    for ax, (title, c) in zip(axes[0], curves.items()):
-        ax.plot(c["steps"], c["model"], "o-", label=label)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n if n > 1 else 5.0, 3.0), dpi=120, layout="constrained",
+                             sharey=True, squeeze=False)
+    for ax, (title, panel) in zip(axes[0], curves.items()):
+        lines = {label: panel} if isinstance(panel, pd.DataFrame) else dict(panel)
+        for (name, t), marker in zip(lines.items(), "osd^v"):
+            ax.plot(t["steps"], t["model"], f"{marker}-", ms=4, label=name)
+        c = next(iter(lines.values()))
         for name, style in CURVE_LINES:
             if name in c and c[name].notna().all():
                 ax.axhline(c[name].iloc[0], color="0.4", ls=style, lw=1, label=name)
