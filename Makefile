@@ -25,7 +25,7 @@ PIPFILTER := grep -v "^WARNING: Location .* is ignored" || true
 .PHONY: help venv book test unit smoke-book paper-ci budget bench lab clean clean-data
 
 help:
-	@echo "make book  [PRESET=cpu|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
+	@echo "make book  [PRESET=cpu|cpu_long|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
 	@echo "make test                                                    unit tests + smoke book"
 	@echo "make paper-ci                                                the paper preset's code paths, small sizes (CI)"
 	@echo "make budget [PRESET=cpu]                                     training-budget sweep (epochs x 0.5, 1, 2, 4; > 1 h on 2 cores)"
