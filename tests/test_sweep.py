@@ -97,7 +97,7 @@ def test_plan_routes_dotted_names_to_overrides_and_validates(tmp_path):
 
 
 def test_ablation_grids_are_typed_and_paper_grid_is_table4():
-    assert set(PRESETS) == {"smoke", "cpu", "paper", "paper_ci"}
+    assert set(PRESETS) == {"smoke", "cpu", "cpu_long", "paper", "paper_ci"}
     grids = {name: get_preset(name).grids.ablation for name in PRESETS}
     paper = grids["paper"]
     assert paper.k_values == (3, 5, 10, 15, 20)
