@@ -370,3 +370,14 @@ def test_plot_residual_curves_draws_a_panel_per_curve_with_the_reference_lines()
     labels = [line.get_label() for line in ax.lines]
     assert labels[:2] == ["short", "long"] and len(ax.lines) == 2 + 2 + 2
     assert list(ax.lines[1].get_ydata()) == [2.0, 0.9, 0.8]
+
+
+def test_stays_below_needs_every_later_point_below():
+    import pandas as pd
+
+    from u2ad_core.method.competence import stays_below
+
+    c = pd.DataFrame({"steps": [0, 1, 2, 3, 4], "model": [2.0, 0.89, 0.95, 0.88, 0.85]})
+    assert int(stays_below(c, 0.9)["steps"]) == 3  # the dip at step 1 does not count
+    assert stays_below(c.assign(model=[2.0, 0.8, 0.8, 0.8, 0.95]), 0.9) is None
+    assert int(stays_below(c.assign(model=[0.5] * 5), 0.9)["steps"]) == 0

@@ -22,7 +22,7 @@ from u2ad_core.method.runs import load_checkpoint, snapshot_paths
 from u2ad_core.method.uncertainty import mc_uncertainty
 from u2ad_core.metrics.residuals import MASKED_CONTEXT, check_dataset, healthy_selection
 
-__all__ = ["residual_curve"]
+__all__ = ["residual_curve", "stays_below"]
 
 
 def _points(run_path: Path, init_path: str | Path | None) -> dict[int, Path]:
@@ -77,3 +77,14 @@ def residual_curve(run_path: str | Path, data: Any, preset: Preset, *, init_path
                 row[name.split(" (")[0]] = ratio[name]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stays_below(curve: pd.DataFrame, margin: float) -> pd.Series | None:
+    """The first row of a :func:`residual_curve` table from which the model's ratio stays at or
+    below ``margin`` in every later row (a single dip below it that is followed by a point above
+    is not reaching it), or None when the last row is above."""
+    ok = (curve["model"].to_numpy() <= margin)
+    above = np.flatnonzero(~ok)
+    start = 0 if above.size == 0 else int(above[-1]) + 1
+    return curve.iloc[start] if start < len(curve) else None
+
