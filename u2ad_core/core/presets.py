@@ -269,9 +269,9 @@ def _cpu_long() -> dict[str, Any]:
 
 CPU_LONG_OVERRIDES: dict[str, Any] = _cpu_long()
 """``cpu_long``: ``cpu`` with twice the adaptation epochs (:func:`longer_adaptation`), the schedule at
-which the adapted model has learned a healthy cord (interior residual 0.81-0.86 x the cord-mean
-predictor's over three training seeds, against 0.94 for ``cpu``'s 48 epochs; see the comment in
-``CPU_OVERRIDES``): the book's findings on a model that has learned, at the cost of every adaptation
+which the adapted model's median healthy-cord residual is below the 0.9 margin (interior residual
+0.81-0.86 x the cord-mean predictor's over three training seeds, per patient not yet clearly; against 0.94 for ``cpu``'s 48 epochs; see the comment in
+``CPU_OVERRIDES``): the book's findings on that model, at the cost of every adaptation
 taking twice as long, over the default book's 25-minute budget on 2 cores."""
 
 PAPER_OVERRIDES: dict[str, Any] = {}
