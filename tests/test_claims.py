@@ -73,7 +73,7 @@ def test_fold_claim_digits_and_missing_numbers():
     a = row("K=10", seconds_per_image=(0.01234, 0.0001))
     b = row("K=1", seconds_per_image=(0.00200, 0.0001))
     r = fold_claim("slower", "seconds_per_image", a, [b], digits=4)
-    assert r["this run (decides)"] == "K=10 0.0123 ± 0.0001 vs K=1 0.0020 ± 0.0001"
+    assert r["this run (decides)"] == "K=10 0.01234 ± 1.0e-04 vs K=1 0.002000 ± 1.0e-04"
     assert r["verdict"] == "yes"
     nan = row("N", patient_f1=(math.nan, math.nan))
     r = fold_claim("c", "patient_f1", row("A", patient_f1=(0.5, 0.1)), [nan])

@@ -186,9 +186,19 @@ def test_threshold_free_and_table1_format():
     assert t.shape == (2, 6)
     assert list(t.columns.get_level_values(1)) == ["Accuracy", "F1", "Specificity", "F1", "Recall", "Specificity"]
     assert all(" ± " in v for v in t.iloc[0])
-    assert E.format_mean_std(0.5, 0.1) == "0.5000 ± 0.1000"
+    assert E.format_mean_std(0.5, 0.1) == "0.500 ± 0.10"
+    assert E.format_mean_std(0.65671, 0.11372) == "0.657 ± 0.11"
+    assert E.format_mean_std(93.35, 4.0, 4) == "93.35 ± 4.0"
     assert E.format_mean_std(np.nan, np.nan) == "n/a ± n/a"
     assert cv.repeat_means().shape[0] == 2
+
+
+def test_significant_digits():
+    assert [E.significant(v) for v in (0.65671, 93.36, 12402, 0.99996, -0.0, 1e-9 * 0, 5.77e-06)] == \
+        ["0.657", "93.4", "12400", "1.00", "0", "0", "5.77e-06"]
+    assert E.significant(-0.000004) == "-4.00e-06"
+    assert E.significant(None) == E.significant(float("nan")) == "n/a"
+    assert E.significant(0.123456, 2) == "0.12"
 
 
 def test_unscored_lesion_patient_does_not_make_the_threshold_minus_inf():

@@ -84,7 +84,7 @@ from u2ad_core.method.scoring import (
     postprocess,
     scores_table,
 )
-from u2ad_core.metrics import METRICS, TABLE1_COLUMNS, cross_validate, format_mean_std, threshold_free
+from u2ad_core.metrics import METRICS, TABLE1_COLUMNS, cross_validate, format_mean_std, significant, threshold_free
 
 __all__ = [
     "Method",
@@ -355,7 +355,7 @@ def results_row(cohort: str, strategy: str, model: str, cv, tf: Mapping[str, Any
     return row
 
 
-def table_from_rows(rows, protocol: str = "paper", digits: int = 4, extra: tuple[str, ...] = ()):
+def table_from_rows(rows, protocol: str = "paper", digits: int = 3, extra: tuple[str, ...] = ()):
     """Paper Table 1 layout from results rows (:func:`results_row` or ``table1_u2ad.csv``):
     index (strategy, model), two-level columns, cells ``"mean ± std"``; ``extra`` columns
     (e.g. ``"auroc"``) are appended as plain numbers."""
@@ -368,7 +368,7 @@ def table_from_rows(rows, protocol: str = "paper", digits: int = 4, extra: tuple
             if protocol == "honest" and key.startswith("segment_"):
                 key += "_honest"
             cells.append(format_mean_std(float(r[f"{key}_mean"]), float(r[f"{key}_std"]), digits))
-        cells += [round(float(r[e]), digits) if pd.notna(r.get(e)) else float("nan") for e in extra]
+        cells += [significant(float(r[e]), digits) if pd.notna(r.get(e)) else "n/a" for e in extra]
         data.append(cells)
     index = pd.MultiIndex.from_arrays([df["strategy"].astype(str), df["model"].astype(str)],
                                       names=["strategy", "model"])

@@ -18,6 +18,7 @@ from u2ad_core.book.figstyle import use_book_figures
 from u2ad_core.core.presets import get_preset
 from u2ad_core.core.context import RunContext, repo_root
 from u2ad_core.core.runtime import package_versions, resolve_device, seed_everything
+from u2ad_core.metrics.verdicts import significant
 
 __all__ = ["setup"]
 
@@ -25,6 +26,13 @@ __all__ = ["setup"]
 def _resolve(path: str | os.PathLike, root: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (root / p)
+
+
+def _three_significant_digits() -> None:
+    """Tables read at a glance: every float a DataFrame shows, to three significant digits."""
+    import pandas as pd  # here: the kernels import it anyway, the package's CLI need not
+
+    pd.set_option("display.float_format", significant)
 
 
 def setup(
@@ -42,7 +50,8 @@ def setup(
     notebook works when opened from ``notebooks/`` in JupyterLab and when papermill runs it.
     Data and runs are kept per preset: ``data_dir/<preset>/`` and ``run_dir/<preset>/``.
     Inside a notebook kernel, figures follow the book's standard (:mod:`u2ad_core.book.figstyle`: dpi
-    120, 9-pt text, each PNG records its smallest font so the built book can be checked).
+    120, 9-pt text, each PNG records its smallest font so the built book can be checked), and
+    pandas prints floats to three significant digits (:func:`~u2ad_core.metrics.significant`).
     """
     cfg = get_preset(preset, **(overrides or {}))
     cfg = cfg.override(seed=int(seed))
@@ -56,6 +65,7 @@ def setup(
     )
     seed_everything(ctx.seed)
     use_book_figures()
+    _three_significant_digits()
     ctx.data_dir.mkdir(parents=True, exist_ok=True)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     if show:

@@ -340,7 +340,7 @@ class CVResult:
         hit = int(self.folds["n_detected_lesion_hit"].sum())
         return {"detected": det, "peak_in_lesion": hit, "fraction": _ratio(hit, det)}
 
-    def row(self, protocol: str = "paper", digits: int = 4) -> dict[str, str]:
+    def row(self, protocol: str = "paper", digits: int = 3) -> dict[str, str]:
         """Table 1 cells, ``"mean ± std"`` strings; ``protocol="honest"`` uses the segment
         threshold tuned on the training folds."""
         summ = self.summary()
@@ -445,7 +445,7 @@ def peak_in_lesion_fraction(scores: pd.DataFrame) -> float:
     return _ratio(les["top_is_lesion"].sum(), len(les))
 
 
-def table1(results: dict[str, CVResult], protocol: str = "paper", digits: int = 4) -> pd.DataFrame:
+def table1(results: dict[str, CVResult], protocol: str = "paper", digits: int = 3) -> pd.DataFrame:
     """Paper Table 1 layout: rows = ``results`` keys (e.g. ``"S3 U2AD"``), two-level columns
     (Patient-level: Accuracy, F1, Specificity; Segment-level: F1, Recall, Specificity),
     cells ``"mean ± std"``."""

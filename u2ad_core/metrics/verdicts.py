@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["VERDICTS", "verdict", "compare", "format_mean_std"]
+__all__ = ["VERDICTS", "verdict", "compare", "significant", "format_mean_std"]
 
 VERDICTS: tuple[str, ...] = ("better", "worse", "no clear difference", "not measured")
 """Every word :func:`verdict` and :func:`compare` return."""
@@ -55,7 +55,30 @@ def compare(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_
     return verdict(a - b, spread, higher_is_better)
 
 
-def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
-    """``0.7740 ± 0.0124``; ``nan`` parts print as ``n/a``."""
-    f = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"  # noqa: E731
-    return f"{f(mean)} ± {f(std)}"
+def significant(value: float | None, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, as a reader takes it in at a glance.
+
+    ``0.65671 -> "0.657"``, ``93.35 -> "93.4"``, ``12402 -> "12400"``, ``-0.00004 -> "-4e-05"``
+    (below 1e-3 in magnitude: scientific notation), ``-0.0 -> "0"``; ``None``/``nan`` -> ``"n/a"``.
+    """
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    v = float(value)
+    if v == 0.0:
+        return "0"
+    if abs(v) < 1e-3:
+        return f"{v:.{max(digits - 1, 0)}e}"
+    decimals = digits - 1 - math.floor(math.log10(abs(v)))
+    rounded = round(v, decimals)
+    if rounded == 0.0:
+        return "0"
+    if decimals > 0:
+        # rounding may carry into a new digit (0.9996 -> 1.000): keep ``digits`` significant ones
+        decimals = max(digits - 1 - math.floor(math.log10(abs(rounded))), 0)
+        return f"{rounded:.{decimals}f}"
+    return f"{int(round(rounded)):d}"
+
+
+def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
+    """``0.657 ± 0.11``: the mean to ``digits`` significant digits, the std to two (``nan`` -> ``n/a``)."""
+    return f"{significant(mean, digits)} ± {significant(std, 2)}"
