@@ -6,6 +6,8 @@ Static checks (no browser, always run by ``make test`` on the smoke book):
   has that ``id``;
 - no machine path (``/tmp/``, ``/home/``, ``/work/``, ``/root/``, ``/Users/``, ``C:\\``) and no
   Python traceback in the visible text of a page;
+- one value per named quantity: a quantity shown on several pages through
+  :func:`~u2ad_core.book.quantities.show_quantity` reads the same on all of them;
 - every figure of a notebook page is legible: its PNG records its smallest font and dpi
   (:mod:`u2ad_core.book.figstyle`), the dpi is at least 120 and the smallest text renders at 8 pt or
   more when the image is shown at most :data:`~u2ad_core.book.figstyle.PAGE_IMAGE_PX` pixels wide.
@@ -36,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from PIL import Image
 
 from u2ad_core.book import figstyle
+from u2ad_core.book.quantities import quantity_texts
 
 __all__ = ["Page", "parse_page", "check_site", "browser_check", "find_browser", "cli_register"]
 
@@ -151,7 +154,21 @@ def check_site(root: str | Path) -> tuple[list[str], int]:
                 if unquote(u.fragment) not in tp.ids:
                     problems.append(f"{rel}: broken link {href} (no anchor #{u.fragment} in {target.name})")
         problems += _text_problems(rel, page.text)
+    problems += _quantity_problems(root.resolve(), pages)
     return problems, len(pages)
+
+
+def _quantity_problems(root: Path, pages: dict[Path, Page]) -> list[str]:
+    """A named quantity must read the same on every page that shows it."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for path in pages:
+        rel = str(path.relative_to(root))
+        for name, texts in quantity_texts(path.read_text(encoding="utf-8", errors="replace")).items():
+            for t in texts:
+                seen.setdefault(name, {}).setdefault(t, []).append(rel)
+    return [f"quantity {name} reads differently across pages: "
+            + "; ".join(f"{t!r} on {', '.join(sorted(set(where)))}" for t, where in sorted(texts.items()))
+            for name, texts in sorted(seen.items()) if len(texts) > 1]
 
 
 def _is_notebook_page(path: Path) -> bool:
