@@ -22,11 +22,12 @@ STAMP := $(VENV)/.u2ad-installed
 # pip on some machines prints one harmless line per configured-but-absent local index
 PIPFILTER := grep -v "^WARNING: Location .* is ignored" || true
 
-.PHONY: help venv book test unit smoke-book paper-ci budget bench lab clean clean-data
+.PHONY: help venv book publish test unit smoke-book paper-ci budget bench lab clean clean-data
 
 help:
 	@echo "make book  [PRESET=cpu|cpu_long|smoke|paper] [DEVICE=auto|cpu|cuda|mps]   build the book"
 	@echo "make test                                                    unit tests + smoke book"
+	@echo "make publish [PRESET=cpu] [SCHEDULER=tcp://host:port]        the complete book: full grids and the budget sweep (over an hour on 2 cores)"
 	@echo "make paper-ci                                                the paper preset's code paths, small sizes (CI)"
 	@echo "make budget [PRESET=cpu]                                     training-budget sweep (epochs x 0.5, 1, 2, 4; > 1 h on 2 cores)"
 	@echo "make bench                                                   MC engine benchmark (JSON)"
@@ -51,6 +52,14 @@ venv: $(STAMP)
 book: $(STAMP)
 	$(U2AD) book --preset $(PRESET) --device $(DEVICE) --seed $(SEED)
 	$(U2AD) sitecheck _build/html
+
+# The complete book that is published: the preset with its full grids (every crossover point with an
+# S3 adaptation, chapter 12's budget sweep, both cohorts in every table), the sweeps on Dask (a
+# LocalCluster, or SCHEDULER=tcp://host:port), into _build/publish. Resumable: finished runs, sweep
+# points and executed chapters are reused; run after make book, it reuses the book's trained models.
+publish: $(STAMP)
+	$(U2AD) book --preset $(PRESET) --device $(DEVICE) --seed $(SEED) --publish $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+	$(U2AD) sitecheck _build/publish/_build/html
 
 unit: $(STAMP)
 	$(PY) -m pytest -q

@@ -14,6 +14,7 @@ from u2ad_core.book.build import find_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = [p for p in NOTEBOOKS if p.stem != "90_findings"]  # the findings page gathers, it does not teach
 REQUIRED_PARAMETERS = {"preset", "device", "seed", "data_dir", "run_dir"}
 
 
@@ -74,7 +75,7 @@ def test_code_shown_open_fits_the_page_column(path):
     assert not long, f"{path.name}: shown code lines over {SHOWN_CODE_WIDTH} characters: {long[:3]}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_notebook_ends_with_summary_and_exercises(path):
     text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
     assert "## Summary" in text and "## Exercises" in text, path.name
@@ -103,6 +104,7 @@ def test_toc_lists_every_notebook_and_page():
     assert toc["format"] == "jb-book"
     listed = sorted(Path(f).name for f in files if f.startswith("book/notebooks/"))
     assert listed == [p.stem for p in NOTEBOOKS], "toc and notebooks/ disagree"
+    assert files[0] == "book/notebooks/90_findings", "the findings page comes right after the introduction"
     for f in [toc["root"], *files]:
         if not f.startswith("book/notebooks/"):
             assert (ROOT / f).with_suffix(".md").is_file(), f
@@ -347,13 +349,28 @@ def test_run_times_table_comes_from_the_run_headers(tmp_path):
     for stem, secs in (("01_a", 12.0), ("02_b", 300.0)):
         n = nbformat.v4.new_notebook()
         n.cells = [nbformat.v4.new_markdown_cell(f"# {stem} title\n\ntext")]
-        n.metadata["u2ad"] = {"preset": "cpu", "device": "cpu", "elapsed_s": secs, "executed_at": "today"}
+        n.metadata["u2ad"] = {"preset": "cpu", "device": "cpu", "elapsed_s": secs, "executed_at": "today",
+                              "reading": {"minutes": 3, "words": 420, "figures": 2}}
         paths.append(tmp_path / f"{stem}.ipynb")
         nbformat.write(n, paths[-1])
     text = write_run_times(tmp_path, paths).read_text()
     assert (tmp_path / RUN_TIMES).is_file()
-    assert "[01_a title](../notebooks/01_a.ipynb) | cpu | cpu | 12 s" in text
-    assert "| 5.0 min |" in text and "**5.2 min**" in text
+    assert "[01_a title](../notebooks/01_a.ipynb) | 3 min | 420 | cpu | cpu | 12 s" in text
+    assert "| 5.0 min |" in text and "**5.2 min**" in text and "**6 min**" in text
+
+
+def test_run_header_gives_the_reading_time_of_the_executed_page(tmp_path):
+    from u2ad_core.book.build import _add_header, _run_header
+
+    n = nbformat.v4.new_notebook()
+    n.cells = [nbformat.v4.new_markdown_cell("# t\n\n" + "word " * 400)]
+    path = tmp_path / "01_t.ipynb"
+    nbformat.write(n, path)
+    text, meta = _run_header("cpu", 0, "cpu", 1.0, "abc")
+    _add_header(path, text, meta)
+    nb = nbformat.read(path, as_version=4)
+    assert "Reading time: about **3 min** (402 words, 0 figures" in nb.cells[1].source
+    assert nb.cells[1].source.rstrip().endswith("```") and nb.metadata["u2ad"]["reading"]["minutes"] == 3
 
 
 @pytest.mark.slow

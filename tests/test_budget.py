@@ -100,3 +100,30 @@ def test_train_seconds_reads_the_run_record(tmp_path):
     (tmp_path / "done.json").write_text(json.dumps({"wall_s": 12.5}))
     assert train_seconds(tmp_path) == 12.5
     assert np.isnan(train_seconds(tmp_path / "missing")) and np.isnan(train_seconds(None))
+
+
+@pytest.mark.slow
+def test_adaptation_budget_scores_the_book_s3_and_a_longer_adaptation(tmp_path):
+    """The reduced budget of the default book: U2AD S3 at 1x and 2x adaptation and Z-scoring, in the
+    sweep's format, so that budget_claims decides 'U2AD S3 vs Z-scoring' at both budgets."""
+    from u2ad_core.book.notebook import setup
+    from u2ad_core.core.presets import longer_adaptation
+    from u2ad_core.method.train import adapt, strategy_model
+
+    ctx = setup(preset="smoke", data_dir=tmp_path / "data", run_dir=tmp_path / "runs", show=False)
+    cfg, cohort = ctx.preset, "renji_like"
+    _, s1 = strategy_model(ctx, "renji_like", "S1", show_progress=False)
+    _, s3 = strategy_model(ctx, cohort, "S3", show_progress=False)
+    paths = B.prepare_all(cfg, ctx.data_dir, seed=ctx.seed, verbose=False, show_progress=False)
+    long_cfg = cfg.override(**longer_adaptation(cfg))
+    long_run = adapt(long_cfg, paths[cohort], ctx.run_dir, init=s1, masking="u2ad", name=f"{cohort}-S3-u2ad",
+                     device="cpu", seed=0, show_progress=False)
+    T = B.adaptation_budget(ctx, cohort, {1.0: (cfg, s3), 2.0: (long_cfg, long_run.run_path)})
+    assert sorted(T["budget"].unique()) == [1.0, 2.0]
+    assert set(zip(T["method"], T["strategy"])) == {("U2AD", "S3"), ("Z-scoring", "none")}
+    assert list(T.loc[T["method"] == "U2AD", "adapt_epochs"]) == [cfg.adapt.epochs, 2 * cfg.adapt.epochs]
+    z = T[T["method"] == "Z-scoring"]
+    assert z["patient_auroc"].nunique() == 1  # no training: the same at every budget
+    claims = B.budget_claims(T).set_index("claim")
+    row = claims.loc[[c for c in claims.index if "Z-scoring" in c][0]]
+    assert row["verdict"] in {"holds at every budget", "changes with the budget"}

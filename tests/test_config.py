@@ -127,3 +127,18 @@ def test_cpu_long_is_cpu_with_the_longer_adaptation():
 def test_cohorts_are_the_clinical_phantom_cohorts():
     assert COHORTS == tuple(n for n, spec in SPECS.items() if spec.diagnosis == "DCM")
     assert set(COHORTS) < {f.name for f in fields(CohortSizes)}
+
+
+def test_publish_overrides_complete_the_grids_and_keep_the_trained_models():
+    """make publish: the full grids, the same training specs (the book's models are reused)."""
+    from u2ad_core.core.presets import publish_overrides
+
+    for name in ("cpu", "smoke"):
+        base = get_preset(name)
+        pub = get_preset(name, **publish_overrides(base))
+        full = GridsConfig()
+        assert pub.grids.crossover.grid() == full.crossover.grid() and pub.grids.crossover.s3_points == "all"
+        assert pub.grids.budget.in_book and pub.grids.budget.factors == full.budget.factors
+        assert pub.grids.ablation.table3_cohorts == full.ablation.table3_cohorts
+        for part in ("data", "model", "masking", "pretrain", "adapt", "mc", "score", "eval", "baselines"):
+            assert getattr(pub, part) == getattr(base, part), part

@@ -134,6 +134,18 @@ def test_pair_detection_table_perfect_tied_and_grouped():
         RM.pair_detection_table({"p": perfect}, pairs, pair, groups=groups[:-1])
 
 
+def test_paired_change_on_a_log_scale():
+    """A tenfold rise on most slices is a rise on a log scale, whatever one extreme slice does."""
+    before = np.array([1e-6, 2e-6, 1e-6, 3e-6, 1e-6])
+    after = before * 10
+    after[0] = 1e-2  # one slice jumps by 10^4: the arithmetic spread swamps the mean change
+    assert RM.paired_change(before, after)["words"] == "no clear difference"
+    c = RM.paired_change(before, after, log=True)
+    assert c["words"] == "higher" and c["scale"] == "log" and c["relative_change"] > 9
+    with pytest.raises(ValueError, match="positive"):
+        RM.paired_change([0.0, 1.0], [1.0, 1.0], log=True)
+
+
 def test_paired_change_shift_table_and_schedule():
     c = RM.paired_change([1.0, 1.1, 0.9, 1.0], [0.5, 0.6, 0.4, 0.5])
     assert c["words"] == "lower" and c["change"] == pytest.approx(-0.5)

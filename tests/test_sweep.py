@@ -237,3 +237,15 @@ def test_cli_registered_and_rejects_unknown_parameter(tmp_path, capsys):
     rc = main(["sweep", str(FIXTURE), "-p", "nope", "1", "--preset", "smoke", "--out", str(tmp_path)])
     assert rc == 2
     assert "not parameters of" in capsys.readouterr().err
+
+
+def test_scheduler_from_the_environment(monkeypatch):
+    """u2ad book --scheduler ADDR: every sweep a notebook runs attaches to that cluster."""
+    from dask.distributed import LocalCluster
+
+    from u2ad_core.book import sweep as S
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv(S.SCHEDULER_ENV, cluster.scheduler_address)
+        with S._client(None, None, 1) as client:
+            assert client.scheduler.address == cluster.scheduler_address

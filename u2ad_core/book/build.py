@@ -49,9 +49,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from u2ad_core.book.reading import SECONDS_PER_FIGURE, WORDS_PER_MINUTE, reading_stats
 from u2ad_core.core.context import package_digest as _package_digest
 from u2ad_core.core.context import repo_root
-from u2ad_core.core.presets import get_preset
+from u2ad_core.core.presets import get_preset, publish_overrides
 from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
 from u2ad_core.data.datasets import prepare_all
 
@@ -219,16 +220,25 @@ def write_run_times(root: Path, executed: Sequence[Path]) -> Path:
         meta = nb.metadata.get("u2ad", {})
         title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
                       if c.cell_type == "markdown" and c.source.startswith("#")), nb_path.stem)
+        read = meta.get("reading") or {}
         rows.append((nb_path.stem, title, meta.get("preset", "?"), meta.get("device", "?"),
-                     float(meta.get("elapsed_s", float("nan"))), meta.get("executed_at", "?")))
+                     float(meta.get("elapsed_s", float("nan"))), meta.get("executed_at", "?"),
+                     read.get("minutes"), read.get("words")))
     total = sum(r[4] for r in rows)
-    lines = ["| chapter | preset | device | run time | executed |", "|---|---|---|---|---|"]
-    for stem, title, preset, device, secs, when in rows:
+    total_read = sum(r[6] or 0 for r in rows)
+    lines = ["| chapter | reading time | words | preset | device | run time | executed |",
+             "|---|---|---|---|---|---|---|"]
+    for stem, title, preset, device, secs, when, read_min, words in rows:
         mins = f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.1f} min"
-        lines.append(f"| [{title}](../notebooks/{stem}.ipynb) | {preset} | {device} | {mins} | {when} |")
-    lines.append(f"| **all chapters** | | | **{total / 60:.1f} min** | |")
-    text = ("Run times of the build that made this page (each chapter executed once by `u2ad book`, "
-            "on the device shown; the data generation and the HTML build come on top):\n\n" + "\n".join(lines) + "\n")
+        rt = f"{read_min} min" if read_min else "?"
+        lines.append(f"| [{title}](../notebooks/{stem}.ipynb) | {rt} | {words or '?'} | {preset} | {device} | "
+                     f"{mins} | {when} |")
+    lines.append(f"| **all chapters** | **{total_read} min** | | | | **{total / 60:.1f} min** | |")
+    text = ("Reading and run times of the build that made this page. Reading time: estimated from the "
+            f"words a reader meets on the page (prose and visible output, not code) at {WORDS_PER_MINUTE} words "
+            f"per minute, plus {SECONDS_PER_FIGURE} s per figure. Run time: each chapter executed once by "
+            "`u2ad book`, on the device shown; the data generation and the HTML build come on top.\n\n"
+            + "\n".join(lines) + "\n")
     out = root / RUN_TIMES
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".md") as tmp:
@@ -251,7 +261,7 @@ def _run_header(preset: str, seed: int, device: str, seconds: float, preset_hash
         f"device **{device}**, in **{seconds:.1f} s** on {when}. "
         "Every number and figure on this page comes from this run, on the synthetic phantom "
         "unless the page says otherwise.\n\n"
-        f"Versions: {vers}.\n"
+        f"Versions: {vers}.\n\n"
         "```"
     )
     return text, meta
@@ -261,6 +271,11 @@ def _add_header(nb_path: Path, text: str, meta: dict[str, Any]) -> None:
     import nbformat  # here: see with_solutions
 
     nb = nbformat.read(nb_path, as_version=4)
+    r = reading_stats(nb)
+    meta = {**meta, "reading": {"words": r.words, "figures": r.figures, "minutes": r.minutes}}
+    text = text.rstrip().removesuffix("```") + (
+        f"Reading time: about **{r.minutes} min** ({r.words} words, {r.figures} figures; estimated at "
+        f"{WORDS_PER_MINUTE} words per minute and {SECONDS_PER_FIGURE} s per figure).\n```")
     cell = nbformat.v4.new_markdown_cell(text)
     cell.metadata["tags"] = ["u2ad-run-header"]
     # after the title cell, so the page title stays the notebook's own
@@ -575,11 +590,20 @@ def _cmd_book(args: argparse.Namespace) -> int:
             return 2
 
         overrides[key] = yaml.safe_load(value)
+    executed_dir, path_output = args.executed_dir, args.path_output
+    if args.publish:  # the complete book: full grids, sweeps run by the notebooks; its own build area
+        overrides = {**publish_overrides(get_preset(args.preset)), **overrides}
+        executed_dir = executed_dir or f"_build/executed/{args.preset}-publish"
+        path_output = path_output or "_build/publish"
+    if args.scheduler:
+        from u2ad_core.book.sweep import SCHEDULER_ENV  # here: sweep imports this module (a cycle)
+
+        os.environ[SCHEDULER_ENV] = args.scheduler  # the notebooks' sweeps (run_sweep) attach to it
     try:
         build_book(
             preset=args.preset, device=args.device, seed=args.seed, notebooks=args.notebooks,
-            data_dir=args.data_dir, run_dir=args.run_dir, executed_dir=args.executed_dir,
-            path_output=args.path_output, prepare_data=not args.no_data, html=not (args.no_html or args.notebooks),
+            data_dir=args.data_dir, run_dir=args.run_dir, executed_dir=executed_dir,
+            path_output=path_output, prepare_data=not args.no_data, html=not (args.no_html or args.notebooks),
             overrides=overrides, force=args.force, solutions=args.solutions,
         )
     except NotebookFailed as exc:
@@ -615,6 +639,13 @@ def cli_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--branch", default=None, help="branch for --set-repository (default: keep _config.yml's)")
     p.add_argument("--solutions", action=argparse.BooleanOptionalAction, default=None,
                    help="execute the exercise solutions after each notebook (default: only for the smoke preset)")
+    p.add_argument("--publish", action="store_true",
+                   help="the complete book that is published (make publish): the preset with its full grids "
+                   "(every crossover point with an S3 adaptation, the budget sweep, both cohorts in every table), "
+                   "into _build/publish; resumable: finished runs and sweep points are reused")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a Dask scheduler (tcp://host:port) for the notebooks' sweeps (default: a LocalCluster, "
+                   "one worker per core)")
     p.add_argument("--force", action="store_true", help="execute every notebook, even those whose executed copy "
                    "is current (same source, earlier code, preset, parameters and package)")
     p.set_defaults(func=_cmd_book)

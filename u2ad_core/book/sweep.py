@@ -391,6 +391,7 @@ def _client(workers: int | None, scheduler: Any, n_tasks: int) -> Iterator[Any]:
 
     from dask.distributed import Client, LocalCluster  # here: ~0.6 s to import, only a sweep needs it
 
+    scheduler = scheduler if scheduler is not None else (os.environ.get(SCHEDULER_ENV) or None)
     if scheduler is None:
         n = int(workers) if workers else (os.cpu_count() or 1)
         if n < 1:
@@ -456,6 +457,11 @@ def gather(points: Sequence[SweepPoint], out: str | os.PathLike):
     if len(names_seen) <= 1 and "results" in table.columns:
         table = table.drop(columns="results")
     return table
+
+
+SCHEDULER_ENV = "U2AD_SCHEDULER"
+"""Environment variable naming a Dask scheduler (``tcp://host:port``) for every sweep that is not
+given one: ``u2ad book --scheduler`` sets it, so the sweeps the notebooks run go to that cluster."""
 
 
 def run_sweep(

@@ -39,6 +39,8 @@ __all__ = [
     "PAPER_OVERRIDES",
     "PAPER_CI_OVERRIDES",
     "get_preset",
+    "longer_adaptation",
+    "publish_overrides",
 ]
 
 
@@ -261,6 +263,22 @@ def longer_adaptation(preset: Preset, factor: int = 2) -> dict[str, Any]:
     third = max(1, round(e / 3))
     return _under("adapt", epochs=e, lr_step=max(1, round(0.75 * e)), stage2_start=min(e - 1, 2 * third),
                   refresh_every=third, checkpoint_every=third)
+
+
+def publish_overrides(preset: Preset) -> dict[str, Any]:
+    """Dotted overrides that turn ``preset``'s reduced book into the complete one that is published
+    (``make publish``): the full crossover grid of :class:`CrossoverGrid` with an S3 adaptation at
+    every point, the budget sweep run by chapter 12 at every factor of :class:`BudgetGrid`, and
+    Table 3 and the masking controls on both cohorts. Only the grids change: the book's own
+    training runs keep their specs, so a publish build after ``make book`` reuses its models."""
+    full = GridsConfig()
+    cross, budget, abl = full.crossover, full.budget, full.ablation
+    return {
+        **_under("grids.crossover", conspicuity=cross.conspicuity, coupling=cross.coupling,
+                 artefacts=cross.artefacts, s3_points="all", inhomogeneity=cross.inhomogeneity),
+        **_under("grids.budget", factors=budget.factors, in_book=True),
+        **_under("grids.ablation", table3_cohorts=abl.table3_cohorts, control_cohorts=abl.control_cohorts),
+    }
 
 
 def _cpu_long() -> dict[str, Any]:

@@ -37,7 +37,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ from u2ad_core.method import train
 from u2ad_core.method.scoring import anomaly_map
 from u2ad_core.metrics import compare
 
-__all__ = ["budget_overrides", "evaluate_budget",
+__all__ = ["budget_overrides", "evaluate_budget", "adaptation_budget",
            "run_budget_sweep", "sweep_dir", "read_budget_table", "budget_claims", "cli_register"]
 
 EPOCH_FIELDS = ("pretrain.epochs", "pretrain.lr_step", "pretrain.checkpoint_every",
@@ -106,6 +106,39 @@ def _row(cohort: str, method: str, strategy: str, maps: np.ndarray, d: Any, pres
     return row
 
 
+def _u2ad_row(cfg: Any, cohort: str, strategy: str, run_path: Path, data_path: Path, d: Any, mid: np.ndarray,
+              device: str, train_s: float, model: Any = None) -> dict[str, Any]:
+    """One U2AD row: the run's Monte-Carlo maps (cached in the run), scored on the middle slices."""
+    t1 = time.perf_counter()
+    mc = train.mc_maps(run_path, data_path, cfg, device=device, model=model)
+    maps = anomaly_map(d.images, mc.mean.numpy()[mid], d.cord > 0, cfg.score.sided)
+    return _row(cohort, "U2AD", strategy, maps, d, cfg, train_s, time.perf_counter() - t1)
+
+
+def adaptation_budget(ctx: Any, cohort: str, runs: Mapping[float, tuple[Any, Path]]) -> pd.DataFrame:
+    """The reduced budget table a default book can afford: U2AD S3 on one cohort with only its
+    adaptation scaled, and Z-scoring as the fixed reference, in the sweep's table format.
+
+    runs: adaptation factor -> (the preset it was trained under, its finished run), e.g. ``{1.0:
+    (cfg, book's S3 run), 2.0: (cfg with longer_adaptation, that run)}``. The ``budget`` column is
+    the adaptation's factor; the pretraining is the book's at every row. :func:`budget_claims`
+    then decides "U2AD S3 vs Z-scoring" at each adaptation budget (the other claims: not measured).
+    """
+    paths = prepare_all(ctx.preset, ctx.data_dir, seed=ctx.seed, verbose=False, show_progress=False)
+    full = load_dataset(paths[cohort])
+    mid = np.flatnonzero(full.slice_offset == 0)
+    d = full.middle()
+    t1 = time.perf_counter()
+    _, zmaps = bl.anomaly_maps("zscore", None, d, sided=ctx.preset.score.sided)
+    z_s = time.perf_counter() - t1
+    rows = []
+    for factor, (cfg, run_path) in sorted(runs.items()):
+        rows.append({**_u2ad_row(cfg, cohort, "S3", Path(run_path), paths[cohort], d, mid, ctx.device,
+                                 train_seconds(Path(run_path))), "budget": float(factor)})
+        rows.append({**_row(cohort, "Z-scoring", "none", zmaps, d, cfg, 0.0, z_s), "budget": float(factor)})
+    return pd.DataFrame(rows)
+
+
 def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Sequence[str] | None = None,
                     show_progress: bool = False) -> list[dict[str, Any]]:
     """Train (or reuse) and score every model of one budget point; one row per model.
@@ -130,13 +163,10 @@ def evaluate_budget(ctx: Any, cohorts: Sequence[str] | None = None, methods: Seq
         pre_s = 0.0
         for s in ("S1", "S2", "S3"):
             model, run_path = train.strategy_model(ctx, cohort, s, show_progress=show_progress)
-            t1 = time.perf_counter()
-            mc = train.mc_maps(run_path, paths[cohort], cfg, device=ctx.device, model=model)
-            maps = anomaly_map(d.images, mc.mean.numpy()[mid], d.cord > 0, cfg.score.sided)
             own = train_seconds(run_path)
             pre_s = own if s == "S1" else pre_s
-            rows.append(_row(cohort, "U2AD", s, maps, d, cfg, own + (pre_s if s == "S3" else 0.0),
-                             time.perf_counter() - t1))
+            rows.append(_u2ad_row(cfg, cohort, s, run_path, paths[cohort], d, mid, ctx.device,
+                                  own + (pre_s if s == "S3" else 0.0), model))
         for m in methods:
             label = bl.get_method(m).label
             for s in ["S1", "S3"] + (["S2"] if m in cfg.baselines.s2_methods else []):

@@ -299,21 +299,33 @@ def shift_table(df: pd.DataFrame, a: str, b: str, metrics: Sequence[str] = ("mse
     return pd.DataFrame(rows)
 
 
-def paired_change(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+def paired_change(before: np.ndarray, after: np.ndarray, log: bool = False) -> dict[str, Any]:
     """Per-slice paired change of a metric (e.g. ROI MSE before and after adaptation), ``(N,)`` each.
 
     Returns before / after means, the mean and std (over slices) of ``after - before``, and the
     words: ``"lower"`` / ``"higher"`` only when the mean change exceeds the std of the changes,
     else ``"no clear difference"`` (:func:`u2ad_core.metrics.verdict`; ``"not measured"`` when
     no slice has both values).
+
+    ``log=True`` judges a positive, multiplicative quantity (a variance such as the mean EU, whose
+    slices can differ by orders of magnitude) on a log scale: ``change`` / ``change_std`` are then
+    the mean and std of ``log(after / before)`` and ``relative_change`` is the geometric-mean
+    change ``exp(mean) - 1``, so a tenfold rise on most slices reads as one, whatever a few
+    extreme slices do to the arithmetic means.
     """
     b = np.asarray(before, np.float64)
     a = np.asarray(after, np.float64)
-    d = a - b
+    if log:
+        if np.nanmin(np.concatenate([a, b])) <= 0:
+            raise ValueError("paired_change(log=True) needs positive values on every slice")
+        d = np.log(a) - np.log(b)
+    else:
+        d = a - b
     md, sd = float(np.nanmean(d)), float(np.nanstd(d, ddof=1)) if len(d) > 1 else float("nan")
     words = _words_of(verdict(md, sd))
+    rel = float(np.expm1(md)) if log else (md / float(np.nanmean(b)) if np.nanmean(b) else float("nan"))
     return {"before": float(np.nanmean(b)), "after": float(np.nanmean(a)), "change": md, "change_std": sd,
-            "relative_change": md / float(np.nanmean(b)) if np.nanmean(b) else float("nan"), "words": words}
+            "relative_change": rel, "words": words, "scale": "log" if log else "linear"}
 
 
 def adapt_overrides(preset: Preset, factor: int = 3) -> dict[str, Any]:
