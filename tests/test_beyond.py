@@ -79,3 +79,29 @@ def test_middle_scores_are_maps_of_each_set_alone(model, tmp_path):
     expect = patient_table(h_ref.table)["score"].to_numpy()
     assert h.shape == (3,)  # one score per healthy subject
     np.testing.assert_array_equal(h, expect)
+
+
+def test_chapter13_rows_read_back_what_chapter13_wrote_and_name_it_when_missing(tmp_path):
+    from u2ad_core.book.results import write_results
+    from u2ad_core.experiments.beyond import PATIENT_SCORES, chapter13_rows
+
+    with pytest.raises(FileNotFoundError, match="13_beyond_u2ad"):
+        chapter13_rows(tmp_path, PATIENT_SCORES)
+    write_results(tmp_path, [{"subject": "a", "score": 0.5}, {"subject": "b", "score": float("nan")}],
+                  name=PATIENT_SCORES)
+    df = chapter13_rows(tmp_path, PATIENT_SCORES)
+    assert list(df["subject"]) == ["a", "b"] and df["score"].iloc[0] == 0.5 and np.isnan(df["score"].iloc[1])
+
+
+def test_largest_lesions_are_lesion_slices_largest_first():
+    from u2ad_core.experiments.beyond import largest_lesions
+
+    d = slices(6, seed=2)  # patients 1 (slices 2, 3) have a lesion label
+    d.lesion[2, 10:12, 10:12] = 1  # 4 pixels
+    d.lesion[3, 10:14, 10:13] = 1  # 12 pixels
+    assert list(largest_lesions(d, 2)) == [3, 2]
+    assert list(largest_lesions(d, 1)) == [3]
+    healthy = d.subset(np.array([0, 1, 4]))  # patients 0 and 2: no lesion label
+    assert list(largest_lesions(healthy, 2)) == [0, 1]
+    with pytest.raises(ValueError):
+        largest_lesions(d, 0)

@@ -88,3 +88,19 @@ def test_groups_differ_from_one_run_over_all_slices(model):
     whole, _ = timed_mc_maps(model, d, 2, 0.75, **RUN)
     grouped, _ = grouped_mc_maps(model, d, 2, 0.75, n_groups=2, **RUN)
     assert not torch.equal(grouped.eu[2:], whole.eu[2:])
+
+
+def test_seconds_per_image_warms_up_then_times_the_first_n_slices():
+    from u2ad_core.experiments.timing import seconds_per_image
+
+    calls = []
+    ticks = itertools.count(0.0, 4.0)  # every clock reading 4 s after the last
+    sec = seconds_per_image(lambda d: calls.append(len(d)), slices(10), n=8, n_warm=2,
+                            clock=lambda: next(ticks))
+    assert calls == [2, 8]  # the warm-up call, then the timed one
+    assert sec == pytest.approx(4.0 / 8)
+    calls.clear()
+    seconds_per_image(lambda d: calls.append(len(d)), slices(3), n=16, clock=lambda: next(ticks))
+    assert calls == [2, 3]  # fewer slices than n: all of them
+    with pytest.raises(ValueError):
+        seconds_per_image(lambda d: None, slices(3), n=0)

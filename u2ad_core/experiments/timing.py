@@ -11,6 +11,11 @@ value per group)::
                                 device=ctx.device)
     sec.mean(), sec.std(ddof=1)      # Table 4's time per image and its spread
 
+:func:`seconds_per_image` times any detector's call on the first slices of a set after one
+warm-up call (chapters 13 and 15 time every method in one run that way)::
+
+    sec = seconds_per_image(lambda d: bl.anomaly_maps("dal", model, d, ctx.device), renji, n=16)
+
 ``clock`` is :func:`time.perf_counter` unless a caller passes another.
 """
 
@@ -73,3 +78,18 @@ def grouped_mc_maps(model: torch.nn.Module, d: SliceData, k: int, mask_ratio: fl
     maps = GroupedMaps(mean=torch.cat([r.mean for r, _ in parts]), eu=torch.cat([r.eu for r, _ in parts]),
                        n_passes=sum(r.n_passes for r, _ in parts))
     return maps, np.array([sec for _, sec in parts])
+
+
+def seconds_per_image(fn: Callable[[SliceData], Any], data: SliceData, n: int = 16, n_warm: int = 2,
+                      clock: Clock = time.perf_counter) -> float:
+    """Seconds per image of ``fn`` on the first ``n`` slices of ``data`` (fewer when it is
+    smaller), after one warm-up call on its first ``n_warm`` slices (not timed)."""
+    if n < 1 or n_warm < 1:
+        raise ValueError(f"n and n_warm must be >= 1, got {n} and {n_warm}")
+    if len(data) == 0:
+        raise ValueError("seconds_per_image: no slices to time")
+    fn(data.subset(np.arange(min(n_warm, len(data)))))
+    timed = data.subset(np.arange(min(n, len(data))))
+    t0 = clock()
+    fn(timed)
+    return (clock() - t0) / len(timed)
