@@ -22,6 +22,9 @@ import inspect
 import textwrap
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import torch
+
 __all__ = ["source_markdown", "show_source", "check_fill_in", "NOT_FILLED", "MATCHES"]
 
 NOT_FILLED = "not filled in yet"
@@ -88,33 +91,31 @@ def _unfilled(value: Any) -> bool:
 
 def check_fill_in(mine: Callable[..., Any], reference: Callable[..., Any], *args: Any,
                   name: str | None = None, rtol: float | None = None, atol: float | None = None,
-                  **kwargs: Any) -> bool:
+                  **kwargs: Any) -> None:
     """Call ``mine(*args, **kwargs)`` and ``reference(*args, **kwargs)`` and compare them.
 
     Results may be tensors, arrays or tuples of them (compared element-wise with
     ``torch.testing.assert_close``, NaN equal to NaN; ``rtol``/``atol`` as there). Prints one
-    line and returns ``True`` when they agree. Never raises for the reader's code: a result
-    that is (or holds) ``...``, or a ``TypeError`` on ``...``, prints "not filled in yet"; any
-    other error of ``mine`` and any mismatch print what went wrong, and return ``False``.
+    line, :data:`MATCHES` when they agree, and returns nothing (a notebook cell shows only the
+    line). Never raises for the reader's code: a result that is (or holds) ``...``, or a
+    ``TypeError`` on ``...``, prints :data:`NOT_FILLED`; any other error of ``mine`` and any
+    mismatch print what went wrong.
     """
-    import numpy as np
-    import torch
-
     label = name or getattr(mine, "__name__", "your function")
     try:
         got = mine(*args, **kwargs)
     except TypeError as exc:
         if "ellipsis" in str(exc).lower():
-            print(f"{label}: {NOT_FILLED} (replace the `...` and run this cell again)")
-            return False
+            print(f"{label}: {NOT_FILLED} (replace the `...`)")
+            return None
         print(f"{label} raised TypeError: {exc}")
-        return False
+        return None
     except Exception as exc:  # the reader's code: report, do not break the page
         print(f"{label} raised {type(exc).__name__}: {exc}")
-        return False
+        return None
     if _unfilled(got):
-        print(f"{label}: {NOT_FILLED} (replace the `...` and run this cell again)")
-        return False
+        print(f"{label}: {NOT_FILLED} (replace the `...`)")
+        return None
     want = reference(*args, **kwargs)
     if (rtol is None) != (atol is None):  # assert_close takes both or neither
         rtol, atol = rtol or 0.0, atol or 0.0
@@ -122,9 +123,9 @@ def check_fill_in(mine: Callable[..., Any], reference: Callable[..., Any], *args
     def as_t(v: Any) -> Any:
         if isinstance(v, (tuple, list)):
             return tuple(as_t(x) for x in v)
-        if isinstance(v, torch.Tensor):
-            return v.detach().cpu().double()
-        return torch.as_tensor(np.asarray(v, dtype=np.float64))
+        if isinstance(v, torch.Tensor):  # dtypes kept: float32 results get float32 tolerances
+            return v.detach().cpu()
+        return torch.as_tensor(np.asarray(v))
 
     try:
         torch.testing.assert_close(as_t(got), as_t(want), rtol=rtol, atol=atol, equal_nan=True,
@@ -132,6 +133,6 @@ def check_fill_in(mine: Callable[..., Any], reference: Callable[..., Any], *args
     except (AssertionError, TypeError, ValueError, RuntimeError) as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), str(exc))
         print(f"{label}: not the same as the package's yet: {first}")
-        return False
+        return None
     print(f"{label} {MATCHES}.")
-    return True
+    return None
