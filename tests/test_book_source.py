@@ -28,7 +28,7 @@ def test_source_markdown_line_range_and_bad_input():
     md = source_markdown(eu_mask_probabilities, lines=(1, 3))
     code = md.split("```python\n")[1].split("```")[0]
     assert code == "\n".join(src[:3]) + "\n"
-    assert "part: lines 1-3 of its" in md
+    assert "(its lines 1-3 of " in md
     with pytest.raises(ValueError, match="outside"):
         source_markdown(eu_mask_probabilities, lines=(0, 3))
     with pytest.raises(ValueError, match="outside"):

@@ -69,8 +69,8 @@ def source_markdown(obj: Any, lines: Sequence[int] | None = None) -> str:
     name = getattr(obj, "__qualname__", getattr(obj, "__name__", ""))
     first_last = f"line {first}" if len(shown) == 1 else f"lines {first}-{first + len(shown) - 1}"
     what = f"`{module}.{name}`" if name and name != module else f"`{module}`"
-    part = "" if lines is None else f" (part: lines {lines[0]}-{lines[1]} of its {n})"
-    head = f"{what}{part}, {first_last} of `{module.replace('.', '/')}.py`:"
+    part = "" if lines is None else f" (its lines {lines[0]}-{lines[1]} of {n})"
+    head = f"{what}, {first_last} of `{module.replace('.', '/')}.py`{part}:"
     return f"{head}\n\n{fence}python\n{code}\n{fence}\n"
 
 
