@@ -406,3 +406,68 @@ def test_math_is_served_from_the_book_and_renders_offline(tmp_path):
                           (book / "_build" / "html" / "index.html").as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert "mjx-container" in dom.stdout, dom.stderr[-1000:]
+
+
+def _with_checks(md, outputs):
+    """An executed notebook: ``x = 2``, the exercise markdown ``md``, and one solution check
+    per entry of ``outputs`` (its output list), as `with_solutions` appends and papermill runs."""
+    from u2ad_core.book.build import SOLUTION_TAG
+
+    cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(md)]
+    for i, outs in enumerate(outputs, 1):
+        c = nbformat.v4.new_code_cell(f"# solution check {i} of {len(outputs)}")
+        c.metadata["tags"] = ["remove-cell", SOLUTION_TAG]
+        c.outputs = outs
+        cells.append(c)
+    return cells
+
+
+def test_staging_writes_each_solutions_output_into_its_dropdown(tmp_path):
+    from u2ad_core.book.build import SOLUTION_TAG, solution_blocks
+
+    md = EXERCISES_MD.split("2. Fail")[0]
+    stdout = nbformat.v4.new_output("stream", name="stdout", text="solution 4\n")
+    stderr = nbformat.v4.new_output("stream", name="stderr", text="UserWarning: noise\n")
+    figure = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"})
+    table = nbformat.v4.new_output("execute_result", data={"text/plain": "   a\n0  1"}, execution_count=3)
+    staged = _staged(tmp_path, "01_x.ipynb", _with_checks(md, [[], [stdout, stderr, figure, table]]), {})
+    assert not [c for c in staged.cells if SOLUTION_TAG in c.metadata.get("tags", [])]  # checks dropped
+    page = staged.cells[1].source
+    assert solution_blocks(staged) == ["y = x ** 2\nassert y == 4", 'print("solution", y)']  # code untouched
+    first, second = page.split("and print it:")
+    # inside the same dropdown, under each block, indented like it; stderr left out
+    assert "   Output in this build:\n   ```text\n   (prints nothing)\n   ```" in first
+    assert ("   Output in this build:\n   ```text\n   solution 4\n   (draws a figure)\n      a\n   0  1\n   ```\n"
+            "   ````") in second
+    assert "UserWarning" not in page and "Output in this build" not in page.split("{dropdown} Solution")[0]
+
+
+def test_staging_without_executed_solutions_leaves_the_page_alone(tmp_path):
+    """cpu builds run no solutions: the exercise markdown is staged exactly as written."""
+    md = EXERCISES_MD.split("2. Fail")[0]
+    staged = _staged(tmp_path, "01_x.ipynb", [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(md)],
+                     {})
+    assert staged.cells[1].source == md
+    # an older executed copy whose checks do not match the blocks: left alone too
+    stdout = nbformat.v4.new_output("stream", name="stdout", text="solution 4\n")
+    staged = _staged(tmp_path, "02_x.ipynb", _with_checks(md, [[stdout]]), {})
+    assert staged.cells[1].source == md
+
+
+@pytest.mark.slow
+def test_executed_solutions_show_their_output_on_the_staged_page(tmp_path):
+    """The real path: with_solutions, papermill, staging, on a tiny notebook fixture."""
+    from u2ad_core.book.build import STAGE_DIR, _stage, execute_notebook, with_solutions
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(EXERCISES_MD.split("2. Fail")[0])]
+    src = tmp_path / "01_tiny.ipynb"
+    nbformat.write(nb, src)
+    run_src = tmp_path / "with" / src.name
+    assert with_solutions(src, run_src) == 2
+    execute_notebook(run_src, tmp_path / "exec" / src.name, {}, cwd=tmp_path)
+    _stage([tmp_path / "exec" / src.name], tmp_path)
+    page = nbformat.read(tmp_path / STAGE_DIR / src.name, as_version=4).cells[1].source
+    assert "   Output in this build:\n   ```text\n   solution 4\n   ```" in page

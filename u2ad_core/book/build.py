@@ -18,7 +18,9 @@ Exercise solutions cannot rot: the code of every solution (a fenced ``python`` b
 ``{dropdown} Solution`` block of a markdown cell, see :func:`solution_blocks`) is appended to
 the notebook as hidden cells and executed when the book is built with solutions (the default
 for the ``smoke`` preset, which ``make test`` builds; ``--solutions`` / ``--no-solutions``).
-The page shows the solutions as collapsible blocks either way.
+The page shows the solutions as collapsible blocks either way; when they ran, staging writes
+what each printed into its own block, under "Output in this build:"
+(:func:`with_solution_outputs`), so a reader of that build sees what the solution gives.
 
 Rebuilds are cheap: a notebook is not executed again when its executed copy carries the same
 *build key* (:func:`build_key`: the notebook's source, the code cells of the notebooks before
@@ -57,7 +59,8 @@ from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
 from u2ad_core.data.datasets import prepare_all
 
 __all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "build_key",
-           "solution_blocks", "with_solutions", "write_run_times", "repository", "launch_links", "set_repository",
+           "solution_blocks", "with_solutions", "solution_output_text", "with_solution_outputs", "write_run_times",
+           "repository", "launch_links", "set_repository",
            "COLAB_CELL", "cli_register"]
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
@@ -126,37 +129,113 @@ _PY_OPEN = re.compile(r"^\s*(`{3,})(python|ipython3?)\s*$")
 SOLUTION_TAG = "u2ad-solution-check"
 
 
+def _solution_spans(source: str) -> list[tuple[int, str]]:
+    """``(index of the closing fence line, dedented code)`` of every fenced ``python`` block
+    inside a ``{dropdown} Solution`` block of one markdown cell's source, in order."""
+    spans: list[tuple[int, str]] = []
+    fence, code, code_fence = None, None, None
+    for n, line in enumerate(source.splitlines()):
+        if fence is None:
+            m = _SOLUTION_OPEN.match(line)
+            if m:
+                fence = m.group(1)
+            continue
+        if code is not None:
+            if line.strip() == code_fence:
+                spans.append((n, textwrap.dedent("\n".join(code)).strip("\n")))
+                code, code_fence = None, None
+            else:
+                code.append(line)
+            continue
+        m = _PY_OPEN.match(line)
+        if m:
+            code, code_fence = [], m.group(1)
+        elif line.strip() == fence:
+            fence = None
+    return spans
+
+
 def solution_blocks(nb: Any) -> list[str]:
     """The code of the exercise solutions of a notebook (nbformat node), in page order.
 
     A solution is a ``{dropdown} Solution`` block (backtick or colon fence) in a markdown cell;
     every fenced ``python`` block inside it is code that runs after the notebook's own cells.
     """
+    return [code for cell in nb.cells if cell.cell_type == "markdown" for _, code in _solution_spans(cell.source)]
 
-    blocks: list[str] = []
+
+OUTPUT_LINES = 60
+"""At most this many lines of a solution's output go onto the page (then a note of the rest)."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def solution_output_text(cell: Any) -> str:
+    """What an executed solution cell shows, as plain text ('' when it shows nothing).
+
+    Standard output and errors' names, ``text/markdown`` (else ``text/plain``) of results and
+    displays, and "(draws a figure)" for an image; standard error (warnings, progress bars)
+    is left out. Capped at :data:`OUTPUT_LINES` lines.
+    """
+    parts: list[str] = []
+    for o in cell.get("outputs", []):
+        kind = o.get("output_type")
+        if kind == "stream":
+            if o.get("name") == "stdout":
+                parts.append(o.get("text", ""))
+        elif kind in ("execute_result", "display_data"):
+            data = o.get("data", {})
+            if any(k.startswith("image/") for k in data):
+                parts.append("(draws a figure)\n")
+            elif "text/markdown" in data:
+                parts.append(str(data["text/markdown"]).rstrip("\n") + "\n")
+            elif "text/plain" in data:
+                parts.append(str(data["text/plain"]).rstrip("\n") + "\n")
+        elif kind == "error":
+            parts.append(f"{o.get('ename', 'Error')}: {o.get('evalue', '')}\n")
+    lines = _ANSI.sub("", "".join(parts)).replace("\r\n", "\n").rstrip().splitlines()
+    if len(lines) > OUTPUT_LINES:
+        lines = lines[:OUTPUT_LINES] + [f"... ({len(lines) - OUTPUT_LINES} more lines)"]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def with_solution_outputs(nb: Any) -> int:
+    """Write each executed solution's output into its own dropdown (in place); return how many.
+
+    ``nb`` is an executed notebook whose solution checks (cells tagged :data:`SOLUTION_TAG`,
+    appended by :func:`with_solutions`) ran: under each solution's python block, inside the
+    same dropdown, "Output in this build:" and a ``text`` block with
+    :func:`solution_output_text`. Nothing changes when the notebook has no executed checks or
+    their number differs from the solution blocks (an older executed copy).
+    """
+    checks = [c for c in nb.cells if SOLUTION_TAG in c.get("metadata", {}).get("tags", [])]
+    if not checks or len(checks) != len(solution_blocks(nb)):
+        return 0
+    texts = iter([solution_output_text(c) for c in checks])
+    n_written = 0
     for cell in nb.cells:
         if cell.cell_type != "markdown":
             continue
-        fence, code, code_fence = None, None, None
-        for line in cell.source.splitlines():
-            if fence is None:
-                m = _SOLUTION_OPEN.match(line)
-                if m:
-                    fence = m.group(1)
-                continue
-            if code is not None:
-                if line.strip() == code_fence:
-                    blocks.append(textwrap.dedent("\n".join(code)).strip("\n"))
-                    code, code_fence = None, None
-                else:
-                    code.append(line)
-                continue
-            m = _PY_OPEN.match(line)
-            if m:
-                code, code_fence = [], m.group(1)
-            elif line.strip() == fence:
-                fence = None
-    return blocks
+        spans = _solution_spans(cell.source)
+        if not spans:
+            continue
+        lines = cell.source.splitlines()
+        after = {}
+        for close, _ in spans:
+            text = next(texts)
+            indent = re.match(r"\s*", lines[close]).group(0)
+            body = text if text else "(prints nothing)"
+            fence = "```"
+            while fence in body:
+                fence += "`"
+            after[close] = ["", f"{indent}Output in this build:", f"{indent}{fence}text"] \
+                + [f"{indent}{ln}" if ln else "" for ln in body.splitlines()] + [f"{indent}{fence}"]
+            n_written += 1
+        out: list[str] = []
+        for n, line in enumerate(lines):
+            out.append(line)
+            out.extend(after.get(n, []))
+        cell.source = "\n".join(out)
+    return n_written
 
 
 def with_solutions(src: Path, out: Path) -> int:
@@ -343,6 +422,7 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
         # parameters cell of a downloaded copy: readers get neither; the solution checks are
         # shown on the page as the exercises' dropdowns already
         book_nb = nbformat.read(nb, as_version=4)
+        with_solution_outputs(book_nb)  # what each executed solution printed, in its dropdown
         book_nb.cells = [c for c in book_nb.cells if not {"injected-parameters", SOLUTION_TAG}
                          & set(c.get("metadata", {}).get("tags", []))]
         links = launch_links(url, branch, nb.name)
