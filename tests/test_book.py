@@ -255,7 +255,7 @@ EXERCISES_MD = """## Exercises
 
 
 def test_solution_blocks_are_found_in_dropdowns_only():
-    from u2ad_core.book.build import solution_blocks
+    from u2ad_core.book.solutions import solution_blocks
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(EXERCISES_MD)]
@@ -411,7 +411,7 @@ def test_math_is_served_from_the_book_and_renders_offline(tmp_path):
 def _with_checks(md, outputs):
     """An executed notebook: ``x = 2``, the exercise markdown ``md``, and one solution check
     per entry of ``outputs`` (its output list), as `with_solutions` appends and papermill runs."""
-    from u2ad_core.book.build import SOLUTION_TAG
+    from u2ad_core.book.solutions import SOLUTION_TAG
 
     cells = [nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_markdown_cell(md)]
     for i, outs in enumerate(outputs, 1):
@@ -423,7 +423,7 @@ def _with_checks(md, outputs):
 
 
 def test_staging_writes_each_solutions_output_into_its_dropdown(tmp_path):
-    from u2ad_core.book.build import SOLUTION_TAG, solution_blocks
+    from u2ad_core.book.solutions import SOLUTION_TAG, solution_blocks
 
     md = EXERCISES_MD.split("2. Fail")[0]
     stdout = nbformat.v4.new_output("stream", name="stdout", text="solution 4\n")
@@ -457,7 +457,8 @@ def test_staging_without_executed_solutions_leaves_the_page_alone(tmp_path):
 @pytest.mark.slow
 def test_executed_solutions_show_their_output_on_the_staged_page(tmp_path):
     """The real path: with_solutions, papermill, staging, on a tiny notebook fixture."""
-    from u2ad_core.book.build import STAGE_DIR, _stage, execute_notebook, with_solutions
+    from u2ad_core.book.build import STAGE_DIR, _stage, execute_notebook
+    from u2ad_core.book.solutions import with_solutions
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -249,3 +249,18 @@ def test_scheduler_from_the_environment(monkeypatch):
         monkeypatch.setenv(S.SCHEDULER_ENV, cluster.scheduler_address)
         with S._client(None, None, 1) as client:
             assert client.scheduler.address == cluster.scheduler_address
+
+
+def test_children_started_for_a_sweep_do_not_write_onto_the_page(capfd):
+    """Workers (and the point kernels they start) inherit stderr; inside a notebook it would be
+    captured onto the page: their stderr goes to /dev/null, the caller's own comes back after."""
+    import subprocess
+    import sys
+
+    from u2ad_core.book import sweep as S
+
+    with S._stderr_of_children_to_devnull():
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child noise')"], check=True)
+    subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('after')"], check=True)
+    err = capfd.readouterr().err
+    assert "child noise" not in err and "after" in err

@@ -14,13 +14,9 @@
    its parameters cell shows), ``book/generated/run_times.md`` gets the table of run times, and
    ``jupyter-book build -W`` (warnings are errors) writes ``<path-output>/_build/html``.
 
-Exercise solutions cannot rot: the code of every solution (a fenced ``python`` block inside a
-``{dropdown} Solution`` block of a markdown cell, see :func:`solution_blocks`) is appended to
-the notebook as hidden cells and executed when the book is built with solutions (the default
-for the ``smoke`` preset, which ``make test`` builds; ``--solutions`` / ``--no-solutions``).
-The page shows the solutions as collapsible blocks either way; when they ran, staging writes
-what each printed into its own block, under "Output in this build:"
-(:func:`with_solution_outputs`), so a reader of that build sees what the solution gives.
+Exercise solutions cannot rot: with solutions on (the default for the ``smoke`` preset, which
+``make test`` builds; ``--solutions`` / ``--no-solutions``) the code of every solution is executed
+after its notebook and its output shown in its dropdown (:mod:`u2ad_core.book.solutions`).
 
 Rebuilds are cheap: a notebook is not executed again when its executed copy carries the same
 *build key* (:func:`build_key`: the notebook's source, the code cells of the notebooks before
@@ -43,7 +39,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +49,13 @@ import yaml
 from u2ad_core.book.reading import SECONDS_PER_FIGURE, WORDS_PER_MINUTE, reading_stats
 from u2ad_core.core.context import package_digest as _package_digest
 from u2ad_core.core.context import repo_root
+from u2ad_core.book.solutions import SOLUTION_TAG, with_solution_outputs, with_solutions
 from u2ad_core.core.presets import get_preset, publish_overrides
 from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
 from u2ad_core.data.datasets import prepare_all
 
 __all__ = ["NotebookFailed", "BookResult", "find_notebooks", "execute_notebook", "build_book", "build_key",
-           "solution_blocks", "with_solutions", "solution_output_text", "with_solution_outputs", "write_run_times",
+           "write_run_times",
            "repository", "launch_links", "set_repository",
            "COLAB_CELL", "cli_register"]
 
@@ -124,136 +120,6 @@ def find_notebooks(root: Path, selection: Sequence[str] | None = None) -> list[P
     return chosen
 
 
-_SOLUTION_OPEN = re.compile(r"^\s*(`{3,}|:{3,})\{dropdown\}\s*Solution")
-_PY_OPEN = re.compile(r"^\s*(`{3,})(python|ipython3?)\s*$")
-SOLUTION_TAG = "u2ad-solution-check"
-
-
-def _solution_spans(source: str) -> list[tuple[int, str]]:
-    """``(index of the closing fence line, dedented code)`` of every fenced ``python`` block
-    inside a ``{dropdown} Solution`` block of one markdown cell's source, in order."""
-    spans: list[tuple[int, str]] = []
-    fence, code, code_fence = None, None, None
-    for n, line in enumerate(source.splitlines()):
-        if fence is None:
-            m = _SOLUTION_OPEN.match(line)
-            if m:
-                fence = m.group(1)
-            continue
-        if code is not None:
-            if line.strip() == code_fence:
-                spans.append((n, textwrap.dedent("\n".join(code)).strip("\n")))
-                code, code_fence = None, None
-            else:
-                code.append(line)
-            continue
-        m = _PY_OPEN.match(line)
-        if m:
-            code, code_fence = [], m.group(1)
-        elif line.strip() == fence:
-            fence = None
-    return spans
-
-
-def solution_blocks(nb: Any) -> list[str]:
-    """The code of the exercise solutions of a notebook (nbformat node), in page order.
-
-    A solution is a ``{dropdown} Solution`` block (backtick or colon fence) in a markdown cell;
-    every fenced ``python`` block inside it is code that runs after the notebook's own cells.
-    """
-    return [code for cell in nb.cells if cell.cell_type == "markdown" for _, code in _solution_spans(cell.source)]
-
-
-OUTPUT_LINES = 60
-"""At most this many lines of a solution's output go onto the page (then a note of the rest)."""
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def solution_output_text(cell: Any) -> str:
-    """What an executed solution cell shows, as plain text ('' when it shows nothing).
-
-    Standard output and errors' names, ``text/markdown`` (else ``text/plain``) of results and
-    displays, and "(draws a figure)" for an image; standard error (warnings, progress bars)
-    is left out. Capped at :data:`OUTPUT_LINES` lines.
-    """
-    parts: list[str] = []
-    for o in cell.get("outputs", []):
-        kind = o.get("output_type")
-        if kind == "stream":
-            if o.get("name") == "stdout":
-                parts.append(o.get("text", ""))
-        elif kind in ("execute_result", "display_data"):
-            data = o.get("data", {})
-            if any(k.startswith("image/") for k in data):
-                parts.append("(draws a figure)\n")
-            elif "text/markdown" in data:
-                parts.append(str(data["text/markdown"]).rstrip("\n") + "\n")
-            elif "text/plain" in data:
-                parts.append(str(data["text/plain"]).rstrip("\n") + "\n")
-        elif kind == "error":
-            parts.append(f"{o.get('ename', 'Error')}: {o.get('evalue', '')}\n")
-    lines = _ANSI.sub("", "".join(parts)).replace("\r\n", "\n").rstrip().splitlines()
-    if len(lines) > OUTPUT_LINES:
-        lines = lines[:OUTPUT_LINES] + [f"... ({len(lines) - OUTPUT_LINES} more lines)"]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def with_solution_outputs(nb: Any) -> int:
-    """Write each executed solution's output into its own dropdown (in place); return how many.
-
-    ``nb`` is an executed notebook whose solution checks (cells tagged :data:`SOLUTION_TAG`,
-    appended by :func:`with_solutions`) ran: under each solution's python block, inside the
-    same dropdown, "Output in this build:" and a ``text`` block with
-    :func:`solution_output_text`. Nothing changes when the notebook has no executed checks or
-    their number differs from the solution blocks (an older executed copy).
-    """
-    checks = [c for c in nb.cells if SOLUTION_TAG in c.get("metadata", {}).get("tags", [])]
-    if not checks or len(checks) != len(solution_blocks(nb)):
-        return 0
-    texts = iter([solution_output_text(c) for c in checks])
-    n_written = 0
-    for cell in nb.cells:
-        if cell.cell_type != "markdown":
-            continue
-        spans = _solution_spans(cell.source)
-        if not spans:
-            continue
-        lines = cell.source.splitlines()
-        after = {}
-        for close, _ in spans:
-            text = next(texts)
-            indent = re.match(r"\s*", lines[close]).group(0)
-            body = text if text else "(prints nothing)"
-            fence = "```"
-            while fence in body:
-                fence += "`"
-            after[close] = ["", f"{indent}Output in this build:", f"{indent}{fence}text"] \
-                + [f"{indent}{ln}" if ln else "" for ln in body.splitlines()] + [f"{indent}{fence}"]
-            n_written += 1
-        out: list[str] = []
-        for n, line in enumerate(lines):
-            out.append(line)
-            out.extend(after.get(n, []))
-        cell.source = "\n".join(out)
-    return n_written
-
-
-def with_solutions(src: Path, out: Path) -> int:
-    """Write ``src`` plus one hidden code cell per solution block to ``out``; return their number."""
-    import nbformat  # here, not at the top: ~0.9 s to import, and every u2ad command imports this module
-
-    nb = nbformat.read(src, as_version=4)
-    blocks = solution_blocks(nb)
-    for i, code in enumerate(blocks, 1):
-        cell = nbformat.v4.new_code_cell(f"# solution check {i} of {len(blocks)} ({src.name})\n{code}")
-        cell.metadata["tags"] = ["remove-cell", SOLUTION_TAG]
-        nb.cells.append(cell)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, suffix=".ipynb") as tmp:
-        nbformat.write(nb, str(tmp))
-    return len(blocks)
-
-
 def _code_cells(nb_path: Path) -> list[str]:
     """The sources of a notebook's code cells (what can change what later notebooks read)."""
     cells = json.loads(Path(nb_path).read_text(encoding="utf-8")).get("cells", [])
@@ -291,7 +157,7 @@ def _current_copy(out: Path, key: str) -> dict[str, Any] | None:
 def write_run_times(root: Path, executed: Sequence[Path]) -> Path:
     """``book/generated/run_times.md``: one row per executed copy (its title, preset, device and
     the seconds its own run took, from the run header), written atomically."""
-    import nbformat  # here: see with_solutions
+    import nbformat  # here: ~0.9 s to import, and every u2ad command imports this module
 
     rows = []
     for nb_path in executed:
@@ -347,7 +213,7 @@ def _run_header(preset: str, seed: int, device: str, seconds: float, preset_hash
 
 
 def _add_header(nb_path: Path, text: str, meta: dict[str, Any]) -> None:
-    import nbformat  # here: see with_solutions
+    import nbformat  # here: ~0.9 s to import, and every u2ad command imports this module
 
     nb = nbformat.read(nb_path, as_version=4)
     r = reading_stats(nb)
@@ -413,7 +279,7 @@ def _stage(executed: Sequence[Path], root: Path) -> None:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    import nbformat  # here: see with_solutions
+    import nbformat  # here: ~0.9 s to import, and every u2ad command imports this module
 
     url, branch = repository(root) if (root / "_config.yml").is_file() else ("", "main")
 
@@ -487,7 +353,7 @@ def launch_links(url: str, branch: str, notebook: str) -> str | None:
 def set_repository(root: Path, url: str, branch: str | None = None) -> list[Path]:
     """Write ``url`` (and ``branch``) into ``_config.yml`` and every numbered notebook's Colab
     cell; return the files changed. ``url`` must be empty or an ``https://`` URL."""
-    import nbformat  # here: see with_solutions
+    import nbformat  # here: ~0.9 s to import, and every u2ad command imports this module
 
     root = Path(root)
     url = url.strip().rstrip("/")

@@ -386,6 +386,25 @@ class SweepResult:
 
 
 @contextmanager
+def _stderr_of_children_to_devnull() -> Iterator[None]:
+    """Processes started inside this block write their stderr to /dev/null.
+
+    The workers of a LocalCluster, and the kernels they start for each point, inherit the file
+    descriptor 2 of the process that starts them; inside a notebook kernel that descriptor is
+    captured onto the page, where a point kernel's shutdown message ("KeyboardInterrupt caught in
+    kernel") would be printed. A failing point still reports through its future (``failed``).
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextmanager
 def _client(workers: int | None, scheduler: Any, n_tasks: int) -> Iterator[Any]:
     """A Dask client: a new LocalCluster (closed after) or one attached to ``scheduler``."""
 
@@ -397,8 +416,9 @@ def _client(workers: int | None, scheduler: Any, n_tasks: int) -> Iterator[Any]:
         if n < 1:
             raise ValueError(f"sweep: workers must be >= 1, got {workers}")
         n = max(1, min(n, n_tasks))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        with _stderr_of_children_to_devnull():
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
         try:
             yield client
