@@ -22,7 +22,6 @@ replaces it (a chapter executed again overwrites its own findings).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from u2ad_core.core.runtime import atomic_write_json
+from u2ad_core.book.results import read_keyed, update_keyed
 
 __all__ = ["FINDINGS_FILE", "TOPICS", "record_finding", "read_findings", "topic_table", "beats"]
 
@@ -53,18 +52,8 @@ def beats(verdict: str, other: str) -> str:
     return {"better": "yes", "worse": f"no: {other} is better"}.get(verdict, verdict)
 
 
-def _file(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / FINDINGS_FILE
-
-
 def _load(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    f = _file(run_dir)
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{f}: not a valid findings file ({exc}); delete it and rebuild the book") from exc
+    return read_keyed(Path(run_dir) / FINDINGS_FILE, "findings")
 
 
 def record_finding(run_dir: str | os.PathLike, key: str, *, topic: str, question: str, answer: str,
@@ -83,10 +72,9 @@ def record_finding(run_dir: str | os.PathLike, key: str, *, topic: str, question
     for name, v in (("question", question), ("answer", answer), ("evidence", evidence), ("chapter", chapter)):
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"finding {key}: {name} must be non-empty text")
-    table = _load(run_dir)
-    table[key] = {"topic": topic, "question": question.strip(), "answer": answer.strip(),
-                  "evidence": evidence.strip(), "chapter": chapter}
-    atomic_write_json(_file(run_dir), table)
+    entry = {"topic": topic, "question": question.strip(), "answer": answer.strip(), "evidence": evidence.strip(),
+             "chapter": chapter}
+    update_keyed(Path(run_dir) / FINDINGS_FILE, key, entry, "findings")
 
 
 def read_findings(run_dir: str | os.PathLike) -> pd.DataFrame:

@@ -21,13 +21,12 @@ atomically; a later record of the same name replaces the earlier one.
 from __future__ import annotations
 
 import html as htmllib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from u2ad_core.core.runtime import atomic_write_json
+from u2ad_core.book.results import read_keyed, update_keyed
 from u2ad_core.metrics.verdicts import significant
 
 __all__ = ["QUANTITIES_FILE", "QUANTITY_CLASS", "record_quantity", "read_quantity", "show_quantity",
@@ -39,18 +38,8 @@ _NAME = re.compile(r"^[a-z0-9_]+$")
 _SPAN = re.compile(r'<span class="' + QUANTITY_CLASS + r'" data-quantity="([a-z0-9_]+)">(.*?)</span>', re.S)
 
 
-def _file(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / QUANTITIES_FILE
-
-
 def _load(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    f = _file(run_dir)
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{f}: not a valid quantities file ({exc}); delete it and rebuild the book") from exc
+    return read_keyed(Path(run_dir) / QUANTITIES_FILE, "quantities")
 
 
 def record_quantity(run_dir: str | os.PathLike, name: str, value: float | int | str, unit: str = "",
@@ -66,9 +55,8 @@ def record_quantity(run_dir: str | os.PathLike, name: str, value: float | int | 
         raise TypeError(f"quantity {name}: value must be a number or text, got {type(value).__name__}")
     number = value if isinstance(value, str) else (str(value) if isinstance(value, int) else significant(value, digits))
     text = f"{number} {unit}".strip() if unit and unit != "%" else f"{number}{unit}"
-    table = _load(run_dir)
-    table[name] = {"value": value, "unit": unit, "text": text, "source": source}
-    atomic_write_json(_file(run_dir), table)
+    update_keyed(Path(run_dir) / QUANTITIES_FILE, name, {"value": value, "unit": unit, "text": text, "source": source},
+                 "quantities")
     return text
 
 
@@ -77,7 +65,7 @@ def read_quantity(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
     table = _load(run_dir)
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
-        raise KeyError(f"no quantity {name!r} in {_file(run_dir)} (recorded: {known}): the notebook that "
+        raise KeyError(f"no quantity {name!r} in {Path(run_dir) / QUANTITIES_FILE} (recorded: {known}): the notebook that "
                        "measures it has not run in this build")
     return table[name]
 

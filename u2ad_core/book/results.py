@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping
 
 from u2ad_core.core.runtime import atomic_write_text
 
-__all__ = ["FORMAT", "SUFFIX", "SWEEP_ENV", "results_path", "write_results", "read_results", "find_results"]
+__all__ = ["FORMAT", "SUFFIX", "SWEEP_ENV", "results_path", "write_results", "read_results", "find_results",
+           "read_keyed", "update_keyed"]
 
 FORMAT = "u2ad-results/1"
 SUFFIX = ".results.json"
@@ -115,3 +116,24 @@ def find_results(folder: str | os.PathLike) -> dict[str, Path]:
     if not d.is_dir():
         return {}
     return {p.name[: -len(SUFFIX)]: p for p in sorted(d.glob(f"*{SUFFIX}"))}
+
+
+def read_keyed(path: str | os.PathLike, what: str) -> dict[str, dict[str, Any]]:
+    """A build-wide keyed JSON file (``{key: {...}}``, e.g. ``quantities.json``); ``{}`` when absent.
+
+    what: the file's role, for the error when it does not parse ("quantities", "findings").
+    """
+    f = Path(path)
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{f}: not a valid {what} file ({exc}); delete it and rebuild the book") from exc
+
+
+def update_keyed(path: str | os.PathLike, key: str, value: Mapping[str, Any], what: str) -> None:
+    """Set ``key`` of a keyed JSON file to ``value`` (replacing it), written atomically."""
+    table = read_keyed(path, what)
+    table[key] = _jsonable(dict(value))
+    atomic_write_text(path, json.dumps(table, indent=2, sort_keys=True) + "\n")
