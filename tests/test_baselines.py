@@ -289,7 +289,7 @@ def test_versus_anatomy_words_follow_numbers():
     cmp = morph.compare_with_anatomy(rows)
     assert list(cmp["verdict"]) == ["beats anatomy", "no clear difference"]
     text = morph.anatomy_sentence(cmp, "a")
-    assert "0.620 ± 0.100" in text and "1 beat anatomy (S3 U2AD (+0.280))" in text and "0 are below" in text
+    assert "0.620 ± 0.10" in text and "1 beat anatomy (S3 U2AD (+0.280))" in text and "0 are below" in text
     with pytest.raises(ValueError, match="rows of"):
         morph.compare_with_anatomy(rows[rows["model"] != morph.LABEL])
 

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from u2ad_core.metrics import compare
+from u2ad_core.metrics import compare, format_mean_std
 
 from .common import Method
 
@@ -193,7 +193,7 @@ def anatomy_sentence(cmp: pd.DataFrame, cohort: str, max_names: int = 6) -> str:
         return f"{head} ({names})"
 
     text = (f"On `{cohort}` the morphology-only score (cord + CSF widths, no intensity) reaches a patient AUROC of "
-            f"**{rm:.3f} ± {rs:.3f}** over the test folds. Of the {len(sub)} other rows, "
+            f"**{format_mean_std(rm, rs)}** over the test folds. Of the {len(sub)} other rows, "
             f"{group('beats anatomy', 'beat anatomy', always=True)}; "
             f"{group('no clear difference', 'show no clear difference')}; "
             f"{group('below anatomy', 'are below it')}")
