@@ -57,7 +57,8 @@ def test_read_record_of_a_plain_png(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (30, 10)).save(tmp_path / "a.png")
-    assert FS.read_record(tmp_path / "a.png") == {"width_px": 30, "dpi": None, "min_font_pt": None}
+    assert FS.read_record(tmp_path / "a.png") == {"width_px": 30, "dpi": None, "min_font_pt": None, "panels": None,
+                                                  "min_panel_px": None, "repeated_colorbars": None}
     with pytest.raises(ValueError, match="not a PNG"):
         FS.read_record(b"GIF89a")
 
@@ -110,5 +111,89 @@ def test_browser_measures_the_shown_width(tmp_path):
     page = root / "book" / "notebooks" / "01.html"
     page.write_text('<html><body><img src="../../_images/a.png" style="width:150px"></body></html>')
     problems, n = SC.browser_check(root, browser)
-    assert n == 2 and len(problems) == 1 and "shown 150 px wide" in problems[0], problems
+    # its text and its one panel are both judged at the 150 px the browser shows it
+    assert n == 2 and len(problems) == 2 and "shown 150 px wide" in problems[0], problems
+    assert "panel(s) is 129 px wide as shown" in problems[1]
+    plt.close(fig)
+
+
+def _maps(n: int, width_in: float, shared: bool, height_in: float = 4.2):
+    """``n`` tall images (a sagittal slice's 3:1 shape) in one row, each with its own colour bar or one shared."""
+    import numpy as np
+
+    img = np.linspace(0, 1, 192 * 64).reshape(192, 64)
+    fig, axes = plt.subplots(1, n, figsize=(width_in, height_in), dpi=FS.BOOK_DPI, layout="constrained", squeeze=False)
+    for ax in axes[0]:
+        im = ax.imshow(img, cmap="magma", vmin=0, vmax=1)
+        ax.set_axis_off()
+        if not shared:
+            fig.colorbar(im, ax=ax, label="EU")
+    if shared:
+        fig.colorbar(im, ax=axes[0].tolist(), label="EU")
+    return fig
+
+
+def test_panels_are_measured_and_colour_bars_are_not_panels():
+    fig = _maps(5, 6.6, shared=False)
+    rec = FS.read_record(FS.figure_png(fig))
+    assert rec["panels"] == 5 and rec["repeated_colorbars"] == 4
+    assert rec["min_panel_px"] < FS.MIN_PANEL_PX  # five images and five bars in 6.6 in
+    problems = FS.record_problems(rec)
+    assert any("panel(s)" in p for p in problems) and any("colour bar(s) repeat" in p for p in problems)
+    plt.close(fig)
+
+
+def test_three_panels_with_one_colour_bar_pass():
+    fig = _maps(3, 5.4, shared=True, height_in=4.8)  # 3:1 images need the height to be 150 px wide
+    rec = FS.read_record(FS.figure_png(fig))
+    assert rec["panels"] == 3 and rec["repeated_colorbars"] == 0
+    assert FS.record_problems(rec) == []
+    plt.close(fig)
+
+
+def test_different_colour_bars_are_not_repeats():
+    import numpy as np
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6, 3), dpi=FS.BOOK_DPI)
+    fig.colorbar(a.imshow(np.ones((4, 4)), cmap="gray", vmin=0, vmax=1), ax=a, label="intensity")
+    fig.colorbar(b.imshow(np.ones((4, 4)), cmap="magma", vmin=0, vmax=2), ax=b, label="EU")
+    assert FS.repeated_colorbars(fig) == 0
+    plt.close(fig)
+
+
+def test_unused_grid_cells_are_not_panels():
+    fig, axes = plt.subplots(1, 3, figsize=(6, 3), dpi=FS.BOOK_DPI)
+    axes[0].plot([0, 1])
+    axes[1].bar([0, 1], [1, 2])
+    axes[2].set_axis_off()  # an empty cell of a grid
+    FS.figure_png(fig)
+    assert len(FS.panel_widths_px(fig)) == 2
+    plt.close(fig)
+
+
+def test_panel_width_is_judged_as_shown():
+    rec = {"width_px": 1320, "dpi": 120.0, "min_font_pt": 12.0, "panels": 2, "min_panel_px": 280.0,
+           "repeated_colorbars": 0}
+    assert any("140 px wide as shown" in p for p in FS.record_problems(rec))  # halved into the 660-px column
+    assert FS.record_problems(rec, shown_px=1320) == []
+
+
+@pytest.mark.parametrize("shape", [(192, 64), (256, 256), (64, 192)])
+@pytest.mark.parametrize("n, ncols, colorbar", [(1, 3, False), (3, 3, True), (5, 4, True), (8, 5, False)])
+def test_image_grid_panels_pass_the_rule(shape, n, ncols, colorbar):
+    """viz.image_grid sizes any grid of any image shape so that the panel rule holds as the book shows it."""
+    import numpy as np
+
+    from u2ad_core.book import viz
+
+    fig, axes = viz.image_grid(n, ncols, shape, colorbar=colorbar, title_lines=2)
+    assert len(axes) == n
+    for ax in axes:
+        im = ax.imshow(np.zeros(shape), vmin=0, vmax=1)
+        ax.set_title("method\nstrategy")
+    if colorbar:
+        viz.shared_colorbar(fig, im, axes, "EU")
+    rec = FS.read_record(FS.figure_png(fig))
+    assert rec["panels"] == n and rec["width_px"] <= FS.PAGE_IMAGE_PX + 10
+    assert FS.record_problems(rec) == []
     plt.close(fig)

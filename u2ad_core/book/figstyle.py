@@ -19,6 +19,16 @@ A PNG ``N`` pixels wide is shown ``min(N, PAGE_IMAGE_PX)`` CSS pixels wide; one 
 sets the book's rcParams and makes every figure a notebook displays carry a record of its
 smallest font and dpi in the PNG (text chunks ``u2ad:min_font_pt`` and ``u2ad:dpi``), so that
 ``u2ad sitecheck`` can check each image of the built book (:func:`read_record`).
+
+Multi-panel figures follow two more rules, recorded the same way (``u2ad:panels``,
+``u2ad:min_panel_px``, ``u2ad:repeated_colorbars``):
+
+- every panel (an axes that draws something and is not a colour bar) is at least
+  :data:`MIN_PANEL_PX` (150) CSS pixels wide where the reader sees it, i.e. after the page has
+  scaled the image into its column (:func:`panel_widths_px`);
+- colour bars are not repeated: two colour bars with the same colour map, range and label say
+  the same thing twice and take the panels' width; one colour bar shared by the panels does it
+  (``fig.colorbar(im, ax=axes)``; :func:`repeated_colorbars`).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from typing import Any
 
 __all__ = ["BOOK_DPI", "MIN_RENDERED_PT", "PAGE_IMAGE_PX", "BOOK_RC", "min_font_pt", "rendered_pt",
            "max_width_in", "figure_png", "add_png_text", "read_record", "use_book_figures",
-           "record_problems", "notebook_problems"]
+           "record_problems", "notebook_problems", "MIN_PANEL_PX", "panel_widths_px", "repeated_colorbars"]
 
 BOOK_DPI = 120
 MIN_RENDERED_PT = 8.0
@@ -40,7 +50,9 @@ PAGE_IMAGE_PX = 660
 CSS_PX_PER_IN = 96.0
 BOOK_RC = {"figure.dpi": BOOK_DPI, "savefig.dpi": "figure", "font.size": 9.0}
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+MIN_PANEL_PX = 150.0
 KEY_FONT, KEY_DPI = "u2ad:min_font_pt", "u2ad:dpi"
+KEY_PANELS, KEY_PANEL_PX, KEY_CBARS = "u2ad:panels", "u2ad:min_panel_px", "u2ad:repeated_colorbars"
 
 
 def min_font_pt(fig: Any) -> float | None:
@@ -64,6 +76,35 @@ def _shown(t: Any) -> bool:
     except Exception:  # noqa: BLE001 - text without a renderer yet
         return True
     return bb.width > 0 and bb.height > 0
+
+
+def _is_colorbar(ax: Any) -> bool:
+    return getattr(ax, "_colorbar", None) is not None
+
+
+def panel_widths_px(fig: Any) -> list[float]:
+    """Widths (pixels of the figure as drawn at its dpi) of the panels of a drawn figure: its visible
+    axes that draw something (images, lines, collections or patches) and are not colour bars.
+    Axes turned off with nothing drawn (an unused grid cell, a legend holder) are not panels."""
+    return [float(ax.get_window_extent().width) for ax in fig.axes
+            if ax.get_visible() and not _is_colorbar(ax)
+            and (ax.images or ax.lines or ax.collections or ax.patches)]
+
+
+def repeated_colorbars(fig: Any) -> int:
+    """How many colour bars of a drawn figure repeat another one: same colour map, same range
+    (to 3 significant digits), same norm type and same label. 0 when every colour bar says something
+    of its own."""
+    keys = []
+    for ax in fig.axes:
+        cb = getattr(ax, "_colorbar", None)
+        if cb is None or not ax.get_visible():
+            continue
+        lo, hi = cb.norm.vmin, cb.norm.vmax
+        rng = tuple(None if v is None else float(f"{v:.3g}") for v in (lo, hi))
+        label = (ax.get_ylabel() or ax.get_xlabel()).strip()
+        keys.append((getattr(cb.cmap, "name", ""), rng, type(cb.norm).__name__, label))
+    return len(keys) - len(set(keys))
 
 
 def rendered_pt(font_pt: float, dpi: float, width_px: int, shown_px: float | None = None) -> float:
@@ -110,8 +151,12 @@ def read_record(png: bytes | str | Path) -> dict[str, Any]:
         pos += 12 + n
     font = text.get(KEY_FONT)
     dpi = text.get(KEY_DPI)
+    panel_px = text.get(KEY_PANEL_PX)
     return {"width_px": width, "dpi": float(dpi) if dpi else None,
-            "min_font_pt": (float(font) if font not in (None, "none") else None)}
+            "min_font_pt": (float(font) if font not in (None, "none") else None),
+            "panels": int(text[KEY_PANELS]) if KEY_PANELS in text else None,
+            "min_panel_px": float(panel_px) if panel_px not in (None, "none") else None,
+            "repeated_colorbars": int(text[KEY_CBARS]) if KEY_CBARS in text else None}
 
 
 def figure_png(fig: Any, **kwargs: Any) -> bytes | None:
@@ -123,8 +168,12 @@ def figure_png(fig: Any, **kwargs: Any) -> bytes | None:
     png = print_figure(fig, "png", dpi=dpi, **kwargs)
     if not png:
         return png
-    font = min_font_pt(fig)  # after drawing: tick labels exist now
-    return add_png_text(png, {KEY_FONT: "none" if font is None else f"{font:g}", KEY_DPI: f"{dpi:g}"})
+    font = min_font_pt(fig)  # after drawing: tick labels exist now (and axes have their aspect)
+    panels = [w * dpi / fig.dpi for w in panel_widths_px(fig)]
+    return add_png_text(png, {KEY_FONT: "none" if font is None else f"{font:g}", KEY_DPI: f"{dpi:g}",
+                              KEY_PANELS: str(len(panels)),
+                              KEY_PANEL_PX: f"{min(panels):.0f}" if panels else "none",
+                              KEY_CBARS: str(repeated_colorbars(fig))})
 
 
 def use_book_figures() -> bool:
@@ -156,7 +205,8 @@ def use_book_figures() -> bool:
 def record_problems(rec: dict[str, Any], shown_px: float | None = None) -> list[str]:
     """What breaks the book's figure standard in one PNG record (:func:`read_record`): no record,
     dpi below :data:`BOOK_DPI`, smallest text under :data:`MIN_RENDERED_PT` when shown ``shown_px``
-    CSS px wide (default: as the book shows it). Empty when the figure is fine."""
+    CSS px wide (default: as the book shows it), a panel narrower than :data:`MIN_PANEL_PX` CSS px
+    as shown, a repeated colour bar. Empty when the figure is fine."""
     if rec["dpi"] is None:
         return ["no font record (draw it in a notebook that calls u2ad_core.book.notebook.setup, which installs "
                 "u2ad_core.book.figstyle)"]
@@ -170,6 +220,21 @@ def record_problems(rec: dict[str, Any], shown_px: float | None = None) -> list[
             out.append(f"its {rec['min_font_pt']:g}-pt text renders at {pt:.1f} pt ({rec['width_px']} px shown "
                        f"{shown:.0f} px wide); make it at most {max_width_in(rec['min_font_pt'], rec['dpi']):.1f} in "
                        "wide as saved, or its smallest text larger")
+    out += _panel_problems(rec, shown_px)
+    return out
+
+
+def _panel_problems(rec: dict[str, Any], shown_px: float | None) -> list[str]:
+    out = []
+    shown = min(rec["width_px"], PAGE_IMAGE_PX) if shown_px is None else shown_px
+    if rec.get("min_panel_px") is not None:
+        px = rec["min_panel_px"] * shown / rec["width_px"]
+        if px < MIN_PANEL_PX - 0.5:
+            out.append(f"its narrowest of {rec['panels']} panel(s) is {px:.0f} px wide as shown (at least "
+                       f"{MIN_PANEL_PX:.0f}): fewer panels per row, or a shared colour bar")
+    if rec.get("repeated_colorbars"):
+        out.append(f"{rec['repeated_colorbars']} colour bar(s) repeat another's colour map, range and label: "
+                   "share one (fig.colorbar(im, ax=axes))")
     return out
 
 

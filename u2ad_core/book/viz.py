@@ -10,6 +10,9 @@ notebooks compose figures freely. Image arrays are ``(H, W)`` with rows = superi
   optional threshold; ``vertical=True`` draws it beside a slice (rows on the y axis).
 - :func:`show_case`: slice + map + curve for one row of a :class:`~u2ad_core.method.scoring.ScoreResult`.
 - :func:`plot_roc_pr`: ROC and precision-recall curves of several score sets.
+- :func:`image_grid`: a figure for ``n`` images sized so that every panel is at least
+  :data:`~u2ad_core.book.figstyle.MIN_PANEL_PX` CSS pixels wide where the book shows it, with room
+  for one shared colour bar (:func:`shared_colorbar`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from u2ad_core.book.figstyle import BOOK_DPI, PAGE_IMAGE_PX
 from u2ad_core.core.labels import SEGMENTS, parse_segments
 
-__all__ = ["segment_bounds", "show_slice", "plot_curve", "show_case", "plot_roc_pr", "grid"]
+__all__ = ["segment_bounds", "show_slice", "plot_curve", "show_case", "plot_roc_pr", "grid", "image_grid",
+           "shared_colorbar", "PANEL_PX"]
 
 LESION_COLOUR = "tab:red"
 CORD_COLOUR = "tab:cyan"
@@ -44,6 +49,45 @@ def grid(n: int, ncols: int = 4, size: tuple[float, float] = (2.2, 3.6), **kw):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     return fig, axes.ravel()[:n]
+
+
+PANEL_PX = 165
+"""Default panel width of :func:`image_grid` (pixels at the book's 120 dpi): above the site check's
+150-pixel minimum with room for the page's scaling."""
+_GAP_IN, _CBAR_IN, _TITLE_IN, _MARGIN_IN = 0.08, 0.85, 0.2, 0.15
+
+
+def image_grid(n: int, ncols: int = 3, image_shape: tuple[int, int] = (192, 64), *, colorbar: bool = False,
+               title_lines: int = 1, panel_px: int = PANEL_PX, **kw):
+    """``(fig, axes)`` for ``n`` images of ``image_shape`` (rows, columns) in rows of at most
+    ``ncols``, every panel ``panel_px`` pixels wide where the book shows it.
+
+    The figure is as wide as the panels (plus ``colorbar``'s room on the right, for one
+    :func:`shared_colorbar`) and as tall as the images' aspect needs, with ``title_lines`` lines of
+    title above each panel. ``ncols`` is lowered to what fits the page column
+    (:data:`~u2ad_core.book.figstyle.PAGE_IMAGE_PX`): three at the default width. Panels are axes with their frame and ticks off; unused cells are hidden.
+    ``axes`` has ``n`` entries, row-major. Extra keywords go to ``plt.subplots``.
+    """
+    panel_in = panel_px / BOOK_DPI
+    room = PAGE_IMAGE_PX / BOOK_DPI - (_CBAR_IN if colorbar else 0.0) - _MARGIN_IN
+    ncols = max(1, min(ncols, n, int(room // (panel_in + _GAP_IN))))
+    nrows = int(np.ceil(n / ncols))
+    h, w = image_shape
+    width = ncols * (panel_in + _GAP_IN) + (_CBAR_IN if colorbar else 0.0) + _MARGIN_IN
+    height = nrows * (panel_in * h / w + _TITLE_IN * title_lines + _GAP_IN) * 1.04 + _MARGIN_IN
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=BOOK_DPI, squeeze=False,
+                             layout="constrained", **kw)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()[:n]
+
+
+def shared_colorbar(fig, mappable, axes, label: str = "", **kw):
+    """One colour bar for all ``axes`` (they must show ``mappable``'s colour map and range)."""
+    kw.setdefault("shrink", 0.8)
+    return fig.colorbar(mappable, ax=list(np.ravel(axes)), label=label, **kw)
 
 
 def segment_bounds(point_seg: np.ndarray) -> list[tuple[str, int, int]]:
