@@ -11,6 +11,8 @@ Static checks (no browser, always run by ``make test`` on the smoke book):
 - every figure of a notebook page is legible: its PNG records its smallest font and dpi
   (:mod:`u2ad_core.book.figstyle`), the dpi is at least 120 and the smallest text renders at 8 pt or
   more when the image is shown at most :data:`~u2ad_core.book.figstyle.PAGE_IMAGE_PX` pixels wide;
+  every panel is at least :data:`~u2ad_core.book.figstyle.MIN_PANEL_PX` (150) pixels wide as shown,
+  and no colour bar repeats another's colour map, range and label;
 - every image of a notebook page (``notebooks/``; in the article, not the theme's) is a captioned
   figure: inside a ``<figure>`` whose ``<figcaption>`` has text, with alt text that is neither empty
   nor a file path / file name (what Sphinx writes when the cell has no ``mystnb.image.alt``);
@@ -24,7 +26,7 @@ Static checks (no browser, always run by ``make test`` on the smoke book):
 With ``--browser`` every page is also opened in headless Chromium (Debian's ``chromium``) with
 every network request refused, in a frame 1280 pixels wide, and its rendered DOM checked: math
 typeset by MathJax (no raw ``\\(`` or ``\\[`` left in the visible text), the same path / traceback
-checks, every recorded figure's smallest text measured at the width the browser really shows
+checks, every recorded figure's smallest text and narrowest panel measured at the width the browser really shows
 the image, and no table or code / output block (``<pre>``) of the article wider than the content
 column (it scrolls sideways or is clipped: its own scroll width, or its right edge beyond the
 nearest clipping ancestor or the article's; code in a closed "Show code" dropdown is not counted).
