@@ -197,3 +197,63 @@ def test_image_grid_panels_pass_the_rule(shape, n, ncols, colorbar):
     assert rec["panels"] == n and rec["width_px"] <= FS.PAGE_IMAGE_PX + 10
     assert FS.record_problems(rec) == []
     plt.close(fig)
+
+
+@pytest.mark.parametrize("shape", [(192, 64), (256, 256), (64, 192)])
+@pytest.mark.parametrize("n, ncols", [(2, 2), (4, 2), (5, 3)])
+def test_image_grid_bars_below_keeps_panels_wide_and_aligned_with_bars_under_some(shape, n, ncols):
+    """viz.image_grid_bars_below: a colour bar under some panels (viz.colorbar_below, each its own scale), a title
+    over the grid (viz.grid_suptitle), and still every panel passes the rule, top-aligned in its row."""
+    import numpy as np
+
+    from u2ad_core.book import viz
+
+    fig, axes = viz.image_grid_bars_below(n, ncols, shape, title_lines=2)
+    for k, ax in enumerate(axes):
+        im = ax.imshow(np.zeros(shape), vmin=0, vmax=10.0 ** -k)  # a range of its own: no bar repeats another
+        if k % 2:  # a bar under every other panel: the row's panels must still line up
+            viz.colorbar_below(fig, im, [ax], f"map {k}")
+        ax.set_title("method\nstrategy" if k else "slice\n(input)", fontsize=8)
+    viz.grid_suptitle(fig, "a title over the grid\nin two lines")
+    rec = FS.read_record(FS.figure_png(fig))
+    assert rec["panels"] == n and rec["repeated_colorbars"] == 0
+    assert FS.record_problems(rec) == []
+    tops = [ax.get_window_extent().y1 for ax in axes[:min(ncols, n)]]
+    assert max(tops) - min(tops) < 2  # pixels  # the first row's panels line up at their top
+    plt.close(fig)
+
+
+def test_grid_suptitle_makes_room_instead_of_narrowing_the_panels():
+    import numpy as np
+
+    from u2ad_core.book import viz
+
+    widths = []
+    for title in (None, "one\ntwo\nthree"):
+        fig, axes = viz.image_grid(6, 3, (192, 64), colorbar=True, title_lines=2)
+        for ax in axes:
+            im = ax.imshow(np.zeros((192, 64)), vmin=0, vmax=1)
+            ax.set_title("a\nb")
+        viz.shared_colorbar(fig, im, axes, "EU")
+        if title:
+            viz.grid_suptitle(fig, title)
+        widths.append(FS.read_record(FS.figure_png(fig))["min_panel_px"])
+        plt.close(fig)
+    assert widths[1] >= widths[0] - 2
+
+
+def test_colorbar_below_writes_a_small_range_in_units_of_its_power_of_ten():
+    import numpy as np
+
+    from u2ad_core.book import viz
+
+    fig, axes = viz.image_grid_bars_below(2, 2, (192, 64))
+    small = axes[0].imshow(np.full((192, 64), 2e-4), vmin=0, vmax=2.5e-4)
+    plain = axes[1].imshow(np.zeros((192, 64)), vmin=0, vmax=0.3)
+    cb_small = viz.colorbar_below(fig, small, [axes[0]], "variance")
+    cb_plain = viz.colorbar_below(fig, plain, [axes[1]], "error")
+    fig.canvas.draw()
+    assert cb_small.ax.get_xlabel() == "variance (×$10^{-4}$)" and cb_plain.ax.get_xlabel() == "error"
+    ticks = [t.get_text() for t in cb_small.ax.get_xticklabels() if t.get_text()]
+    assert ticks and all(len(t) <= 4 for t in ticks) and "2" in ticks
+    plt.close(fig)

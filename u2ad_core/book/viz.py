@@ -13,6 +13,11 @@ notebooks compose figures freely. Image arrays are ``(H, W)`` with rows = superi
 - :func:`image_grid`: a figure for ``n`` images sized so that every panel is at least
   :data:`~u2ad_core.book.figstyle.MIN_PANEL_PX` CSS pixels wide where the book shows it, with room
   for one shared colour bar (:func:`shared_colorbar`).
+- :func:`image_grid_bars_below`: the same grid with room under every row for horizontal colour bars
+  (:func:`colorbar_below`), one per panel or per group of panels that share a scale: panels of
+  different quantities keep their own scale without losing width.
+- :func:`grid_suptitle`: a title over a whole image grid, the figure made taller by its lines so that
+  the panels keep their width.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
@@ -32,7 +38,7 @@ from u2ad_core.book.figstyle import BOOK_DPI, PAGE_IMAGE_PX
 from u2ad_core.core.labels import SEGMENTS, parse_segments
 
 __all__ = ["segment_bounds", "show_slice", "plot_curve", "show_case", "plot_roc_pr", "grid", "image_grid",
-           "shared_colorbar", "PANEL_PX"]
+           "image_grid_bars_below", "colorbar_below", "grid_suptitle", "shared_colorbar", "PANEL_PX"]
 
 LESION_COLOUR = "tab:red"
 CORD_COLOUR = "tab:cyan"
@@ -82,6 +88,59 @@ def image_grid(n: int, ncols: int = 3, image_shape: tuple[int, int] = (192, 64),
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return fig, axes.ravel()[:n]
+
+
+_BAR_BELOW_IN = 0.5
+
+
+def image_grid_bars_below(n: int, ncols: int = 3, image_shape: tuple[int, int] = (192, 64), *, title_lines: int = 1,
+                          panel_px: int = PANEL_PX, **kw):
+    """:func:`image_grid` with room under every row for horizontal colour bars, so that a panel with its
+    own scale keeps its width (a bar beside each of three tall panels would not fit the page).
+
+    Draw each bar with :func:`colorbar_below` (under one panel, or under several panels on one
+    scale). Panels are aligned at their top, so that a row's panels line up whether or not a bar
+    hangs under them. Returns ``(fig, axes)`` as :func:`image_grid`.
+    """
+    fig, axes = image_grid(n, ncols, image_shape, title_lines=title_lines, panel_px=panel_px, **kw)
+    nrows = axes[0].get_subplotspec().get_gridspec().nrows
+    fig.set_figheight(fig.get_figheight() + nrows * _BAR_BELOW_IN)
+    for ax in axes:
+        ax.set_anchor("N")
+    return fig, axes
+
+
+def colorbar_below(fig, mappable, axes, label: str = "", **kw):
+    """A horizontal colour bar under ``axes`` (one panel, or several that show ``mappable``'s colour map
+    and range), for :func:`image_grid_bars_below`; ``mappable`` has a linear scale (``vmin``/``vmax``).
+
+    At most four ticks and no offset, so that tick labels stay within the panel's width; a small range
+    (top below 0.01) is written in units of its power of ten, given in the label (``variance (×10⁻⁴)``),
+    rather than in long tick labels or a floating ``1e-4`` that would meet the next row's titles.
+    """
+    top = getattr(mappable.norm, "vmax", None)
+    if top is None:
+        mappable.autoscale_None()
+        top = mappable.norm.vmax
+    power = int(np.floor(np.log10(top))) if 0 < top < 1e-2 else 0
+    if power:
+        label = f"{label} (×$10^{{{power}}}$)".lstrip()
+    kw.setdefault("panchor", False)  # keep the panels' top alignment (matplotlib would anchor them at the bottom)
+    cb = shared_colorbar(fig, mappable, axes, label, location="bottom", **kw)
+    cb.locator = MaxNLocator(nbins=3)
+    cb.formatter = FuncFormatter(lambda v, _: f"{v / 10.0 ** power:g}")
+    cb.update_ticks()
+    return cb
+
+
+def grid_suptitle(fig, text: str, fontsize: float = 9):
+    """Title ``text`` over a whole figure of :func:`image_grid` (or :func:`image_grid_bars_below`).
+
+    The figure grows by the title's lines: without that, constrained layout would take the room from
+    the panels, and a tall image panel narrows with its height (below the width the book's rule asks).
+    """
+    fig.set_figheight(fig.get_figheight() + (text.count("\n") + 1) * fontsize * 1.4 / 72 + 0.05)
+    return fig.suptitle(text, fontsize=fontsize)
 
 
 def shared_colorbar(fig, mappable, axes, label: str = "", **kw):
