@@ -257,3 +257,55 @@ def test_colorbar_below_writes_a_small_range_in_units_of_its_power_of_ten():
     ticks = [t.get_text() for t in cb_small.ax.get_xticklabels() if t.get_text()]
     assert ticks and all(len(t) <= 4 for t in ticks) and "2" in ticks
     plt.close(fig)
+
+
+def test_lesion_rows_crops_around_the_lesion():
+    import numpy as np
+
+    from u2ad_core.book import viz
+
+    les = np.zeros((192, 64), bool)
+    les[101:129, 30:34] = True
+    rows = viz.lesion_rows(les)
+    assert rows.stop - rows.start == 64 and rows.start <= 101 - 8 and rows.stop >= 129 + 8  # square, lesion inside
+    assert viz.lesion_rows(les, n_rows=16) == slice(93, 137)  # widened to the lesion and its margins
+    les[:] = False
+    les[:4, 10] = True
+    assert viz.lesion_rows(les) == slice(0, 64)  # kept inside the image
+    assert viz.lesion_rows(np.zeros((192, 64))) == slice(64, 128)  # no lesion: the middle rows
+    assert viz.lesion_rows(np.zeros((40, 64))) == slice(0, 40)  # never more rows than the image has
+    with pytest.raises(ValueError, match=r"\(H, W\) mask"):
+        viz.lesion_rows(np.zeros((2, 40, 64)))
+
+
+@pytest.mark.parametrize("n_methods, per_method", [(6, False), (5, True), (1, True)])
+def test_reconstruction_grid_passes_with_one_colour_bar(n_methods, per_method):
+    """Input + methods, each reconstruction above its map, three to a row, one colour bar; maps of
+    different sizes share it once each is divided by its own scale."""
+    import numpy as np
+
+    from u2ad_core.book import viz
+
+    rng = np.random.default_rng(0)
+    img, les = rng.random((192, 64)), np.zeros((192, 64))
+    les[101:129, 30:34] = 1
+    scales = [10.0 ** -k for k in range(n_methods)]
+    methods = [(f"method {k}", rng.random((192, 64)), rng.random((192, 64)) * s) for k, s in enumerate(scales)]
+    vmax = scales if per_method else 1.0
+    fig, upper, lower = viz.reconstruction_grid(img, methods, vmax, lesion=les, cord=les, rows=viz.lesion_rows(les),
+                                                map_titles=[f"÷ {s}" for s in scales], title="a case")
+    assert len(upper) == len(lower) == n_methods + 1
+    assert [ax.get_title() for ax in upper] == ["input"] + [m[0] for m in methods]
+    # each map below its reconstruction: same column, the next row
+    for u, lo in zip(upper, lower):
+        assert u.get_subplotspec().colspan == lo.get_subplotspec().colspan
+        assert lo.get_subplotspec().rowspan.start == u.get_subplotspec().rowspan.start + 1
+    if per_method:  # every map drawn on [0, 1]
+        assert all(ax.images[-1].get_clim() == (0.0, 1.0) for ax in lower[1:])
+    rec = FS.read_record(FS.figure_png(fig))
+    assert rec["panels"] == 2 * (n_methods + 1) and rec["repeated_colorbars"] == 0
+    assert FS.record_problems(rec) == [] and rec["width_px"] <= FS.PAGE_IMAGE_PX + 10
+    assert len(fig.axes) - rec["panels"] - sum(not ax.get_visible() for ax in fig.axes) == 1  # one colour bar
+    plt.close(fig)
+    with pytest.raises(ValueError, match="as many vmax values"):
+        viz.reconstruction_grid(img, methods, [1.0] * (n_methods + 1))

@@ -18,6 +18,8 @@ notebooks compose figures freely. Image arrays are ``(H, W)`` with rows = superi
   different quantities keep their own scale without losing width.
 - :func:`grid_suptitle`: a title over a whole image grid, the figure made taller by its lines so that
   the panels keep their width.
+- :func:`reconstruction_grid`: a slice, each method's reconstruction and, below each, its anomaly
+  map, three to a row with one colour bar (optionally cropped to the rows :func:`lesion_rows` gives).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from u2ad_core.book.figstyle import BOOK_DPI, PAGE_IMAGE_PX
 from u2ad_core.core.labels import SEGMENTS, parse_segments
 
 __all__ = ["segment_bounds", "show_slice", "plot_curve", "show_case", "plot_roc_pr", "grid", "image_grid",
-           "image_grid_bars_below", "colorbar_below", "grid_suptitle", "shared_colorbar", "PANEL_PX"]
+           "image_grid_bars_below", "colorbar_below", "grid_suptitle", "shared_colorbar", "PANEL_PX",
+           "lesion_rows", "reconstruction_grid"]
 
 LESION_COLOUR = "tab:red"
 CORD_COLOUR = "tab:cyan"
@@ -75,8 +78,7 @@ def image_grid(n: int, ncols: int = 3, image_shape: tuple[int, int] = (192, 64),
     ``axes`` has ``n`` entries, row-major. Extra keywords go to ``plt.subplots``.
     """
     panel_in = panel_px / BOOK_DPI
-    room = PAGE_IMAGE_PX / BOOK_DPI - (_CBAR_IN if colorbar else 0.0) - _MARGIN_IN
-    ncols = max(1, min(ncols, n, int(room // (panel_in + _GAP_IN))))
+    ncols = _fit_ncols(n, ncols, colorbar, panel_px)
     nrows = int(np.ceil(n / ncols))
     h, w = image_shape
     width = ncols * (panel_in + _GAP_IN) + (_CBAR_IN if colorbar else 0.0) + _MARGIN_IN
@@ -141,6 +143,10 @@ def grid_suptitle(fig, text: str, fontsize: float = 9):
     """
     fig.set_figheight(fig.get_figheight() + (text.count("\n") + 1) * fontsize * 1.4 / 72 + 0.05)
     return fig.suptitle(text, fontsize=fontsize)
+def _fit_ncols(n: int, ncols: int, colorbar: bool, panel_px: int) -> int:
+    """The columns :func:`image_grid` uses: at most ``ncols`` and ``n``, and no more than fit the page."""
+    room = PAGE_IMAGE_PX / BOOK_DPI - (_CBAR_IN if colorbar else 0.0) - _MARGIN_IN
+    return max(1, min(ncols, n, int(room // (panel_px / BOOK_DPI + _GAP_IN))))
 
 
 def shared_colorbar(fig, mappable, axes, label: str = "", **kw):
@@ -189,12 +195,14 @@ def show_slice(
     title: str | None = None,
     vmax: float | None = None,
     label_segments: bool = True,
+    colorbar: bool = True,
 ):
     """Draw a slice with overlays; returns the axes.
 
     cord / lesion: ``(H, W)`` masks drawn as contours (cyan / red); anomaly: ``(H, W)`` map
     shown with the ``hot`` colormap where > 0 (``vmax`` fixes its scale), with a colour bar
-    beside the axes; segments: ``(H, W)`` segment map or point_seg ``(H,)``: boundaries drawn
+    beside the axes unless ``colorbar=False`` (then panels on one scale share one:
+    :func:`shared_colorbar` with ``ax.images[-1]``); segments: ``(H, W)`` segment map or point_seg ``(H,)``: boundaries drawn
     as short ticks with names; centreline: ``(H,)`` column per row (dotted line).
     """
 
@@ -208,10 +216,11 @@ def show_slice(
         top = float(vmax) if vmax else (float(a.max()) if a.max() > 0 else 1.0)
         im = ax.imshow(np.ma.masked_less_equal(a, 0), cmap="hot", vmin=0, vmax=top, alpha=0.8,
                        interpolation="nearest")
-        # segment names are written just right of the slice: leave them room before the colour bar
-        labels_right = label_segments and (point_seg is not None or segments is not None)
-        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.25 if labels_right else 0.02)
-        cb.ax.tick_params(labelsize=8)
+        if colorbar:
+            # segment names are written just right of the slice: leave them room before the colour bar
+            labels_right = label_segments and (point_seg is not None or segments is not None)
+            cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.25 if labels_right else 0.02)
+            cb.ax.tick_params(labelsize=8)
     if cord is not None and np.any(cord):
         ax.contour(np.asarray(cord) > 0, levels=[0.5], colors=CORD_COLOUR, linewidths=0.6)
     if lesion is not None and np.any(lesion):
@@ -327,3 +336,82 @@ def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
     for ax in axes:
         ax.legend(fontsize=8, loc="lower right" if ax is axes[0] else "upper right")
     return axes
+
+
+def lesion_rows(lesion: np.ndarray, n_rows: int | None = None, margin: int = 8) -> slice:
+    """The rows of a crop around a lesion, for ``image[rows]``.
+
+    lesion: ``(H, W)`` mask. ``n_rows`` consecutive rows (default ``W``: a square crop), more if the
+    lesion with ``margin`` rows above and below needs them, at most ``H``; centred on the lesion's
+    rows and kept inside the image (no lesion: the middle rows).
+    """
+    lesion = np.asarray(lesion) > 0
+    if lesion.ndim != 2:
+        raise ValueError(f"lesion must be an (H, W) mask, got shape {lesion.shape}")
+    h, w = lesion.shape
+    hit = np.flatnonzero(lesion.any(1))
+    lo, hi = (int(hit[0]), int(hit[-1]) + 1) if len(hit) else (h // 2, h // 2)
+    n = min(max(w if n_rows is None else int(n_rows), hi - lo + 2 * margin), h)
+    start = min(max((lo + hi - n) // 2, 0), h - n)
+    return slice(start, start + n)
+
+
+def reconstruction_grid(image: np.ndarray, methods: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                        vmax: float | Sequence[float], *, lesion: np.ndarray | None = None,
+                        cord: np.ndarray | None = None, rows: slice | None = None, ncols: int = 3,
+                        map_titles: Sequence[str] | None = None, label: str = "anomaly map",
+                        title: str | None = None):
+    """One slice, every method's reconstruction and, right below each, its anomaly map; one colour bar.
+
+    The cells are read in pairs of rows, ``ncols`` columns (three on the page): an upper row of
+    images (the input with its lesion outlined, then each method's reconstruction) over a lower
+    row of what belongs to each (the input's cord outline, then each method's map over the darkened
+    slice, lesion outlined). Panels are sized by :func:`image_grid`, so each passes the book's panel rule.
+
+    image: ``(H, W)`` slice; methods: ``[(name, reconstruction (H, W), anomaly map (H, W))]``.
+    vmax: one value (every map drawn on ``[0, vmax]``; the colour bar in the map's units) or one
+    per method (each map divided by its own value and drawn on ``[0, 1]``: maps whose sizes differ
+    by orders of magnitude still share one colour bar; give the values in ``map_titles``).
+    lesion / cord: ``(H, W)`` masks (contours); rows: the rows shown (a crop, e.g.
+    :func:`lesion_rows`; default all); map_titles: one title per map (default ``"map"``); label:
+    the colour bar's; title: the figure's. Returns ``(fig, image_axes, map_axes)``: lists of the
+    upper and lower panels, the input's first.
+    """
+    methods = list(methods)
+    if not methods:
+        raise ValueError("reconstruction_grid needs at least one method")
+    per_method = np.ndim(vmax) > 0
+    scales = [float(v) for v in (vmax if per_method else [vmax] * len(methods))]
+    titles = list(map_titles) if map_titles is not None else ["map"] * len(methods)
+    if len(scales) != len(methods) or len(titles) != len(methods):
+        raise ValueError(f"{len(methods)} methods need as many vmax values and map titles, "
+                         f"got {len(scales)} and {len(titles)}")
+    rows = slice(None) if rows is None else rows
+
+    def crop(a):
+        return None if a is None else np.asarray(a, dtype=np.float32)[rows]
+
+    img, les = crop(image), crop(lesion)
+    n = len(methods) + 1
+    ncols = _fit_ncols(n, ncols, True, PANEL_PX)
+    blocks = int(np.ceil(n / ncols))
+    fig, axes = image_grid(2 * blocks * ncols, ncols, img.shape, colorbar=True)
+    cells = np.asarray(axes, dtype=object).reshape(2 * blocks, ncols)
+    upper, lower = [cells[2 * (k // ncols), k % ncols] for k in range(n)], \
+        [cells[2 * (k // ncols) + 1, k % ncols] for k in range(n)]
+    show_slice(img, upper[0], lesion=les, title="input")
+    show_slice(img, lower[0], cord=crop(cord), lesion=les, title="cord")
+    for k, ((name, rec, amap), scale, map_title) in enumerate(zip(methods, scales, titles), start=1):
+        a = crop(amap)
+        if per_method:
+            a, scale = (a / scale if scale > 0 else np.zeros_like(a)), 1.0
+        show_slice(crop(rec), upper[k], title=name)
+        show_slice(img * 0.4, lower[k], anomaly=a, lesion=les, vmax=scale if scale > 0 else 1.0,
+                   title=map_title, colorbar=False)
+    for ax in cells.ravel():
+        if ax not in upper and ax not in lower:
+            ax.set_visible(False)
+    shared_colorbar(fig, lower[-1].images[-1], lower[1:], label, shrink=0.6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig, upper, lower
