@@ -8,7 +8,6 @@ notebooks compose figures freely. Image arrays are ``(H, W)`` with rows = superi
   (with its colour bar) and segment boundaries (labelled at the right edge).
 - :func:`plot_curve`: an anomaly curve with segment bands, lesion segments shaded, an
   optional threshold; ``vertical=True`` draws it beside a slice (rows on the y axis).
-- :func:`show_case`: slice + map + curve for one row of a :class:`~u2ad_core.method.scoring.ScoreResult`.
 - :func:`plot_roc_pr`: ROC and precision-recall curves of several score sets.
 - :func:`image_grid`: a figure for ``n`` images sized so that every panel is at least
   :data:`~u2ad_core.book.figstyle.MIN_PANEL_PX` CSS pixels wide where the book shows it, with room
@@ -39,26 +38,13 @@ from sklearn.metrics import (
 from u2ad_core.book.figstyle import BOOK_DPI, PAGE_IMAGE_PX
 from u2ad_core.core.labels import SEGMENTS, parse_segments
 
-__all__ = ["segment_bounds", "show_slice", "plot_curve", "show_case", "plot_roc_pr", "grid", "image_grid",
+__all__ = ["segment_bounds", "show_slice", "plot_curve", "plot_roc_pr", "image_grid",
            "image_grid_bars_below", "colorbar_below", "grid_suptitle", "shared_colorbar", "PANEL_PX",
            "lesion_rows", "reconstruction_grid"]
 
 LESION_COLOUR = "tab:red"
 CORD_COLOUR = "tab:cyan"
 SEGMENT_COLOURS = ("#e8eef7", "#f7f3e8")
-
-
-def grid(n: int, ncols: int = 4, size: tuple[float, float] = (2.2, 3.6), **kw):
-    """``(fig, axes)`` with ``n`` panels in rows of ``ncols`` (unused panels hidden)."""
-
-    ncols = max(1, min(ncols, n))
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), dpi=120,
-                             squeeze=False, **kw)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    return fig, axes.ravel()[:n]
-
 
 PANEL_PX = 165
 """Default panel width of :func:`image_grid` (pixels at the book's 120 dpi): above the site check's
@@ -294,23 +280,6 @@ def plot_curve(
     return ax
 
 
-def show_case(result, data, i: int, axes=None, vmax: float | None = None, title: str | None = None):
-    """Slice ``i``: image with lesion / cord contours, the post-processed anomaly map, and the
-    anomaly curve beside it. ``result``: :class:`~u2ad_core.method.scoring.ScoreResult`; ``data``:
-    the :class:`~u2ad_core.data.datasets.SliceData` it was computed on. Returns the 3 axes."""
-
-    if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(6.0, 3.6), dpi=120, gridspec_kw={"width_ratios": [1, 1, 0.8]})
-    row = result.table.iloc[i]
-    lesion = np.asarray(data.lesion[i]) if getattr(data, "lesion", None) is not None else None
-    show_slice(data.images[i], axes[0], cord=result.roi[i], lesion=lesion,
-               point_seg=result.point_segments[i], title=title or f"{row['subject']}", label_segments=False)
-    show_slice(data.images[i], axes[1], anomaly=result.maps[i], lesion=lesion,
-               centreline=result.centreline[i], vmax=vmax, title="anomaly map")
-    plot_curve(result.curves[i], result.point_segments[i], axes[2], lesion_segments=row["lesion_segments"],
-               vertical=True, title=f"score {row['patient_score']:.3f}")
-    axes[2].set_ylim(result.curves.shape[1] - 0.5, -0.5)
-    return axes
 
 
 def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
