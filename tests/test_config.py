@@ -142,3 +142,24 @@ def test_publish_overrides_complete_the_grids_and_keep_the_trained_models():
         assert pub.grids.ablation.table3_cohorts == full.ablation.table3_cohorts
         for part in ("data", "model", "masking", "pretrain", "adapt", "mc", "score", "eval", "baselines"):
             assert getattr(pub, part) == getattr(base, part), part
+
+
+def test_overrides_reach_a_notebook_as_papermill_writes_them():
+    """The overrides parameter goes through papermill's Python translator; tuple overrides (the
+    publish grids) must come back as the same preset, not as their text (a grid of characters)."""
+    from papermill.translators import PythonTranslator
+
+    from u2ad_core.core.presets import as_parameters, publish_overrides
+
+    overrides = publish_overrides(get_preset("cpu"))
+    assert any(isinstance(v, tuple) for v in overrides.values())
+    code = PythonTranslator.codify({"overrides": as_parameters(overrides)})
+    ns: dict = {}
+    exec(code, ns)  # noqa: S102 - the parameters cell papermill injects
+    assert get_preset("cpu", **ns["overrides"]) == get_preset("cpu", **overrides)
+    # without the conversion the grid would be text
+    raw: dict = {}
+    exec(PythonTranslator.codify({"overrides": overrides}), raw)  # noqa: S102
+    assert isinstance(raw["overrides"]["grids.crossover.conspicuity"], str)
+    with pytest.raises(ValueError, match="got its text"):
+        get_preset("cpu", **raw["overrides"])

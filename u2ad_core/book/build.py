@@ -50,7 +50,7 @@ from u2ad_core.book.reading import SECONDS_PER_FIGURE, WORDS_PER_MINUTE, reading
 from u2ad_core.core.context import package_digest as _package_digest
 from u2ad_core.core.context import repo_root
 from u2ad_core.book.solutions import SOLUTION_TAG, with_solution_outputs, with_solutions
-from u2ad_core.core.presets import get_preset, publish_overrides
+from u2ad_core.core.presets import as_parameters, get_preset, publish_overrides
 from u2ad_core.core.runtime import atomic_path, package_versions, resolve_device
 from u2ad_core.data.datasets import prepare_all
 
@@ -469,7 +469,7 @@ def build_book(
         print(f"[data] ok ({result.seconds['data']:.1f} s)", flush=True)
 
     params = {"preset": preset, "device": dev, "seed": int(seed), "data_dir": str(data_dir),
-              "run_dir": str(run_dir), "overrides": dict(overrides or {})}
+              "run_dir": str(run_dir), "overrides": as_parameters(overrides)}
     solutions = (preset == "smoke") if solutions is None else bool(solutions)
     digest, versions, preset_hash = _package_digest(), package_versions(), cfg.hash()
     for i, src in enumerate(nbs, 1):

@@ -98,7 +98,7 @@ from u2ad_core.book.build import NotebookFailed, execute_notebook
 from u2ad_core.book.results import SWEEP_ENV, find_results, read_results
 from u2ad_core.core.config import AblationGrid, config_hash
 from u2ad_core.core.context import repo_root
-from u2ad_core.core.presets import get_preset
+from u2ad_core.core.presets import as_parameters, get_preset
 from u2ad_core.core.runtime import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -236,7 +236,7 @@ def plan_sweep(notebook: str | os.PathLike, grid: Mapping[str, Sequence[Any]], p
             f"sweep: {unknown} are not parameters of {nb} (declared: {sorted(declared)}); a preset "
             "field must be given by its dotted path, e.g. masking.tau or adapt.epochs"
         )
-    base = dict(overrides or {})
+    base = as_parameters(overrides)
     out = Path(out)
     result = []
     ids: set[str] = set()
@@ -257,7 +257,7 @@ def plan_sweep(notebook: str | os.PathLike, grid: Mapping[str, Sequence[Any]], p
         injected = {
             "preset": preset, "device": device, "seed": int(seed), "data_dir": str(data_dir),
             "run_dir": str(run_dir) if run_dir is not None else str(point_dir / "run"),
-            **plain, "overrides": merged,
+            **plain, "overrides": as_parameters(merged),
         }
         result.append(SweepPoint(params=dict(p), key=key, point_id=pid, injected=injected))
     return result

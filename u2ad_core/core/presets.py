@@ -32,6 +32,7 @@ from u2ad_core.core.config import (
 )
 
 __all__ = [
+    "as_parameters",
     "Preset",
     "PRESETS",
     "SMOKE_OVERRIDES",
@@ -81,6 +82,8 @@ def _coerce(value: Any, current: Any) -> Any:
     stays ``None`` (an optional field such as ``adapt.refresh_k``)."""
     if value is None:
         return None
+    if isinstance(current, tuple) and isinstance(value, str) and value.lstrip().startswith(("(", "[")):
+        raise ValueError(f"expected a sequence, got its text {value!r} (pass a list; see as_parameters)")
     if isinstance(current, tuple) and isinstance(value, (list, tuple)):
         if len(value) != len(current):  # variable-length tuples (e.g. method lists)
             return tuple(value)
@@ -128,6 +131,19 @@ def _apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> A
     for head, sub in grouped.items():
         changes[head] = _apply_overrides(changes.get(head, getattr(cfg, head)), sub, f"{prefix}{head}.")
     return replace(cfg, **changes)
+
+
+def as_parameters(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` as a notebook parameter: tuples (at any depth) become lists.
+
+    papermill writes a parameter's dict values with its Python translator, which knows lists but
+    writes any other sequence as its ``str()``: a tuple override such as ``("faint", "mixed")``
+    would reach the notebook as the text ``"('faint', 'mixed')"`` and a grid would iterate its
+    characters. Lists are coerced back to the field's tuple by :meth:`Preset.override`."""
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {k: plain(v) for k, v in (overrides or {}).items()}
 
 
 def _under(prefix: str, **values: Any) -> dict[str, Any]:
