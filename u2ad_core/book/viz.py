@@ -60,8 +60,8 @@ def image_grid(n: int, ncols: int = 3, image_shape: tuple[int, int] = (192, 64),
     The figure is as wide as the panels (plus ``colorbar``'s room on the right, for one
     :func:`shared_colorbar`) and as tall as the images' aspect needs, with ``title_lines`` lines of
     title above each panel. ``ncols`` is lowered to what fits the page column
-    (:data:`~u2ad_core.book.figstyle.PAGE_IMAGE_PX`): three at the default width. Panels are axes with their frame and ticks off; unused cells are hidden.
-    ``axes`` has ``n`` entries, row-major. Extra keywords go to ``plt.subplots``.
+    (:data:`~u2ad_core.book.figstyle.PAGE_IMAGE_PX`): three at the default width. Panels are axes
+    with their frame and ticks off; unused cells are hidden. ``axes`` has ``n`` entries, row-major. Extra keywords go to ``plt.subplots``.
     """
     panel_in = panel_px / BOOK_DPI
     ncols = _fit_ncols(n, ncols, colorbar, panel_px)
@@ -129,6 +129,8 @@ def grid_suptitle(fig, text: str, fontsize: float = 9):
     """
     fig.set_figheight(fig.get_figheight() + (text.count("\n") + 1) * fontsize * 1.4 / 72 + 0.05)
     return fig.suptitle(text, fontsize=fontsize)
+
+
 def _fit_ncols(n: int, ncols: int, colorbar: bool, panel_px: int) -> int:
     """The columns :func:`image_grid` uses: at most ``ncols`` and ``n``, and no more than fit the page."""
     room = PAGE_IMAGE_PX / BOOK_DPI - (_CBAR_IN if colorbar else 0.0) - _MARGIN_IN
@@ -278,8 +280,6 @@ def plot_curve(
     if title:
         ax.set_title(title, fontsize=8)
     return ax
-
-
 
 
 def plot_roc_pr(items: dict[str, tuple[Any, Any]], axes=None):
