@@ -61,7 +61,8 @@ def image_grid(n: int, ncols: int = 3, image_shape: tuple[int, int] = (192, 64),
     :func:`shared_colorbar`) and as tall as the images' aspect needs, with ``title_lines`` lines of
     title above each panel. ``ncols`` is lowered to what fits the page column
     (:data:`~u2ad_core.book.figstyle.PAGE_IMAGE_PX`): three at the default width. Panels are axes
-    with their frame and ticks off; unused cells are hidden. ``axes`` has ``n`` entries, row-major. Extra keywords go to ``plt.subplots``.
+    with their frame and ticks off; unused cells are hidden. ``axes`` has ``n`` entries, row-major.
+    Extra keywords go to ``plt.subplots``.
     """
     panel_in = panel_px / BOOK_DPI
     ncols = _fit_ncols(n, ncols, colorbar, panel_px)
